@@ -1,0 +1,34 @@
+# The two quick-start commands: `make demo` and `make test`. Both create .venv and install first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# This workplace keeps a CPU build of torch 2.13.0 on disk; elsewhere any torch>=2.3 works:
+#   make test TORCH='torch>=2.3'
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test lint bench venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[all,dev]"
+	touch $@
+
+demo: venv
+	$(PY) -m arcface demo
+
+test: venv
+	$(PY) -m ruff check src tests bench
+	$(PY) -m pytest -q
+
+lint: venv
+	$(PY) -m ruff check src tests bench
+
+bench: venv
+	for f in bench/*.py; do $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
