@@ -1,0 +1,205 @@
+"""Readers over image files: a folder with one sub-folder per identity, and a ``path label`` list."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from arcface.data._image import IMG_EXTENSIONS, read_image
+from arcface.data.base import DATASETS, FaceDataset, Transform
+
+__all__ = ["ImageFolderDataset", "ListFileDataset", "find_images", "read_list_file"]
+
+
+def find_images(
+    root: str | os.PathLike[str],
+    extensions: tuple[str, ...] = IMG_EXTENSIONS,
+    min_images_per_class: int = 1,
+) -> tuple[list[str], list[tuple[str, int]]]:
+    """List an identity folder: ``root/<identity>/**/<image>``.
+
+    Identities are the immediate sub-folders of ``root`` (hidden ones skipped), sorted by name;
+    a folder with fewer than ``min_images_per_class`` images gets no label. Labels are the positions
+    in the sorted list of kept folders. Images are found recursively and sorted by path.
+
+    Returns:
+        (classes, samples): the kept folder names, and (path, label) pairs grouped by label.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a directory.
+        ValueError: no image was found.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
+    exts = tuple(e.lower() for e in extensions)
+    classes: list[str] = []
+    samples: list[tuple[str, int]] = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        files: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(entry.path):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files.extend(
+                os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and f.lower().endswith(exts)
+            )
+        if len(files) < max(1, min_images_per_class):
+            continue
+        label = len(classes)
+        classes.append(entry.name)
+        samples.extend((p, label) for p in sorted(files))
+    if not samples:
+        raise ValueError(
+            f"no images ({', '.join(exts)}) found in the identity sub-folders of {root}"
+            + (f" with at least {min_images_per_class} images each" if min_images_per_class > 1 else "")
+        )
+    return classes, samples
+
+
+def read_list_file(
+    list_file: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+) -> list[tuple[str, int]]:
+    """Parse a list file of ``path label`` lines.
+
+    Fields are separated by a tab when the line has one (so paths may contain spaces), otherwise by
+    whitespace. Blank lines and lines starting with ``#`` are skipped. Relative paths are resolved
+    against ``root``, or the list file's folder when ``root`` is None.
+
+    Returns:
+        (absolute path, label) pairs in file order.
+
+    Raises:
+        ValueError: a line is not ``path label`` with a non-negative integer label; the message
+            names the file and the line number.
+    """
+    list_file = Path(list_file)
+    base = Path(root) if root is not None else list_file.parent
+    samples: list[tuple[str, int]] = []
+    with open(list_file, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = [p.strip() for p in line.split("\t")] if "\t" in line else line.split()
+            if len(parts) != 2:
+                raise ValueError(f"{list_file}:{lineno}: expected 'path label', got {line!r}")
+            path, label_text = parts
+            try:
+                label = int(label_text)
+            except ValueError:
+                raise ValueError(f"{list_file}:{lineno}: label {label_text!r} is not an integer in {line!r}") from None
+            if label < 0:
+                raise ValueError(f"{list_file}:{lineno}: negative label {label} in {line!r}")
+            p = Path(path)
+            samples.append((str(p if p.is_absolute() else base / p), label))
+    if not samples:
+        raise ValueError(f"list file {list_file} holds no 'path label' lines")
+    return samples
+
+
+class _FileDataset(FaceDataset):
+    """A dataset over (path, label) pairs."""
+
+    samples: list[tuple[str, int]]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _read(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        return read_image(path), label
+
+    def _source(self, index: int) -> str:
+        return self.samples[index][0]
+
+    @property
+    def labels(self) -> list[int]:
+        """The label of every item, in index order."""
+        return [label for _, label in self.samples]
+
+
+@DATASETS.register("image_folder")
+class ImageFolderDataset(_FileDataset):
+    """One sub-folder per identity: ``root/<identity>/<image>``; labels follow sorted folder names.
+
+    Args:
+        root: the folder of identity folders (e.g. ``lfw-deepfunneled``).
+        image_size: resize to (image_size, image_size) when an image differs; None keeps its size.
+        center_crop: side of the central square cut before resizing (e.g. 150 for 250x250 LFW
+            deep-funneled images, before alignment exists); None keeps the whole image.
+        transform: uint8 (H, W, 3) RGB -> tensor; default :func:`~arcface.data.transforms.train_transform`.
+        min_images_per_class: identity folders with fewer images are left out (and get no label).
+        extensions: file name endings counted as images (case-insensitive).
+
+    Attributes:
+        classes: identity folder names; ``classes[label]`` names a label.
+        class_to_idx: the inverse mapping.
+        samples: (path, label) pairs.
+        num_classes: ``len(classes)``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        image_size: int | None = 112,
+        center_crop: int | None = None,
+        transform: Transform | None = None,
+        min_images_per_class: int = 1,
+        extensions: tuple[str, ...] = IMG_EXTENSIONS,
+    ) -> None:
+        super().__init__(image_size=image_size, center_crop=center_crop, transform=transform)
+        self.root = str(root)
+        self.classes, self.samples = find_images(root, extensions, min_images_per_class)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.num_classes = len(self.classes)
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageFolderDataset(root={self.root!r}, images={len(self)}, classes={self.num_classes}, "
+            f"image_size={self.image_size}, center_crop={self.center_crop})"
+        )
+
+
+@DATASETS.register("list_file")
+class ListFileDataset(_FileDataset):
+    """Images named in a list file of ``path label`` lines (see :func:`read_list_file`).
+
+    Args:
+        list_file: the list file.
+        root: folder that relative paths are resolved against; default the list file's folder.
+        image_size: resize to (image_size, image_size) when an image differs; None keeps its size.
+        center_crop: side of the central square cut before resizing; None keeps the whole image.
+        transform: uint8 (H, W, 3) RGB -> tensor; default the standard train transform.
+        num_classes: number of identities; default ``max(label) + 1``.
+
+    Raises:
+        ValueError: a malformed line (file and line number named), or a label >= ``num_classes``.
+    """
+
+    def __init__(
+        self,
+        list_file: str | os.PathLike[str],
+        root: str | os.PathLike[str] | None = None,
+        image_size: int | None = 112,
+        center_crop: int | None = None,
+        transform: Transform | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(image_size=image_size, center_crop=center_crop, transform=transform)
+        self.list_file = str(list_file)
+        self.samples = read_list_file(list_file, root)
+        top = max(label for _, label in self.samples)
+        if num_classes is None:
+            num_classes = top + 1
+        elif top >= num_classes:
+            raise ValueError(f"{list_file}: label {top} does not fit num_classes={num_classes}")
+        self.num_classes = int(num_classes)
+
+    def __repr__(self) -> str:
+        return (
+            f"ListFileDataset(list_file={self.list_file!r}, images={len(self)}, "
+            f"classes={self.num_classes}, image_size={self.image_size}, center_crop={self.center_crop})"
+        )
