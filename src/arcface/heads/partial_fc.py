@@ -155,9 +155,9 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         prob, labels, weights, count = ctx.saved_tensors
         scale = weights * (grad_loss / count)  # (B,) 0 on ignored rows
         grad = prob * scale.unsqueeze(1)  # (B, C_r)
-        rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
-        if rows.numel():
-            grad[rows, labels[rows]] -= scale[rows]
+        if grad.shape[1]:  # minus the one-hot, where the target is a local column (no host sync)
+            own = torch.where(labels >= 0, scale, torch.zeros_like(scale))  # (B,)
+            grad.scatter_add_(1, labels.clamp(min=0).unsqueeze(1), -own.unsqueeze(1))
         return grad, None, None, None, None
 
 

@@ -1,0 +1,60 @@
+"""Shared bench helpers: the machine description, a printed table, and the JSON result file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, str | int]:
+    """CPU model, core count and library versions, for every result table."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, str | int] = {"cpu": cpu, "cores": os.cpu_count() or 0, "python": platform.python_version()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def print_table(title: str, header: list[str], rows: list[list[object]]) -> str:
+    """Print (and return) a markdown table."""
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{x:.3g}" if isinstance(x, float) else str(x) for x in r) + " |")
+    m = machine()
+    lines += ["", f"machine: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}, "
+              f"onnxruntime {m.get('onnxruntime', '-')}; {time.strftime('%Y-%m-%d')}"]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def save(name: str, payload: dict) -> Path:
+    """Write ``bench/results/NAME.json`` with the machine and date added."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **payload}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path

@@ -1,0 +1,56 @@
+"""The ``arcface`` command line: one entry point, one module per subcommand.
+
+Every subcommand turns a known failure (missing file, bad config, bad image, diverged loss) into
+one clear line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from arcface.cli import _convert, _demo, _export, _train
+
+_COMMANDS = (_train, _demo, _convert, _export)
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="arcface", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for mod in _COMMANDS:
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("arcface: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # the known failure kinds: one line, no traceback
+        from arcface.engine.config import ConfigError
+        from arcface.engine.trainer import TrainingDiverged
+
+        known = (CliError, ConfigError, TrainingDiverged, FileNotFoundError, ValueError, KeyError, OSError)
+        if isinstance(e, known) and not args.verbose:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"arcface {args.command}: error: {msg}", file=sys.stderr)
+            return 1
+        raise

@@ -1,0 +1,142 @@
+"""Atomic checkpoints and backbone weight files.
+
+A checkpoint is written to a temporary file in the same directory, flushed to disk, then renamed
+over its final name, so a crash never leaves a half-written checkpoint and the previous one stays.
+Checkpoints are loaded with ``weights_only=True``: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temp file beside ``path``, fsync, then ``os.replace`` onto it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training loop touches (torch, CUDA, numpy, random), as plain tensors/ints."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
+        "random": _py_random_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _py_random_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    npd = state["numpy"]
+    np.random.set_state(
+        ("MT19937", npd["keys"].numpy().astype(np.uint32), npd["pos"], npd["has_gauss"], npd["cached"])
+    )
+    r = state["random"]
+    random.setstate((r["version"], tuple(r["internal"]), r["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_path(out_dir: str | Path, step: int) -> Path:
+    """``DIR/ckpt-00000012.pt`` for step 12."""
+    return Path(out_dir) / f"ckpt-{step:08d}.pt"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Checkpoints in ``out_dir``, oldest step first."""
+    d = Path(out_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The checkpoint with the highest step in ``out_dir``, or None."""
+    ckpts = list_checkpoints(out_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def prune_checkpoints(out_dir: str | Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints."""
+    ckpts = list_checkpoints(out_dir)
+    for p in ckpts[: max(0, len(ckpts) - keep_last)]:
+        p.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a training checkpoint safely (``weights_only=True``) onto the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn or foreign file: say which, do not show a pickle traceback
+        raise ValueError(f"checkpoint {path} could not be read: {e}") from None
+
+
+def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("module.", "_orig_mod.", "backbone."):
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+        out[k] = v
+    return out
+
+
+def load_backbone_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Backbone weights from our checkpoint, a ``.safetensors`` file or an arcface_torch ``backbone.pth``.
+
+    Returns a state dict with DDP/compile prefixes removed, ready for ``load_state_dict(strict=True)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return _strip_prefixes(load_file(str(path)))
+    obj = load_checkpoint(path)
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]  # one of our training checkpoints
+    elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} holds no state dict of tensors")
+    return _strip_prefixes(obj)

@@ -1,0 +1,427 @@
+"""The embedding contract a saved model carries, and safetensors save/load around it.
+
+Embeddings are only comparable when they come from the same weights fed the same way: same
+architecture and options, same weights, same input size, colour order, normalisation and alignment
+template, same embedding size. :class:`ModelContract` records exactly that (plus the decision
+threshold, where the pairs it was calibrated on, and where the weights come from), and
+:attr:`ModelContract.id` is a short hash of the fields that make embeddings comparable.
+
+A model file is a safetensors file whose metadata key ``"arcface_contract"`` holds
+``ModelContract.to_json()``; the trainer writes its final and best backbones this way too.
+
+Weights SHA-256 (:func:`weights_sha256`): for every state-dict entry in sorted key order, the
+UTF-8 bytes of ``f"{name}|{dtype}|{shape}|"`` (``dtype`` as torch prints it, e.g.
+``torch.float32``; ``shape`` as a Python tuple, e.g. ``(64, 3, 3, 3)``), then the tensor's raw
+bytes in C order (native byte order, little-endian on every platform we run). It depends on the
+values, not on the file layout or the metadata, so re-saving a model keeps it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from arcface.align.template import ARCFACE_TEMPLATE
+
+__all__ = [
+    "CONTRACT_KEY",
+    "TEMPLATES",
+    "ContractError",
+    "ModelContract",
+    "calibrate_threshold",
+    "load_model",
+    "read_contract",
+    "save_model",
+    "weights_sha256",
+]
+
+CONTRACT_KEY = "arcface_contract"
+"""safetensors metadata key holding ``ModelContract.to_json()``."""
+
+CONTRACT_VERSION = 1
+
+# Templates by name, as (x, y) tuples; the points themselves live in arcface.align.template only.
+TEMPLATES: dict[str, tuple[tuple[float, float], ...]] = {
+    "arcface_112": tuple((float(x), float(y)) for x, y in ARCFACE_TEMPLATE.tolist()),
+}
+
+_COLORS = ("RGB", "BGR")
+_LAYOUTS = ("NCHW", "NHWC")
+# The fields that decide whether two models' embeddings can be compared (see ModelContract.id).
+_ID_FIELDS = (
+    "architecture",
+    "options",
+    "weights_sha256",
+    "input_size",
+    "color",
+    "mean",
+    "std",
+    "template",
+    "template_points",
+    "embedding_size",
+)
+
+
+class ContractError(ValueError):
+    """A model file or contract that is malformed, or weights that do not match their contract."""
+
+
+def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) over a state dict: sorted names, dtypes, shapes and raw bytes (see module doc)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """How a model's embeddings are produced and compared.
+
+    Args:
+        architecture: name in ``arcface.models.MODELS`` (e.g. "r50", "mbf_tflite").
+        options: extra ``create_model`` arguments (JSON values), e.g. ``{"input_size": 112}``.
+        embedding_size: length of the embedding (``num_features``).
+        input_size: (H, W) of the aligned crop.
+        color: channel order the model expects, "RGB" or "BGR".
+        mean: subtracted from 0..255 pixel values.
+        std: the difference is divided by it: ``(x - mean) / std``.
+        layout: tensor layout of the ORIGINAL model the weights come from ("NHWC" for a TFLite
+            graph). Informational: every module :func:`load_model` builds takes NCHW.
+        template: name of the alignment template (a key of ``TEMPLATES`` for ours).
+        template_points: its five (x, y) points in the ``input_size`` crop.
+        weights_sha256: :func:`weights_sha256` of the weights ("" until :func:`save_model` fills it).
+        threshold: cosine-similarity decision threshold (same identity when ``cos > threshold``),
+            or None when not calibrated.
+        calibrated_on: the pairs the threshold was chosen on, e.g.
+            "LFW View 1 pairsDevTrain.txt, 2200 pairs, accuracy 0.993".
+        source: where the weights come from.
+        license: their license terms, or where to find them.
+    """
+
+    architecture: str
+    embedding_size: int
+    options: dict[str, Any] = field(default_factory=dict)
+    input_size: tuple[int, int] = (112, 112)
+    color: str = "RGB"
+    mean: float = 127.5
+    std: float = 127.5
+    layout: str = "NCHW"
+    template: str = "arcface_112"
+    template_points: tuple[tuple[float, float], ...] = TEMPLATES["arcface_112"]
+    weights_sha256: str = ""
+    threshold: float | None = None
+    calibrated_on: str | None = None
+    source: str = ""
+    license: str = ""
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise the fields in place once
+        if not isinstance(self.architecture, str) or not self.architecture:
+            raise ContractError("contract: architecture must be a non-empty string")
+        try:
+            set_(self, "options", json.loads(json.dumps(dict(self.options), sort_keys=True)))
+        except (TypeError, ValueError) as e:
+            raise ContractError(f"contract: options must be JSON values ({e})") from None
+        set_(self, "embedding_size", int(self.embedding_size))
+        if self.embedding_size <= 0:
+            raise ContractError(f"contract: embedding_size must be positive, got {self.embedding_size}")
+        size = self.input_size
+        size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+        if len(size) != 2 or min(size) <= 0:
+            raise ContractError(f"contract: input_size must be (H, W), got {self.input_size!r}")
+        set_(self, "input_size", size)
+        if self.color not in _COLORS:
+            raise ContractError(f"contract: color must be one of {_COLORS}, got {self.color!r}")
+        if self.layout not in _LAYOUTS:
+            raise ContractError(f"contract: layout must be one of {_LAYOUTS}, got {self.layout!r}")
+        set_(self, "mean", float(self.mean))
+        set_(self, "std", float(self.std))
+        if not math.isfinite(self.mean) or not math.isfinite(self.std) or self.std == 0:
+            raise ContractError(f"contract: mean/std must be finite and std non-zero, got {self.mean}/{self.std}")
+        points = tuple((float(x), float(y)) for x, y in self.template_points)
+        if len(points) != 5:
+            raise ContractError(f"contract: template_points must be 5 (x, y) points, got {len(points)}")
+        set_(self, "template_points", points)
+        sha = self.weights_sha256
+        if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+            raise ContractError(f"contract: weights_sha256 must be 64 lowercase hex digits, got {sha!r}")
+        if self.threshold is not None:
+            set_(self, "threshold", float(self.threshold))
+            if not -1.0 <= self.threshold <= 1.0:
+                raise ContractError(f"contract: threshold is a cosine in [-1, 1], got {self.threshold}")
+
+    @property
+    def threshold_l2(self) -> float | None:
+        """The threshold as a squared L2 distance of unit vectors, ``2 - 2 * threshold`` (same when below)."""
+        return None if self.threshold is None else 2.0 - 2.0 * self.threshold
+
+    @property
+    def id(self) -> str:
+        """16 hex digits identifying the embedding space: equal ids mean comparable embeddings.
+
+        A SHA-256 over the canonical JSON of architecture, options, weights SHA-256, input size,
+        colour, mean, std, template (name and points) and embedding size. The threshold,
+        calibration, layout, source and license do not enter it.
+        """
+        d = self._as_dict()
+        key = json.dumps({k: d[k] for k in _ID_FIELDS}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def compatible(self, other: ModelContract) -> bool:
+        """True when embeddings made under ``self`` and ``other`` may be compared (same :attr:`id`)."""
+        return self.id == other.id
+
+    def _as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["template_points"] = [list(p) for p in self.template_points]
+        return d
+
+    def to_json(self) -> str:
+        """The contract as one canonical JSON object (sorted keys), with ``threshold_l2`` and ``id`` added."""
+        d = self._as_dict()
+        d["threshold_l2"] = self.threshold_l2
+        d["id"] = self.id
+        d["contract_version"] = CONTRACT_VERSION
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelContract:
+        """Parse :meth:`to_json` output; an unknown or missing key, or inconsistent derived field, raises.
+
+        Raises:
+            ContractError: malformed JSON, unknown keys (named), missing required keys, bad values, or a
+                stored ``id``/``threshold_l2`` that disagrees with the other fields.
+        """
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ContractError(f"contract: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ContractError("contract: JSON must be an object")
+        version = d.pop("contract_version", CONTRACT_VERSION)
+        if version != CONTRACT_VERSION:
+            raise ContractError(f"contract: version {version} is not supported (this code reads {CONTRACT_VERSION})")
+        stored_id = d.pop("id", None)
+        stored_l2 = d.pop("threshold_l2", None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ContractError(f"contract: unknown key(s) {', '.join(unknown)}")
+        try:
+            contract = cls(**d)
+        except TypeError as e:  # a missing required field
+            raise ContractError(f"contract: {e}") from None
+        if stored_id is not None and stored_id != contract.id:
+            raise ContractError(f"contract: stored id {stored_id} does not match its fields ({contract.id})")
+        l2 = contract.threshold_l2
+        if (stored_l2 is None) != (l2 is None) or (l2 is not None and abs(stored_l2 - l2) > 1e-9):
+            raise ContractError(f"contract: threshold_l2 {stored_l2} is not 2 - 2 * threshold ({l2})")
+        return contract
+
+    def summary(self) -> str:
+        """A few human-readable lines (for the CLI)."""
+        h, w = self.input_size
+        thr = (
+            "not calibrated"
+            if self.threshold is None
+            else f"cos > {self.threshold:.4f} (squared L2 < {self.threshold_l2:.4f}) on {self.calibrated_on}"
+        )
+        return "\n".join(
+            [
+                f"contract {self.id}: {self.architecture} {json.dumps(self.options, sort_keys=True)}",
+                f"  input {h}x{w} {self.color} (x - {self.mean:g}) / {self.std:g}, original layout {self.layout}",
+                f"  template {self.template}, embedding {self.embedding_size}-D, weights sha256 {self.weights_sha256}",
+                f"  threshold {thr}",
+                f"  source {self.source or '-'}; license {self.license or '-'}",
+            ]
+        )
+
+
+def _build(contract: ModelContract) -> nn.Module:
+    from arcface.models import create_model
+
+    try:
+        return create_model(contract.architecture, num_features=contract.embedding_size, **contract.options)
+    except KeyError as e:
+        raise ContractError(f"contract: {e.args[0] if e.args else e}") from None
+    except TypeError as e:  # an option the architecture does not take
+        raise ContractError(f"contract: options {contract.options} do not fit {contract.architecture}: {e}") from None
+
+
+def save_model(module: nn.Module, contract: ModelContract, path: str | Path) -> ModelContract:
+    """Write ``module``'s weights as safetensors with ``contract`` in the metadata (atomically).
+
+    The weights SHA-256 is computed here and replaces the contract's; the module must have the
+    state-dict layout that ``create_model(contract.architecture, ...)`` builds, so that
+    :func:`load_model` can load it strictly.
+
+    Returns:
+        The contract as written (with ``weights_sha256`` filled in).
+
+    Raises:
+        ContractError: the module does not match the architecture the contract names.
+    """
+    from safetensors.torch import save
+
+    sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with torch.device("meta"):
+        ref = _build(contract).state_dict()
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    want = {k: tuple(v.shape) for k, v in ref.items()}
+    if got != want:
+        diff = sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != want[k])
+        raise ContractError(
+            f"module does not match architecture {contract.architecture!r} with options {contract.options} "
+            f"and embedding size {contract.embedding_size} (first differing keys: {', '.join(diff[:3])})"
+        )
+    contract = dataclasses.replace(contract, weights_sha256=weights_sha256(sd))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        # Written by us (not save_file) so the file gets the usual umask permissions.
+        with open(tmp, "wb") as f:
+            f.write(save(sd, metadata={CONTRACT_KEY: contract.to_json()}))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return contract
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # a foreign or torn file: one line naming it
+        raise ContractError(f"{path}: not a safetensors model file ({str(e).splitlines()[0]})") from None
+
+
+def _read_contract(path: Path) -> ModelContract:
+    meta = _read_metadata(path)
+    try:
+        if CONTRACT_KEY in meta:
+            return ModelContract.from_json(meta[CONTRACT_KEY])
+    except (ContractError, json.JSONDecodeError) as e:
+        raise ContractError(f"{path}: {e}") from None
+    raise ContractError(f"{path}: no arcface contract in the safetensors metadata (keys: {sorted(meta) or 'none'})")
+
+
+def read_contract(path: str | Path) -> ModelContract:
+    """The contract stored in a model file, without loading the weights.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ContractError: not a safetensors file, or no (valid) arcface contract in its metadata.
+    """
+    return _read_contract(Path(path))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelContract]:
+    """Load a model file written by :func:`save_model` (or by the trainer) and verify its weights.
+
+    The module is rebuilt with ``create_model(contract.architecture,
+    num_features=contract.embedding_size, **contract.options)``, loaded with ``strict=True`` and put in
+    eval mode. It takes NCHW input whatever ``contract.layout`` says.
+
+    Args:
+        path: a ``.safetensors`` model file.
+        device: where to put the module.
+
+    Returns:
+        (module, contract).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ContractError: no contract, a contract without a weights SHA-256, weights whose SHA-256 differs
+            from the contract's, or weights that do not fit the architecture.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    contract = _read_contract(path)
+    sd = load_file(str(path), device="cpu")
+    if not contract.weights_sha256:
+        raise ContractError(f"{path}: its contract has no weights_sha256, so the weights cannot be verified")
+    actual = weights_sha256(sd)
+    if actual != contract.weights_sha256:
+        raise ContractError(
+            f"{path}: weights SHA-256 {actual} does not match the contract's {contract.weights_sha256} "
+            "(corrupt or edited file)"
+        )
+    module = _build(contract)
+    try:
+        module.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ContractError(f"{path}: weights do not fit {contract.architecture}: {first}") from None
+    return module.to(device).eval(), contract
+
+
+def calibrate_threshold(
+    scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray
+) -> tuple[float, float]:
+    """The cosine threshold that maximises verification accuracy on labelled pairs.
+
+    A pair is predicted "same" when ``score > threshold``. Candidates are the midpoints between
+    consecutive distinct sorted scores, plus one just below the lowest score (all "same") and the
+    highest score itself (all "different"); among equally accurate candidates the lowest wins.
+
+    Args:
+        scores: (N,) similarity of each pair (cosine of L2-normalised embeddings).
+        labels: (N,) True for a same-identity pair.
+
+    Returns:
+        (threshold, accuracy) with accuracy the fraction of pairs classified correctly.
+
+    Raises:
+        ValueError: empty input, lengths that differ, or non-finite scores.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).astype(bool).reshape(-1)
+    if s.size == 0 or s.size != y.size:
+        raise ValueError(f"calibrate_threshold: need as many labels as scores (got {s.size} and {y.size}), N > 0")
+    if not np.isfinite(s).all():
+        raise ValueError("calibrate_threshold: scores must be finite")
+    order = np.argsort(s, kind="stable")
+    s, y = s[order], y[order]
+    n = s.size
+    # Cut i (0..n) predicts "same" for s[i:], "different" for s[:i]: correct = negatives below + positives above.
+    neg_below = np.concatenate([[0], np.cumsum(~y)])  # (n + 1,)
+    pos_above = y.sum() - np.concatenate([[0], np.cumsum(y)])  # (n + 1,)
+    correct = neg_below + pos_above
+    # Only cuts between distinct scores (and the two ends) are realisable by a threshold.
+    valid = np.ones(n + 1, dtype=bool)
+    valid[1:n] = s[1:] > s[:-1]
+    correct = np.where(valid, correct, -1)
+    i = int(np.argmax(correct))
+    if i == 0:
+        threshold = float(np.nextafter(s[0], -np.inf))
+    elif i == n:
+        threshold = float(s[-1])
+    else:
+        threshold = float((s[i - 1] + s[i]) / 2)
+        if not s[i - 1] <= threshold < s[i]:  # adjacent floats: the midpoint rounded up
+            threshold = float(s[i - 1])
+    return threshold, float(correct[i] / n)
