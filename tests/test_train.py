@@ -35,7 +35,7 @@ def losses(out: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("full")
-    cli("train", str(SMOKE), "--out", str(out), "--max-steps", "12", "--no-progress")
+    cli("train", str(SMOKE), "--out", str(out), "--max-steps", "12", "--no-progress", "--set", "train.tensorboard=true")
     return out
 
 
@@ -46,6 +46,7 @@ def test_smoke_run_writes_log_and_weights(full_run):
     assert all(r["loss"] > 0 and r["samples_per_sec"] > 0 for r in rows)
     assert (full_run / "backbone.safetensors").is_file()
     assert (full_run / "ckpt-00000012.pt").is_file()
+    assert list((full_run / "tb").glob("events.out.tfevents.*"))  # TensorBoard scalars
 
 
 def test_resume_is_exact(full_run, tmp_path):

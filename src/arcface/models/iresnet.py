@@ -58,6 +58,7 @@ class IBasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, C_in, H, W) -> this block's output; see the class docstring for shapes."""
         out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
         if self.se is not None:
             out = self.se(out)

@@ -87,6 +87,7 @@ class ConvBlock(nn.Module):
         self.layers = nn.Sequential(*mods)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, C_in, H, W) -> this block's output; see the class docstring for shapes."""
         return self.layers(x)
 
 
@@ -133,6 +134,7 @@ class InvertedResidual(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, C_in, H, W) -> this block's output; see the class docstring for shapes."""
         out = self.layers(x)
         return x + out if self.residual else out
 
@@ -147,6 +149,7 @@ class ResidualStack(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, C_in, H, W) -> this block's output; see the class docstring for shapes."""
         return self.layers(x)
 
 
@@ -161,6 +164,7 @@ class SeparableBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, C_in, H, W) -> this block's output; see the class docstring for shapes."""
         return self.layers(x)
 
 
@@ -208,6 +212,7 @@ class GDC(nn.Module):
         self.layers = nn.Sequential(*mods)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, C_in, H, W) -> this block's output; see the class docstring for shapes."""
         return self.layers(x)
 
 
