@@ -11,13 +11,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from arcface.cli import _convert, _demo, _export, _train
+from arcface.cli import _align, _convert, _demo, _detect, _embed, _eval, _export, _train, _verify
 
-_COMMANDS = (_train, _demo, _convert, _export)
+_COMMANDS = (_train, _demo, _convert, _export, _detect, _align, _embed, _verify, _eval)
 
 
 class CliError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
+    """A user-facing error: printed as one line, exit status 1."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # the known failure kinds: one line, no traceback
         from arcface.engine.config import ConfigError
         from arcface.engine.trainer import TrainingDiverged
+        from arcface.inference.image_io import ImageError
+        from arcface.inference.recognizer import NoFaceError
 
-        known = (CliError, ConfigError, TrainingDiverged, FileNotFoundError, ValueError, KeyError, OSError)
+        known = (
+            CliError, ConfigError, TrainingDiverged, ImageError, NoFaceError,
+            FileNotFoundError, ValueError, KeyError, OSError,
+        )  # fmt: skip
         if isinstance(e, known) and not args.verbose:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
             print(f"arcface {args.command}: error: {msg}", file=sys.stderr)

@@ -1,8 +1,10 @@
-"""``arcface demo``: the most real job the project can do end to end, on real faces when present.
+"""``arcface demo``: the most real jobs the project can do end to end, on real faces when present.
 
-Today that is a short training run: a small IResNet with the ArcFace head on LFW people who have
-at least 30 photos (centre crop of the deep-funneled images), printing the loss as it falls. Without
-LFW it trains on synthetic faces and says how to get LFW.
+1. Photo to identity: MTCNN + five-point alignment + the bundled MobileFaceNet decide a few LFW View 1
+   test pairs (``pairsDevTest.txt``) with the calibrated threshold, and print the table.
+2. Training: a small IResNet with the ArcFace head on LFW people who have at least 30 photos (centre
+   crop of the deep-funneled images), printing the loss as it falls.
+Without LFW it says how to get it and trains on synthetic faces.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=60, help="training steps (default 60)")
     p.add_argument("--out", default=".cache/demo", help="working folder (default .cache/demo)")
     p.add_argument("--min-images", type=int, default=30, help="people with at least this many photos")
+    p.add_argument("--pairs", type=int, default=12, help="LFW View 1 test pairs to verify (half same)")
     p.set_defaults(func=run)
 
 
@@ -37,8 +40,45 @@ def lfw_list_file(lfw: Path, min_images: int, out: Path) -> tuple[Path, int, int
     return out, n_people, len(lines)
 
 
+def read_pairs(path: Path, root: Path) -> list[tuple[Path, Path, bool]]:
+    """LFW pairs (format in ../shared/README.md) as (image A, image B, same person)."""
+    out = []
+    for line in path.read_text().splitlines()[1:]:
+        f = line.split("\t")
+        if len(f) == 3:
+            a, b, same = (f[0], int(f[1])), (f[0], int(f[2])), True
+        elif len(f) == 4:
+            a, b, same = (f[0], int(f[1])), (f[2], int(f[3])), False
+        else:
+            continue
+        out.append(tuple(root / n / f"{n}_{i:04d}.jpg" for n, i in (a, b)) + (same,))
+    return out
+
+
+def verification_table(lfw: Path, n_pairs: int) -> None:
+    """Verify ``n_pairs`` LFW View 1 test pairs (half same, half different) and print the table."""
+    from arcface.inference.recognizer import FaceRecognizer
+
+    pairs = read_pairs(lfw / "pairsDevTest.txt", lfw / "lfw-deepfunneled")
+    same = [p for p in pairs if p[2]][: n_pairs // 2]
+    diff = [p for p in pairs if not p[2]][: n_pairs - n_pairs // 2]
+    rec = FaceRecognizer()
+    print(f"photo to identity: mtcnn + 112x112 alignment + {rec.contract.architecture} "
+          f"({rec.contract.embedding_size}-D), threshold {rec.threshold:.3f} ({rec.contract.calibrated_on})")
+    print(f"data: LFW View 1 test pairs from {lfw / 'pairsDevTest.txt'}\n")
+    print(f"{'image A':<28} {'image B':<28} {'cosine':>7}  {'decision':<9} {'truth':<9}")
+    right = 0
+    t0 = time.perf_counter()
+    for a, b, truth in same + diff:
+        v = rec.verify(a, b)
+        right += v.same == truth
+        print(f"{a.stem:<28} {b.stem:<28} {v.similarity:>7.3f}  {'same' if v.same else 'different':<9} "
+              f"{'same' if truth else 'different':<9}")
+    print(f"\n{right}/{len(same) + len(diff)} right in {time.perf_counter() - t0:.1f} s\n")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Train for ``--steps`` and print a loss table."""
+    """Verify a few LFW pairs, then train for ``--steps`` and print a loss table."""
     import json
 
     from arcface._shared import LFW_HINT, find_lfw
@@ -49,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     lfw = find_lfw()
+    if lfw is not None and args.pairs > 0:
+        verification_table(lfw, args.pairs)
     if lfw is not None:
         lst, n_people, n_images = lfw_list_file(lfw, args.min_images, work / "lfw_train.txt")
         data = {

@@ -32,6 +32,11 @@ def run(args: argparse.Namespace) -> int:
     from arcface.engine.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
+    evaluate = None
+    if cfg.eval.every > 0 and cfg.eval.sets:
+        from arcface.eval.hook import build_evaluator
+
+        evaluate = build_evaluator(cfg)
     dist = init_distributed(cfg.train.device)
     try:
         trainer = Trainer(
@@ -42,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             init_from=args.init_from,
             progress=not args.no_progress,
+            evaluate=evaluate,
         )
         trainer.train()
         if dist.is_main:

@@ -1,0 +1,138 @@
+"""``arcface embed SRC --out F.npz``: the embedding of the main face of each image, in one ``.npz``.
+
+SRC is an image, a folder (walked recursively) or a text file listing image paths (one per line, relative to
+the list file's folder). A file that cannot be read or has no face is recorded and skipped. The ``.npz``
+(written atomically, loadable with ``np.load(F)`` without pickle) holds:
+
+==============  ==============================================================================
+``paths``       (N,) str, the images embedded, in order
+``embeddings``  (N, D) float32, unit rows
+``contract``    () str, the model contract as JSON (``ModelContract.from_json``)
+``errors``      (M, 3) str, one row per skipped image: path, reason code, message
+``options``     () str, JSON: flip, aligned, detector
+==============  ==============================================================================
+
+Exit status: 0 when at least one image was embedded, 1 when none was (the file is still written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from arcface.cli._batch import EXIT_ERROR, EXIT_OK, add_detector_args
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the ``embed`` subcommand."""
+    p = sub.add_parser(
+        "embed",
+        help="embed the main face of images (a file, a folder, or a list) into an .npz",
+        description="Embed the main face of each image. Unreadable images and images without a face are "
+        "recorded in the npz's errors array and skipped.",
+    )
+    p.add_argument("src", metavar="SRC", help="an image, a folder (recursive), or a .txt/.lst file of paths")
+    p.add_argument("--out", required=True, metavar="F.npz", help="the .npz file to write")
+    p.add_argument("--model", default="default", help="default, sface, or a .safetensors/.onnx model file")
+    p.add_argument("--arch", default=None, help="backbone name for a .pth state dict (r50, mbf, ...)")
+    p.add_argument("--aligned", action="store_true", help="the images are aligned crops (no detection)")
+    p.add_argument("--flip", action="store_true", help="flip-test fusion (image + mirror image)")
+    p.add_argument("--batch-size", type=int, default=64, help="crops per forward pass (default 64)")
+    add_detector_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Detect, align and embed each image; write the npz; print a summary."""
+    from arcface.cli import CliError
+    from arcface.cli._batch import Failure, collect_sources, detector_options, failure_of, print_failures, progress
+    from arcface.inference.image_io import ImageError
+    from arcface.inference.recognizer import FaceRecognizer, NoFaceError
+
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be positive, got {args.batch_size}")
+    if not args.out.lower().endswith(".npz"):
+        raise CliError(f"--out {args.out}: the output must be an .npz file")
+    sources = collect_sources(args.src)
+    name, options = detector_options(args)
+    max_side = options.pop("max_side")
+    model_options = {"batch_size": args.batch_size, **({"arch": args.arch} if args.arch else {})}
+    rec = FaceRecognizer(
+        args.model, name, flip=args.flip, max_side=max_side, detector_options=options, model_options=model_options
+    )
+
+    paths: list[str] = []
+    chunks: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+    failures: list[Failure] = []
+
+    def flush() -> None:
+        if pending:
+            chunks.append(rec.embed_batch(pending, aligned=True))
+            pending.clear()
+
+    for path in progress(sources, total=len(sources), desc="embed", enabled=not args.no_progress):
+        try:
+            crop = _main_crop(rec, path, aligned=args.aligned)
+        except (ImageError, NoFaceError, ValueError, OSError) as e:
+            failures.append(failure_of(str(path), e))
+            continue
+        pending.append(crop)
+        paths.append(str(path))
+        if len(pending) >= args.batch_size:
+            flush()
+    flush()
+
+    d = rec.embedding_size
+    embeddings = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, d), np.float32)
+    _save(args.out, rec, paths, embeddings, failures, args)
+    print(
+        f"embedded {len(paths)} of {len(sources)} images into {args.out} "
+        f"({d}-D, {rec.contract.architecture}, contract {rec.contract.id})"
+        + (f"; {len(failures)} skipped (the npz's errors array)" if failures else "")
+    )
+    print_failures(failures)
+    if not paths:
+        print(f"arcface embed: error: no image of {args.src} could be embedded", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _main_crop(rec, path, *, aligned: bool) -> np.ndarray:
+    """The aligned crop of the main face of ``path`` (the image itself with ``aligned``)."""
+    from arcface.inference.image_io import load_image
+    from arcface.inference.recognizer import NoFaceError
+
+    if aligned:
+        rgb = load_image(path)
+        h, w = rec.contract.input_size
+        if rgb.shape[:2] != (h, w):
+            raise ValueError(f"{path}: --aligned needs a {w}x{h} aligned crop, got {rgb.shape[1]}x{rgb.shape[0]}")
+        return rgb
+    crops = rec.align(path)
+    if not crops:
+        raise NoFaceError(str(path))
+    return crops[0]
+
+
+def _save(out: str, rec, paths: list[str], embeddings: np.ndarray, failures, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from arcface.cli._batch import atomic_path
+
+    errors = np.array([[f.path, f.reason, f.message] for f in failures], dtype=str).reshape(-1, 3)
+    options = {"flip": bool(args.flip), "aligned": bool(args.aligned), "detector": args.detector}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f,
+            paths=np.array(paths, dtype=str),
+            embeddings=embeddings,
+            contract=np.array(rec.contract.to_json()),
+            errors=errors,
+            options=np.array(json.dumps(options)),
+        )

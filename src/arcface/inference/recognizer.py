@@ -1,0 +1,377 @@
+"""From photo to identity: detect, align, embed, compare, verify.
+
+    >>> rec = FaceRecognizer()                      # bundled MobileFaceNet + MTCNN
+    >>> faces = rec.detect("group.jpg")             # list[Face], main face first
+    >>> crops = rec.align("group.jpg")              # list of (112, 112, 3) uint8 RGB, same order
+    >>> emb = rec.embed("me.jpg")                   # (D,) float32, unit norm, of the main face
+    >>> rec.verify("me.jpg", "me_too.jpg")          # Verification(similarity=0.71, same=True, threshold=0.43)
+
+Images may be paths, encoded bytes, PIL images, or numpy arrays ((H, W, 3) uint8 RGB or (H, W) grey); they
+all go through :func:`arcface.inference.image_io.load_image`, so bad input raises
+:class:`~arcface.inference.image_io.ImageError`, and an image without a face raises :class:`NoFaceError`.
+Already-aligned crops (the contract's input size, e.g. 112x112) skip detection with ``aligned=True``.
+
+The "main face" of a photo is the first of :meth:`FaceRecognizer.detect`: large and near the centre
+(:func:`arcface.align.rank_faces`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from arcface.inference.image_io import ImageSource, load_image
+
+if TYPE_CHECKING:
+    from arcface.align.detection import Detection, FaceDetector
+    from arcface.inference.backends import Backend
+    from arcface.inference.contract import ModelContract
+
+__all__ = ["DEFAULT_FLIP", "Face", "FaceRecognizer", "NoFaceError", "Verification"]
+
+#: Flip-test fusion default of :class:`FaceRecognizer`; the bundled model's threshold is calibrated with it.
+#: Off: on LFW View 1 (bench/calibrate_default.py) flip fusion scored the same pairsDevTest accuracy (0.993)
+#: at twice the embedding cost; its own threshold would be 0.407 instead of 0.399.
+DEFAULT_FLIP = False
+
+
+class NoFaceError(ValueError):
+    """No face was found in an image; ``str(error)`` is one line naming the image.
+
+    Attributes:
+        source: the image's name (its path, or ``"<array>"``, ``"<PIL image>"``, ``"<bytes>"``).
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        super().__init__(f"{source}: no face found")
+
+    def __reduce__(self):
+        return (type(self), (self.source,))
+
+
+@dataclass(frozen=True, eq=False)
+class Face:
+    """One face found in an image.
+
+    Attributes:
+        box: (x1, y1, x2, y2) in image pixels.
+        score: detector confidence in [0, 1].
+        landmarks: (5, 2) float32 read-only (x, y): left eye, right eye, nose tip, left and right mouth
+            corners (image-left first), in pixel-index coordinates.
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray
+
+    def __post_init__(self) -> None:
+        box = tuple(float(v) for v in self.box)
+        if len(box) != 4:
+            raise ValueError(f"box must have 4 values, got {len(box)}")
+        lms = np.array(self.landmarks, dtype=np.float32).reshape(5, 2)
+        lms.setflags(write=False)
+        object.__setattr__(self, "box", box)
+        object.__setattr__(self, "score", float(self.score))
+        object.__setattr__(self, "landmarks", lms)
+
+    @classmethod
+    def from_detection(cls, detection: Detection) -> Face:
+        """The public twin of an ``arcface.align.Detection``."""
+        return cls(detection.box, detection.score, detection.landmarks)
+
+    def __repr__(self) -> str:
+        box = ", ".join(f"{v:.1f}" for v in self.box)
+        return f"Face(box=({box}), score={self.score:.3f})"
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The answer to "same person?".
+
+    Attributes:
+        similarity: cosine similarity of the two L2-normalised embeddings, in [-1, 1].
+        same: ``similarity > threshold``.
+        threshold: the cosine threshold used.
+    """
+
+    similarity: float
+    same: bool
+    threshold: float
+
+    @property
+    def distance_l2(self) -> float:
+        """Squared L2 distance of the unit embeddings, ``2 - 2 * similarity``."""
+        return 2.0 - 2.0 * self.similarity
+
+    @property
+    def threshold_l2(self) -> float:
+        """The threshold as a squared L2 distance (same when ``distance_l2 < threshold_l2``)."""
+        return 2.0 - 2.0 * self.threshold
+
+
+class FaceRecognizer:
+    """Face detection, alignment and embedding with one model and one detector.
+
+    Args:
+        model: a model name ("default", "mobilefacenet", "sface"), a model file (``.safetensors``, ``.pth`` with
+            ``model_options={"arch": ...}``, ``.onnx``), or a ready :class:`~arcface.inference.backends.Backend`
+            (used as is; ``flip``, ``device`` and ``model_options`` then do not apply).
+        detector: a detector name ("mtcnn", "yunet", "scrfd") or a ``FaceDetector`` instance.
+        flip: flip-test fusion (embedding of the crop plus of its mirror image, then normalised).
+        threshold: cosine threshold of :meth:`verify`; None uses the model contract's calibrated one.
+        device: torch device of the model (and of MTCNN).
+        max_side: photos with a longer side are downscaled for detection (landmarks map back, the crop is cut
+            from the full-resolution photo).
+        detector_options: extra arguments of the detector (e.g. ``{"min_face_size": 40}``).
+        model_options: extra arguments of :func:`arcface.inference.zoo.load_backend` (``arch``, ``preset``,
+            ``providers``, ``batch_size``, ...).
+
+    Raises:
+        FileNotFoundError: unknown model name or missing file (see ``load_backend``).
+        KeyError: unknown detector name.
+        ValueError: a contract whose crop this pipeline cannot make (non-square input, unknown template size).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | Backend = "default",
+        detector: str | FaceDetector = "mtcnn",
+        *,
+        flip: bool = DEFAULT_FLIP,
+        threshold: float | None = None,
+        device: str = "cpu",
+        max_side: int | None = 1600,
+        detector_options: Mapping[str, Any] | None = None,
+        model_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        from arcface.align.detection import FaceDetector, create_detector
+        from arcface.inference.backends import Backend
+        from arcface.inference.zoo import load_backend
+
+        if isinstance(model, Backend):
+            self.backend = model
+        else:
+            self.backend = load_backend(model, flip=flip, device=device, **dict(model_options or {}))
+        self._check_template(self.backend.contract)
+        if isinstance(detector, FaceDetector):
+            self.detector = detector
+        else:
+            options = {"max_side": max_side, **dict(detector_options or {})}
+            if detector == "mtcnn":
+                options.setdefault("device", device)
+            self.detector = create_detector(detector, **options)
+        if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold}")
+        self._threshold = None if threshold is None else float(threshold)
+
+    # ----------------------------------------------------------------------------------------------
+    # Properties
+
+    @property
+    def contract(self) -> ModelContract:
+        """The model's contract: embeddings of recognizers with equal ``contract.id`` are comparable."""
+        return self.backend.contract
+
+    @property
+    def threshold(self) -> float | None:
+        """The cosine threshold of :meth:`verify` (given, else the contract's calibrated one, else None)."""
+        return self._threshold if self._threshold is not None else self.contract.threshold
+
+    @property
+    def embedding_size(self) -> int:
+        """D, the length of an embedding."""
+        return self.backend.embedding_size
+
+    # ----------------------------------------------------------------------------------------------
+    # Pipeline
+
+    def detect(self, image: ImageSource) -> list[Face]:
+        """Find the faces in an image, main face first.
+
+        Args:
+            image: path, bytes, PIL image, or (H, W, 3) uint8 RGB / (H, W) grey array.
+
+        Returns:
+            Faces (possibly none) with boxes and landmarks in the image's pixel coordinates.
+
+        Raises:
+            ImageError: the input is not a readable image.
+        """
+        return self._detect(self._load(image))
+
+    def align(self, image: ImageSource) -> list[np.ndarray]:
+        """Aligned crops of every face, in :meth:`detect` order.
+
+        Returns:
+            List of (H, W, 3) uint8 RGB crops, (H, W) the contract's ``input_size`` (112x112).
+        """
+        rgb = self._load(image)
+        return [self._crop(rgb, f.landmarks) for f in self._detect(rgb)]
+
+    def embed(self, image: ImageSource, *, aligned: bool = False) -> np.ndarray:
+        """The embedding of the main face.
+
+        Args:
+            image: a photo, or with ``aligned=True`` an aligned crop of the contract's input size.
+            aligned: skip detection and alignment.
+
+        Returns:
+            (D,) float32 of unit L2 norm.
+
+        Raises:
+            NoFaceError: no face in the photo (the message names it).
+            ImageError: unreadable input.
+        """
+        return self.embed_batch([image], aligned=aligned)[0]
+
+    def embed_faces(self, image: ImageSource) -> np.ndarray:
+        """Embeddings of every face in a photo, in :meth:`detect` order.
+
+        Returns:
+            (N, D) float32 of unit rows; N = 0 when there is no face.
+        """
+        return self.backend.embed_crops(self.align(image))
+
+    def embed_batch(self, images: Iterable[ImageSource], *, aligned: bool = False) -> np.ndarray:
+        """Embeddings of the main face of each image, run through the model in batches.
+
+        Args:
+            images: photos (or aligned crops with ``aligned=True``).
+            aligned: skip detection and alignment.
+
+        Returns:
+            (N, D) float32 of unit rows, one per image.
+
+        Raises:
+            NoFaceError: for the first image without a face.
+            ImageError: for the first unreadable image.
+        """
+        crops = [self._aligned(img) if aligned else self._main_crop(img) for img in images]
+        return self.backend.embed_crops(crops)
+
+    def compare(self, a: ImageSource | np.ndarray, b: ImageSource | np.ndarray, *, aligned: bool = False) -> float:
+        """Cosine similarity of two faces.
+
+        Args:
+            a: an image (main face used) or a (D,) embedding of this recognizer (any 1-D array is taken as an
+                embedding; images are 2-D or 3-D).
+            b: likewise.
+            aligned: the images are aligned crops.
+
+        Returns:
+            Cosine similarity in [-1, 1].
+
+        Raises:
+            ValueError: an embedding of the wrong length (another model's).
+        """
+        ea, eb = (self._embedding_of(x, aligned) for x in (a, b))
+        return float(np.clip(np.dot(ea, eb), -1.0, 1.0))
+
+    def verify(
+        self, a: ImageSource | np.ndarray, b: ImageSource | np.ndarray, *, aligned: bool = False
+    ) -> Verification:
+        """Are ``a`` and ``b`` the same person? Compares their similarity with :attr:`threshold`.
+
+        Raises:
+            ValueError: no threshold (the model is not calibrated and none was given).
+            NoFaceError, ImageError: as :meth:`embed`.
+        """
+        threshold = self.threshold
+        if threshold is None:
+            raise ValueError(
+                f"model {self.contract.architecture} (contract {self.contract.id}) has no calibrated threshold; "
+                "pass FaceRecognizer(threshold=...)"
+            )
+        sim = self.compare(a, b, aligned=aligned)
+        return Verification(similarity=sim, same=sim > threshold, threshold=threshold)
+
+    def __repr__(self) -> str:
+        return f"FaceRecognizer(model={self.backend!r}, detector={self.detector!r}, threshold={self.threshold})"
+
+    # ----------------------------------------------------------------------------------------------
+    # Helpers
+
+    @staticmethod
+    def _check_template(contract: ModelContract) -> None:
+        from arcface.align.template import template_for_size
+
+        h, w = contract.input_size
+        if contract.template == "arcface_112":
+            if h != w:
+                raise ValueError(f"contract {contract.id}: the arcface_112 template needs a square crop, got {h}x{w}")
+            template_for_size(h)  # raises for sizes the template does not scale to
+
+    def _load(self, image: ImageSource) -> np.ndarray:
+        return load_image(image)
+
+    def _detect(self, rgb: np.ndarray) -> list[Face]:
+        return [Face.from_detection(d) for d in self.detector.detect(rgb)]
+
+    def _crop(self, rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """The aligned crop the contract asks for: its template, its input size."""
+        contract = self.contract
+        h, w = contract.input_size
+        if contract.template == "arcface_112":
+            from arcface.align.transform import norm_crop
+
+            return norm_crop(rgb, landmarks, image_size=h)
+        # A foreign template: its points are given in the crop's own pixels.
+        import cv2
+
+        from arcface.align.transform import estimate_similarity
+
+        matrix = estimate_similarity(np.asarray(landmarks, np.float64), np.asarray(contract.template_points))
+        return cv2.warpAffine(
+            rgb, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
+
+    def _main_crop(self, image: ImageSource) -> np.ndarray:
+        rgb = self._load(image)
+        faces = self._detect(rgb)
+        if not faces:
+            raise NoFaceError(_name(image))
+        return self._crop(rgb, faces[0].landmarks)
+
+    def _aligned(self, image: ImageSource) -> np.ndarray:
+        rgb = self._load(image)
+        h, w = self.contract.input_size
+        if rgb.shape[:2] != (h, w):
+            raise ValueError(
+                f"{_name(image)}: aligned=True needs a {w}x{h} aligned crop, got {rgb.shape[1]}x{rgb.shape[0]}"
+            )
+        return rgb
+
+    def _embedding_of(self, x: ImageSource | np.ndarray, aligned: bool) -> np.ndarray:
+        if isinstance(x, np.ndarray) and x.ndim == 1:
+            if x.shape[0] != self.embedding_size:
+                raise ValueError(
+                    f"embedding of length {x.shape[0]} does not come from this model "
+                    f"({self.embedding_size}-D, contract {self.contract.id}); embeddings of different "
+                    "contracts are never compared"
+                )
+            if not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all():
+                raise ValueError("an embedding must be a finite float vector")
+            norm = float(np.linalg.norm(x))
+            if norm == 0:
+                raise ValueError("an embedding must not be all zeros")
+            return (x / norm).astype(np.float32)
+        return self.embed(x, aligned=aligned)
+
+
+def _name(image: Any) -> str:
+    """How error messages call an image (as load_image does)."""
+    if isinstance(image, (str, os.PathLike)):
+        return os.fsdecode(image)
+    if isinstance(image, np.ndarray):
+        return "<array>"
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    filename = getattr(image, "filename", None)
+    if filename:
+        return os.fsdecode(filename)
+    return "<PIL image>" if type(image).__module__.startswith("PIL") else f"<{type(image).__name__}>"
