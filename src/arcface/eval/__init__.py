@@ -1,0 +1,33 @@
+"""Evaluation as the papers do it: verification sets, the 10-fold protocol, ROC plots, the trainer's hook.
+
+    >>> from arcface.eval import read_lfw_pairs, evaluate_pair_set, EvalCache
+    >>> from arcface.inference.zoo import load_backend
+    >>> pairs = read_lfw_pairs("lfw/pairs.txt", "lfw/lfw-deepfunneled")
+    >>> report = evaluate_pair_set(pairs, load_backend("default", flip=True), cache=EvalCache())
+    >>> report["accuracy"], report["accuracy_std"]
+"""
+
+from arcface.eval.cache import EvalCache, embed_pair_set
+from arcface.eval.datasets import BinFormatError, PairSet, read_bin, read_csv_pairs, read_lfw_pairs
+from arcface.eval.verification import (
+    evaluate_pair_set,
+    fold_accuracies,
+    recompute_accuracy,
+    roc_metrics,
+    verification_report,
+)
+
+__all__ = [
+    "BinFormatError",
+    "EvalCache",
+    "PairSet",
+    "embed_pair_set",
+    "evaluate_pair_set",
+    "fold_accuracies",
+    "read_bin",
+    "read_csv_pairs",
+    "read_lfw_pairs",
+    "recompute_accuracy",
+    "roc_metrics",
+    "verification_report",
+]

@@ -1,0 +1,414 @@
+"""Detection, alignment and embedding of a verification set, with an on-disk cache (a second run is fast).
+
+Two kinds of entries, each one ``.npz`` file written atomically under the cache folder:
+
+* ``crops/KEY.npz``: the aligned crop of one image and whether it is a fallback. KEY hashes the image's
+  absolute path, mtime (ns) and size, the detector name and options, and the crop's size and template points,
+  so crops are shared between every model that takes the same crop (detection runs once for several models).
+* ``embeddings/KEY.npz``: the (M, D) embeddings of a whole set. KEY hashes the keys of its crops (or the
+  ``.bin`` file's path, mtime and size), the model contract's id and the flip flag.
+
+A cache file that cannot be read (torn, corrupt, wrong shape) is ignored and rebuilt.
+
+**Images without a face**: the detector's main face is used; when it finds none, the image's centre square of
+side ``0.55 * min(H, W)`` (for LFW's 250x250: the central 137x137, about where a deep-funneled face lies) is
+resized to the crop size. Such images are counted (``fallbacks``) and reported; their pairs are scored like any
+other. Unreadable images are errors.
+
+Detection can run in ``workers`` processes (``spawn``; one torch thread each); it is the slow part (MTCNN
+takes about 20-50 ms per 250x250 image on one core).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from arcface.eval.datasets import PairSet
+    from arcface.inference.backends import Backend
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_CACHE",
+    "FALLBACK_FRACTION",
+    "CropSpec",
+    "EmbedStats",
+    "EvalCache",
+    "align_images",
+    "centre_crop",
+    "decode_aligned",
+    "embed_pair_set",
+]
+
+#: Default cache folder (relative to the working directory).
+DEFAULT_CACHE = Path(".cache/arcface")
+
+#: Side of the fallback centre square, as a fraction of the image's shorter side.
+FALLBACK_FRACTION = 0.55
+
+#: Counts detector calls in this process (tests check that a cached run makes none).
+DETECTOR_CALLS = {"n": 0}
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class EvalCache:
+    """An ``.npz`` store under ``root`` (``None`` disables it: every get misses, every put is dropped).
+
+    Args:
+        root: the cache folder; created on first write.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = DEFAULT_CACHE) -> None:
+        self.root = None if root is None else Path(root)
+
+    def _path(self, kind: str, key: str) -> Path:
+        assert self.root is not None
+        return self.root / kind / key[:2] / f"{key}.npz"
+
+    def get(self, kind: str, key: str, check: Callable[[dict[str, np.ndarray]], bool] | None = None):
+        """The arrays stored under (kind, key), or None when absent or unreadable (a bad file is removed).
+
+        Args:
+            kind: "crops" or "embeddings".
+            key: the entry's hash.
+            check: extra validation of the loaded arrays; False counts as corrupt.
+        """
+        if self.root is None:
+            return None
+        path = self._path(kind, key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            if check is not None and not check(arrays):
+                raise ValueError("unexpected content")
+            return arrays
+        except Exception as e:  # a torn or foreign file: rebuild it
+            log.warning("cache file %s is unreadable (%s); rebuilding it", path, e)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+
+    def put(self, kind: str, key: str, **arrays: np.ndarray) -> None:
+        """Store arrays under (kind, key), atomically (a reader never sees half a file)."""
+        if self.root is None:
+            return
+        path = self._path(kind, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How crops are made: detector and its options, crop size and template.
+
+    Attributes:
+        detector: detector name ("mtcnn", "yunet", "scrfd").
+        detector_options: its constructor options (``max_side``, ``model_path``, ...).
+        size: crop side in pixels (the contract's square input size).
+        template_points: the five template points of the crop (from the contract).
+        template: the template's name ("arcface_112" uses ``norm_crop``).
+    """
+
+    detector: str = "mtcnn"
+    detector_options: dict = field(default_factory=dict)
+    size: int = 112
+    template_points: tuple = ()
+    template: str = "arcface_112"
+
+    @classmethod
+    def for_contract(cls, contract, detector: str = "mtcnn", detector_options: dict | None = None) -> CropSpec:
+        """The crop a model contract asks for (square input only)."""
+        h, w = contract.input_size
+        if h != w:
+            raise ValueError(f"contract {contract.id}: evaluation needs a square input, got {h}x{w}")
+        return cls(detector, dict(detector_options or {}), h, tuple(map(tuple, contract.template_points)),
+                   contract.template)  # fmt: skip
+
+    def key(self) -> dict:
+        """The JSON-able part of a crop's cache key."""
+        return {"detector": self.detector, "options": self.detector_options, "size": self.size,
+                "template": self.template, "points": self.template_points}  # fmt: skip
+
+
+def centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The fallback crop: the centre square of side ``FALLBACK_FRACTION * min(H, W)`` resized to (size, size).
+
+    Args:
+        rgb: (H, W, 3) uint8.
+        size: output side.
+
+    Returns:
+        (size, size, 3) uint8.
+    """
+    import cv2
+
+    h, w = rgb.shape[:2]
+    side = max(1, round(FALLBACK_FRACTION * min(h, w)))
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    square = rgb[y0 : y0 + side, x0 : x0 + side]
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return np.ascontiguousarray(cv2.resize(square, (size, size), interpolation=interp))
+
+
+def _make_crop(rgb: np.ndarray, landmarks: np.ndarray, spec: CropSpec) -> np.ndarray:
+    if spec.template == "arcface_112":
+        from arcface.align.transform import norm_crop
+
+        return norm_crop(rgb, landmarks, image_size=spec.size)
+    import cv2
+
+    from arcface.align.transform import estimate_similarity
+
+    m = estimate_similarity(np.asarray(landmarks, np.float64), np.asarray(spec.template_points, np.float64))
+    return cv2.warpAffine(rgb, m, (spec.size, spec.size), flags=cv2.INTER_LINEAR, borderValue=0)
+
+
+# Per-process detector of the worker pool (and of the in-process path).
+_DETECTOR: dict[str, Any] = {}
+
+
+def _init_worker(spec: CropSpec, threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    _get_detector(spec)
+
+
+def _get_detector(spec: CropSpec):
+    key = json.dumps(spec.key(), sort_keys=True, default=str)
+    if key not in _DETECTOR:
+        from arcface.align.detection import create_detector
+
+        _DETECTOR.clear()
+        _DETECTOR[key] = create_detector(spec.detector, **spec.detector_options)
+    return _DETECTOR[key]
+
+
+def _align_one(args: tuple[str, CropSpec]) -> tuple[np.ndarray, bool]:
+    """Detect the main face of one image and crop it (centre crop when there is none)."""
+    from arcface.inference.image_io import load_image
+
+    path, spec = args
+    rgb = load_image(path)
+    faces = _get_detector(spec).detect(rgb)
+    if faces:
+        return _make_crop(rgb, faces[0].landmarks, spec), False
+    return centre_crop(rgb, spec.size), True
+
+
+def _image_key(path: Path, spec: CropSpec) -> str:
+    p = Path(path).resolve()
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        from arcface.inference.image_io import ImageError
+
+        raise ImageError(str(path), "missing", "no such file") from None
+    return _hash({"path": str(p), "mtime_ns": st.st_mtime_ns, "size": st.st_size, **spec.key()})
+
+
+def _valid_crop(size: int) -> Callable[[dict[str, np.ndarray]], bool]:
+    def check(a: dict[str, np.ndarray]) -> bool:
+        c = a.get("crop")
+        return c is not None and c.shape == (size, size, 3) and c.dtype == np.uint8 and "fallback" in a
+
+    return check
+
+
+def align_images(
+    paths: Sequence[str | os.PathLike],
+    spec: CropSpec,
+    cache: EvalCache,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Aligned crops of the main face of each image, from the cache or by detection.
+
+    Args:
+        paths: M image files.
+        spec: detector, crop size and template.
+        cache: where crops are looked up and stored.
+        workers: detection processes (1: in this process).
+        progress: a progress bar on stderr.
+
+    Returns:
+        ``(crops, fallback, counts)``: (M, S, S, 3) uint8 crops, (M,) bool (True where no face was found and the
+        centre crop was used), and ``{"cached": ..., "detected": ...}``.
+
+    Raises:
+        ImageError: an image is missing or unreadable (the message names it).
+    """
+    from arcface.cli._batch import progress as bar
+
+    paths = [Path(p) for p in paths]
+    keys = [_image_key(p, spec) for p in paths]
+    crops = np.zeros((len(paths), spec.size, spec.size, 3), np.uint8)
+    fallback = np.zeros(len(paths), bool)
+    todo = []
+    check = _valid_crop(spec.size)
+    for i, key in enumerate(keys):
+        hit = cache.get("crops", key, check)
+        if hit is None:
+            todo.append(i)
+        else:
+            crops[i], fallback[i] = hit["crop"], bool(hit["fallback"])
+    if todo:
+        jobs = [(str(paths[i]), spec) for i in todo]
+        if workers > 1 and len(todo) > 1:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(spec, 1)) as pool:
+                results: Iterable = pool.imap(_align_one, jobs, chunksize=8)
+                results = bar(results, total=len(todo), desc="detect+align", enabled=progress)
+                for i, (crop, fb) in zip(todo, results, strict=True):
+                    crops[i], fallback[i] = crop, fb
+                    cache.put("crops", keys[i], crop=crop, fallback=np.array(fb))
+        else:
+            for i, job in zip(todo, bar(jobs, total=len(jobs), desc="detect+align", enabled=progress), strict=True):
+                crop, fb = _align_one(job)
+                crops[i], fallback[i] = crop, fb
+                cache.put("crops", keys[i], crop=crop, fallback=np.array(fb))
+        DETECTOR_CALLS["n"] += len(todo)
+    return crops, fallback, {"cached": len(paths) - len(todo), "detected": len(todo)}
+
+
+def decode_aligned(images: Sequence[bytes | str | os.PathLike], size: int | tuple[int, int]) -> np.ndarray:
+    """Decode already-aligned crops (encoded bytes or files), resized to ``size`` when they differ.
+
+    Args:
+        images: M encoded images or paths.
+        size: S or (H, W) wanted.
+
+    Returns:
+        (M, H, W, 3) uint8 RGB.
+    """
+    import cv2
+
+    from arcface.inference.image_io import load_image
+
+    h, w = (size, size) if isinstance(size, int) else size
+    out = np.zeros((len(images), h, w, 3), np.uint8)
+    for i, img in enumerate(images):
+        rgb = load_image(img, name=None if not isinstance(img, bytes) else f"<image {i}>")
+        if rgb.shape[:2] != (h, w):
+            interp = cv2.INTER_AREA if rgb.shape[0] > h else cv2.INTER_LINEAR
+            rgb = cv2.resize(rgb, (w, h), interpolation=interp)
+        out[i] = rgb
+    return out
+
+
+@dataclass
+class EmbedStats:
+    """What :func:`embed_pair_set` did and how long it took (seconds).
+
+    Attributes:
+        images: distinct images of the set.
+        detected: images run through the detector in this call (0 on a cached run).
+        crops_cached: crops read from the cache.
+        fallbacks: images where no face was found (centre crop used).
+        embeddings_cached: the embeddings came from the cache.
+        seconds_align: detection + alignment (or decoding) time.
+        seconds_embed: embedding time.
+    """
+
+    images: int = 0
+    detected: int = 0
+    crops_cached: int = 0
+    fallbacks: int = 0
+    fallback_images: list = field(default_factory=list)
+    embeddings_cached: bool = False
+    seconds_align: float = 0.0
+    seconds_embed: float = 0.0
+
+
+def embed_pair_set(
+    pairset: PairSet,
+    backend: Backend,
+    *,
+    cache: EvalCache | None = None,
+    detector: str = "mtcnn",
+    detector_options: dict | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> tuple[np.ndarray, EmbedStats]:
+    """Embeddings of every image of a set (detected and aligned unless ``pairset.aligned``), cached.
+
+    Args:
+        pairset: the set.
+        backend: the model (its ``flip`` decides flip-test fusion; its contract the crop).
+        cache: the cache (None: no cache).
+        detector: detector name for unaligned images.
+        detector_options: its options (``max_side`` defaults to 1600 as in ``FaceRecognizer``).
+        workers: detection processes.
+        progress: progress bars on stderr.
+
+    Returns:
+        ``(embeddings, stats)``: (M, D) float32 unit rows in ``pairset.images`` order, and an :class:`EmbedStats`.
+    """
+    cache = cache if cache is not None else EvalCache(None)
+    contract = backend.contract
+    stats = EmbedStats(images=len(pairset.images))
+    options = {"max_side": 1600, **dict(detector_options or {})}
+    spec = CropSpec.for_contract(contract, detector, options)
+    if pairset.aligned:
+        if pairset.source and Path(pairset.source).is_file():
+            st = Path(pairset.source).stat()
+            set_id = {"file": str(Path(pairset.source).resolve()), "mtime_ns": st.st_mtime_ns, "size": st.st_size}
+        else:
+            set_id = {"images": [hashlib.sha256(bytes(b)).hexdigest() if isinstance(b, bytes) else
+                                 _image_key(Path(b), spec) for b in pairset.images]}  # fmt: skip
+        set_id["aligned_size"] = spec.size
+    else:
+        set_id = {"crops": [_image_key(Path(p), spec) for p in pairset.images]}
+    key = _hash({**set_id, "contract": contract.id, "flip": bool(backend.flip)})
+    m, d = len(pairset.images), contract.embedding_size
+    hit = cache.get("embeddings", key, lambda a: a.get("embeddings", np.zeros(0)).shape == (m, d)
+                    and a.get("fallback", np.zeros(0)).shape == (m,))  # fmt: skip
+    if hit is not None:
+        stats.embeddings_cached = True
+        stats.crops_cached = m
+        fallback = hit["fallback"].astype(bool)
+        stats.fallbacks = int(fallback.sum())
+        stats.fallback_images = [str(pairset.images[i]) for i in np.flatnonzero(fallback)]
+        return hit["embeddings"].astype(np.float32), stats
+    t0 = time.perf_counter()
+    if pairset.aligned:
+        crops = decode_aligned(pairset.images, spec.size)
+        fallback = np.zeros(m, bool)
+    else:
+        crops, fallback, counts = align_images(pairset.images, spec, cache, workers=workers, progress=progress)
+        stats.detected, stats.crops_cached = counts["detected"], counts["cached"]
+    stats.fallbacks = int(fallback.sum())
+    stats.fallback_images = [str(pairset.images[i]) for i in np.flatnonzero(fallback)]
+    t1 = time.perf_counter()
+    emb = backend.embed_crops(crops)
+    stats.seconds_align, stats.seconds_embed = t1 - t0, time.perf_counter() - t1
+    cache.put("embeddings", key, embeddings=emb, fallback=fallback)
+    return emb, stats

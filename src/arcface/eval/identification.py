@@ -1,0 +1,472 @@
+"""1:N identification: a FAISS gallery index, MegaFace-style CMC, open-set TPIR@FPIR, and TAR@FAR from a numpy ROC.
+
+    >>> index = IdentificationIndex(512, kind="hnsw")          # or "exact" (IndexFlatIP), "ivf"
+    >>> index.add(gallery, ids)                               # (N, 512) unit rows, (N,) int64
+    >>> scores, found = index.search(queries, k=10)           # (Q, 10) cosine, (Q, 10) ids (-1: none)
+    >>> evaluate_identification(probes, probe_ids, None, None, distractors)["cmc"]
+    {1: 0.98, 5: 0.99, 10: 1.0}
+
+Protocols of :func:`evaluate_identification`:
+
+- ``"megaface"`` (default), as MegaFace (Kemelmacher-Shlizerman et al., CVPR 2016, https://arxiv.org/abs/1512.00596)
+  runs it: every mated (probe, gallery image) pair is one trial whose gallery is that ONE image plus all
+  distractors; the rank is 1 + the number of distractors scoring above the mated image. Only the distractors are
+  indexed (one search per probe, ``k = max(ranks)``), so a million distractors cost one index, not one per trial.
+- ``"gallery"``: closed-set search of each probe in the whole gallery plus the distractors; the rank is the first
+  position holding the probe's identity.
+
+Verification numbers (``tar_at_far``) use genuine = the mated pair scores and impostors = probe x distractor scores.
+The ROC is written with numpy (no scikit-learn): at FAR f the threshold is the score of the ``floor(f * n_neg) + 1``-th
+highest impostor, so at most ``f * n_neg`` impostors pass (strictly above it); where ``f * n_neg < 1`` the FAR cannot
+be measured and the value is ``None`` ("not enough negatives").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_FARS",
+    "IdentificationIndex",
+    "cmc_from_ranks",
+    "evaluate_identification",
+    "open_set_identification",
+    "tar_at_far",
+]
+
+#: FAR values reported by default: 1e-6 ... 1e-1.
+DEFAULT_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+
+_KINDS = ("exact", "hnsw", "ivf")
+
+
+# --------------------------------------------------------------------------------------------------
+# ROC
+
+
+def tar_at_far(
+    genuine: np.ndarray, impostor: np.ndarray, fars: Iterable[float] = DEFAULT_FARS
+) -> dict[float, dict[str, Any]]:
+    """True accept rate at fixed false accept rates, from the empirical ROC.
+
+    Args:
+        genuine: (P,) scores of same-identity pairs.
+        impostor: (N,) scores of different-identity pairs.
+        fars: target false accept rates in (0, 1].
+
+    Returns:
+        ``{far: {"tar": float | None, "threshold": float | None, "far": measured FAR | None}}``; ``tar`` is None
+        with ``"note": "not enough negatives"`` where ``far * N < 1``.
+
+    Raises:
+        ValueError: empty score sets or a FAR outside (0, 1].
+    """
+    genuine = np.asarray(genuine, dtype=np.float64).ravel()
+    impostor = np.asarray(impostor, dtype=np.float64).ravel()
+    if genuine.size == 0 or impostor.size == 0:
+        raise ValueError(f"need genuine and impostor scores, got {genuine.size} and {impostor.size}")
+    n_neg = impostor.size
+    neg_desc = -np.sort(-impostor)  # (N,) highest first
+    out: dict[float, dict[str, Any]] = {}
+    for far in fars:
+        far = float(far)
+        if not 0.0 < far <= 1.0:
+            raise ValueError(f"FAR must be in (0, 1], got {far}")
+        allowed = math.floor(far * n_neg + 1e-9)  # impostors that may pass
+        if allowed < 1:
+            out[far] = {"tar": None, "threshold": None, "far": None, "note": "not enough negatives"}
+            continue
+        if allowed >= n_neg:
+            threshold = float(neg_desc[-1]) - 1e-12
+        else:
+            threshold = float(neg_desc[allowed])  # pass = strictly above the (allowed+1)-th highest
+        out[far] = {
+            "tar": float(np.mean(genuine > threshold)),
+            "threshold": threshold,
+            "far": float(np.mean(impostor > threshold)),
+        }
+    return out
+
+
+def cmc_from_ranks(ranks: np.ndarray, at: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+    """Cumulative match characteristic: the share of trials whose 1-based rank is <= r.
+
+    Args:
+        ranks: (T,) 1-based ranks of the correct match (``np.inf`` or any value > max(at) for "not found").
+        at: the ranks to report.
+
+    Returns:
+        ``{r: share}``.
+    """
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.size == 0:
+        raise ValueError("no trials")
+    return {int(r): float(np.mean(ranks <= r)) for r in at}
+
+
+# --------------------------------------------------------------------------------------------------
+# Index
+
+
+class IdentificationIndex:
+    """A gallery of unit embeddings searched by inner product (= cosine) through FAISS.
+
+    Args:
+        dim: D, the embedding length.
+        kind: ``"exact"`` (``IndexFlatIP``), ``"hnsw"`` (``IndexHNSWFlat``, inner-product metric) or ``"ivf"``
+            (``IndexIVFFlat`` over a flat inner-product quantizer, trained on the first ``add``).
+        m: HNSW neighbours per node.
+        ef_construction: HNSW build beam width.
+        ef_search: HNSW search beam width (at least ``k`` is used).
+        nlist: IVF cells; lowered to ``n_train // 39`` when the training sample is smaller (FAISS wants ~39
+            points per centroid).
+        nprobe: IVF cells visited per query.
+        train_size: most vectors sampled from the first ``add`` to train the IVF quantizer.
+        seed: sampling seed of the IVF training set.
+
+    Ids are int64 labels kept beside the index (position -> id), so every kind accepts arbitrary ids.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kind: str = "exact",
+        *,
+        m: int = 32,
+        ef_construction: int = 40,
+        ef_search: int = 64,
+        nlist: int = 1024,
+        nprobe: int = 16,
+        train_size: int = 50_000,
+        seed: int = 0,
+    ) -> None:
+        import faiss
+
+        if kind not in _KINDS:
+            raise ValueError(f"unknown index kind {kind!r}; expected one of {_KINDS}")
+        if dim < 1:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self.dim = int(dim)
+        self.kind = kind
+        self.nlist = int(nlist)
+        self.nprobe = int(nprobe)
+        self.ef_search = int(ef_search)
+        self.train_size = int(train_size)
+        self.seed = int(seed)
+        self._ids = np.zeros(0, dtype=np.int64)
+        if kind == "exact":
+            self.index = faiss.IndexFlatIP(self.dim)
+        elif kind == "hnsw":
+            self.index = faiss.IndexHNSWFlat(self.dim, int(m), faiss.METRIC_INNER_PRODUCT)
+            self.index.hnsw.efConstruction = int(ef_construction)
+        else:
+            self.index = None  # built at the first add, when the training sample fixes nlist
+
+    def __len__(self) -> int:
+        return int(self._ids.size)
+
+    def __repr__(self) -> str:
+        return f"IdentificationIndex(dim={self.dim}, kind={self.kind!r}, size={len(self)})"
+
+    def add(self, embeddings: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """Add gallery rows.
+
+        Args:
+            embeddings: (N, D) float32 unit rows.
+            ids: (N,) int labels; default the running positions ``len(self) .. len(self) + N - 1``.
+        """
+        x = _as_matrix(embeddings, self.dim)
+        if ids is None:
+            ids = np.arange(len(self), len(self) + x.shape[0], dtype=np.int64)
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if ids.shape[0] != x.shape[0]:
+            raise ValueError(f"{x.shape[0]} embeddings but {ids.shape[0]} ids")
+        if x.shape[0] == 0:
+            return
+        if self.index is None:
+            self.index = self._train_ivf(x)
+        self.index.add(x)
+        self._ids = np.concatenate([self._ids, ids])
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best gallery rows of each query.
+
+        Args:
+            queries: (Q, D) float32 unit rows.
+            k: results per query.
+
+        Returns:
+            scores (Q, k) float32 inner products, highest first (``-inf`` where fewer than k were found) and
+            ids (Q, k) int64 (-1 there).
+        """
+        q = _as_matrix(queries, self.dim)
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if len(self) == 0:
+            return np.full((q.shape[0], k), -np.inf, np.float32), np.full((q.shape[0], k), -1, np.int64)
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = max(self.ef_search, k)
+        elif self.kind == "ivf":
+            self.index.nprobe = self.nprobe
+        scores, pos = self.index.search(q, k)  # (Q, k), (Q, k) positions, -1 = none
+        found = pos >= 0
+        ids = np.where(found, self._ids[np.where(found, pos, 0)], -1)
+        scores = np.where(found, scores, -np.inf).astype(np.float32)
+        return scores, ids.astype(np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the serialised FAISS index in bytes (vectors + graph / lists), plus the id array."""
+        import faiss
+
+        if self.index is None:
+            return 0
+        return int(faiss.serialize_index(self.index).nbytes) + int(self._ids.nbytes)
+
+    def _train_ivf(self, x: np.ndarray):
+        import faiss
+
+        rng = np.random.default_rng(self.seed)
+        n_train = min(x.shape[0], self.train_size)
+        sample = x if n_train == x.shape[0] else x[np.sort(rng.choice(x.shape[0], n_train, replace=False))]
+        nlist = max(1, min(self.nlist, n_train // 39))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = self.seed
+        index.train(np.ascontiguousarray(sample))
+        self._quantizer = quantizer  # FAISS does not own it: keep it alive with the index
+        self.nlist = nlist
+        return index
+
+
+def _as_matrix(x: np.ndarray, dim: int) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"expected (N, {dim}) embeddings, got {x.shape}")
+    return x
+
+
+# --------------------------------------------------------------------------------------------------
+# Closed-set (MegaFace) evaluation
+
+
+def evaluate_identification(
+    probe_emb: np.ndarray,
+    probe_ids: np.ndarray,
+    gallery_emb: np.ndarray | None,
+    gallery_ids: np.ndarray | None,
+    distractor_emb: np.ndarray | None = None,
+    *,
+    ranks: Sequence[int] = (1, 5, 10),
+    fars: Iterable[float] = DEFAULT_FARS,
+    index: str = "exact",
+    index_params: dict[str, Any] | None = None,
+    protocol: str = "megaface",
+    max_impostor_pairs: int = 50_000_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """CMC and TAR@FAR of probes against a gallery plus distractors, searched through an index.
+
+    Args:
+        probe_emb: (P, D) unit rows.
+        probe_ids: (P,) identity labels.
+        gallery_emb: (G, D) unit rows, or None: the gallery is the probe set itself and a probe is never matched
+            with its own row (MegaFace: every image of a person is probe against each other image).
+        gallery_ids: (G,) identity labels (None with ``gallery_emb=None``).
+        distractor_emb: (M, D) unit rows of people in neither set, or None.
+        ranks: CMC ranks to report.
+        fars: FARs of the verification part (probe x distractor impostors; probe x other-identity gallery rows
+            where there are no distractors).
+        index: ``"exact"``, ``"hnsw"`` or ``"ivf"``: how the distractors (``"megaface"``) or gallery + distractors
+            (``"gallery"``) are searched. An approximate index is also run exactly and its recall reported.
+        index_params: extra :class:`IdentificationIndex` arguments.
+        protocol: ``"megaface"`` (one mated gallery image + all distractors per trial) or ``"gallery"`` (the
+            whole gallery + distractors; rank of the first row with the probe's identity).
+        max_impostor_pairs: beyond this many probe x distractor pairs the impostor scores of the verification part
+            use a random subset of the distractors (``"impostor_pairs"`` says how many were used).
+        seed: seed of that subset.
+
+    Returns:
+        ``{"cmc": {rank: share}, "tar_at_far": {...} (see :func:`tar_at_far`), "recall_vs_exact": float | None
+        (approximate kind: share of probes whose top-1 is the exact top-1; None for "exact"), "trials": int,
+        "genuine_pairs": int, "impostor_pairs": int, "protocol": str, "index": str}``.
+    """
+    if protocol not in ("megaface", "gallery"):
+        raise ValueError(f"unknown protocol {protocol!r}; expected 'megaface' or 'gallery'")
+    probe_emb = np.ascontiguousarray(probe_emb, dtype=np.float32)
+    probe_ids = np.asarray(probe_ids).ravel()
+    self_gallery = gallery_emb is None
+    if self_gallery:
+        gallery_emb, gallery_ids = probe_emb, probe_ids
+    gallery_emb = np.ascontiguousarray(gallery_emb, dtype=np.float32)
+    gallery_ids = np.asarray(gallery_ids).ravel()
+    dim = probe_emb.shape[1]
+    if distractor_emb is None:
+        distractor_emb = np.zeros((0, dim), np.float32)
+    distractor_emb = np.ascontiguousarray(distractor_emb, dtype=np.float32)
+    for name, emb, ids in (("probe", probe_emb, probe_ids), ("gallery", gallery_emb, gallery_ids)):
+        if emb.ndim != 2 or emb.shape[0] != ids.shape[0]:
+            raise ValueError(f"{name}: {emb.shape} embeddings for {ids.shape[0]} ids")
+    if gallery_emb.shape[1] != dim or distractor_emb.shape[1] != dim:
+        raise ValueError("probe, gallery and distractor embeddings must have the same length")
+    ranks = tuple(int(r) for r in ranks)
+    kmax = max(ranks)
+    params = dict(index_params or {})
+
+    # Mated pairs: (probe i, gallery j) with equal ids, not the same row when the gallery is the probe set.
+    same = probe_ids[:, None] == gallery_ids[None, :]  # (P, G)
+    if self_gallery:
+        np.fill_diagonal(same, False)
+    sims = probe_emb @ gallery_emb.T  # (P, G)
+    pi, gj = np.nonzero(same)
+    if pi.size == 0:
+        raise ValueError("no probe has a mated gallery row")
+    genuine = sims[pi, gj]  # (T,)
+
+    if protocol == "megaface":
+        searched, searched_ids = distractor_emb, np.arange(distractor_emb.shape[0], dtype=np.int64)
+    else:
+        searched = np.concatenate([gallery_emb, distractor_emb])
+        searched_ids = np.arange(searched.shape[0], dtype=np.int64)
+    k = min(kmax if protocol == "megaface" else kmax + int(self_gallery), max(searched.shape[0], 1))
+    scores, found = _search(searched, searched_ids, probe_emb, k, index, params)  # (P, k)
+    recall = None
+    if index != "exact" and searched.shape[0] > 0:
+        _, exact_found = _search(searched, searched_ids, probe_emb, k, "exact", {})
+        recall = float(np.mean(found[:, 0] == exact_found[:, 0]))
+
+    if protocol == "megaface":
+        # rank = 1 + distractors above the mated score; only the top kmax matter for the CMC.
+        above = (scores[pi] > genuine[:, None]).sum(axis=1)  # (T,)
+        seen_all = scores.shape[1] >= searched.shape[0]  # the search returned every distractor
+        trial_ranks = np.where((above >= scores.shape[1]) & ~seen_all, np.inf, above + 1.0)
+    else:
+        n_gallery = gallery_emb.shape[0]
+        gal_label = np.where(found < n_gallery, found, -1)
+        if self_gallery:  # drop each probe's own row from its result list
+            own = gal_label == np.arange(probe_emb.shape[0])[:, None]
+            gal_label = np.where(own, -2, gal_label)
+        trial_ranks = np.full(probe_emb.shape[0], np.inf)
+        for p in np.unique(pi):
+            pos = 0
+            for lab in gal_label[p]:
+                if lab == -2:
+                    continue
+                pos += 1
+                if lab >= 0 and gallery_ids[lab] == probe_ids[p]:
+                    trial_ranks[p] = pos
+                    break
+        trial_ranks = trial_ranks[np.unique(pi)]
+
+    impostor, n_imp = _impostor_scores(probe_emb, probe_ids, gallery_ids, sims, distractor_emb, self_gallery,
+                                       max_impostor_pairs, seed)
+    return {
+        "cmc": cmc_from_ranks(trial_ranks, ranks),
+        "tar_at_far": tar_at_far(genuine, impostor, fars),
+        "recall_vs_exact": recall,
+        "trials": int(np.size(trial_ranks)),
+        "genuine_pairs": int(genuine.size),
+        "impostor_pairs": int(n_imp),
+        "distractors": int(distractor_emb.shape[0]),
+        "protocol": protocol,
+        "index": index,
+    }
+
+
+def _search(
+    x: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int, kind: str, params: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    if x.shape[0] == 0:
+        return np.zeros((queries.shape[0], 0), np.float32), np.zeros((queries.shape[0], 0), np.int64)
+    idx = IdentificationIndex(x.shape[1], kind, **params)
+    idx.add(x, ids)
+    return idx.search(queries, k)
+
+
+def _impostor_scores(
+    probe_emb: np.ndarray,
+    probe_ids: np.ndarray,
+    gallery_ids: np.ndarray,
+    sims: np.ndarray,
+    distractors: np.ndarray,
+    self_gallery: bool,
+    max_pairs: int,
+    seed: int,
+) -> tuple[np.ndarray, int]:
+    if distractors.shape[0] == 0:
+        diff = probe_ids[:, None] != gallery_ids[None, :]
+        if self_gallery:
+            diff = np.triu(diff, 1)  # each unordered pair once
+        return sims[diff], int(diff.sum())
+    n_probe = probe_emb.shape[0]
+    d = distractors
+    if n_probe * d.shape[0] > max_pairs:
+        keep = max(1, max_pairs // n_probe)
+        rng = np.random.default_rng(seed)
+        d = d[np.sort(rng.choice(d.shape[0], keep, replace=False))]
+    return (probe_emb @ d.T).ravel(), n_probe * d.shape[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Open-set (IJB 1:N) evaluation
+
+
+def open_set_identification(
+    probe_feats: np.ndarray,
+    probe_subjects: np.ndarray,
+    gallery_feats: np.ndarray,
+    gallery_subjects: np.ndarray,
+    *,
+    fpirs: Sequence[float] = (0.01, 0.1),
+    ranks: Sequence[int] = (1, 5, 10),
+) -> dict[str, Any]:
+    """Open-set TPIR@FPIR and closed-set CMC of probe templates against one gallery (IJB-B/C 1:N).
+
+    A probe is *mated* when its subject has a gallery template; the others are non-mated. CMC is over the mated
+    probes. At FPIR f the threshold is set so that (at most) a share f of the non-mated probes have a top-1 score
+    above it; TPIR is the share of mated probes whose top-1 is their subject **and** scores above it (rank-1
+    TPIR, as NIST and the IJB papers report it).
+
+    Args:
+        probe_feats: (P, D) unit rows.
+        probe_subjects: (P,) subject labels.
+        gallery_feats: (G, D) unit rows.
+        gallery_subjects: (G,) subject labels (one template per subject is usual, several are allowed).
+        fpirs: false positive identification rates.
+        ranks: CMC ranks.
+
+    Returns:
+        ``{"cmc": {rank: share}, "tpir_at_fpir": {fpir: tpir | None}, "mated": int, "non_mated": int}``; a TPIR is
+        None where ``f * non_mated < 1`` (not enough non-mated probes).
+    """
+    probe_subjects = np.asarray(probe_subjects).ravel()
+    gallery_subjects = np.asarray(gallery_subjects).ravel()
+    sims = np.asarray(probe_feats, np.float32) @ np.asarray(gallery_feats, np.float32).T  # (P, G)
+    mated = np.isin(probe_subjects, gallery_subjects)
+    if not mated.any():
+        raise ValueError("no probe subject is in the gallery")
+    order = np.argsort(-sims, axis=1, kind="stable")  # (P, G) best first
+    hit = gallery_subjects[order] == probe_subjects[:, None]  # (P, G)
+    # Rank by subject: several templates of one subject count once (first position of the subject).
+    first = np.where(hit.any(axis=1), hit.argmax(axis=1), sims.shape[1])
+    subj_sorted = gallery_subjects[order]
+    rank = np.array([np.unique(subj_sorted[p, : first[p] + 1]).size if first[p] < sims.shape[1] else np.inf
+                     for p in range(sims.shape[0])], dtype=np.float64)
+    cmc = cmc_from_ranks(rank[mated], ranks)
+    top1 = sims.max(axis=1)
+    top1_right = hit[:, 0]
+    nonmated_top = np.sort(top1[~mated])[::-1]
+    tpir: dict[float, float | None] = {}
+    for f in fpirs:
+        allowed = math.floor(float(f) * nonmated_top.size + 1e-9)
+        if nonmated_top.size == 0 or allowed < 1:
+            tpir[float(f)] = None
+            continue
+        thr = nonmated_top[allowed] if allowed < nonmated_top.size else nonmated_top[-1] - 1e-12
+        tpir[float(f)] = float(np.mean(top1_right[mated] & (top1[mated] > thr)))
+    return {"cmc": cmc, "tpir_at_fpir": tpir, "mated": int(mated.sum()), "non_mated": int((~mated).sum())}
