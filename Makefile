@@ -28,7 +28,7 @@ lint: venv
 	$(PY) -m ruff check src tests bench
 
 bench: venv
-	for f in bench/*.py; do $(PY) $$f || exit 1; done
+	for f in bench/[!_]*.py; do $(PY) $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -11,8 +11,10 @@ from pathlib import Path
 LFW_URL = "http://vis-www.cs.umass.edu/lfw/lfw-deepfunneled.tgz"
 LFW_HINT = (
     "LFW (deep-funneled) was not found. Set ARCFACE_DATA to a folder holding lfw/lfw-deepfunneled/ and "
-    f"lfw/pairs.txt, or place ../shared beside the repository. Download: {LFW_URL} "
-    "(13,233 images of 5,749 people) and pairs.txt from the LFW site; checksums in shared/data/lfw/MD5SUMS."
+    f"lfw/pairs.txt (or place ../shared beside the repository). Download {LFW_URL} (13,233 images of "
+    "5,749 people) and pairs.txt / pairsDevTrain.txt / pairsDevTest.txt from the LFW site; expected MD5: "
+    "pairs.txt 9f1ba174e4e1c508ff7cdf10ac338a7d, pairsDevTest.txt 5132f7440eb68cf58910c8a45a2ac10b, "
+    "pairsDevTrain.txt 4f27cbf15b2da4a85c1907eb4181ad21 (per-image MD5s: shared/data/lfw/lfw-deepfunneled.md5)."
 )
 
 
