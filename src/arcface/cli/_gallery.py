@@ -1,0 +1,274 @@
+"""``arcface gallery enroll|search|list|remove``: a persistent face gallery (:mod:`arcface.gallery`).
+
+Every action takes ``--gallery DIR`` (default ``$ARCFACE_GALLERY``, else ``.arcface-gallery``) and ``--model``
+(default "default"); the first enrolment binds the gallery to that model's contract, and a later search
+with another model is refused.
+
+- ``enroll DIR``: one sub-folder per person (the folder name is the identity's name: a new identity, or the
+  existing one of that name). The main face of each photo is enrolled; unreadable photos and photos without a
+  face are listed and skipped, and a photo already enrolled for that person (same ``person/file`` source) is
+  skipped. Exit 0 when something was enrolled or was already there, 1 when nothing could be.
+- ``search IMG [-k 5]``: the ``k`` most similar identities with their similarity and "match" where it is
+  above the model's calibrated threshold. Exit 0 (also with no match), 3 no face, 1 error.
+- ``list``: identities with their face counts.
+- ``remove ID``: an identity and its faces (``--face``: one face).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from arcface.cli._batch import EXIT_ERROR, EXIT_NO_FACE, EXIT_OK, add_detector_args
+
+DEFAULT_GALLERY = ".arcface-gallery"
+
+
+def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
+    default = os.environ.get("ARCFACE_GALLERY") or DEFAULT_GALLERY
+    p.add_argument("--gallery", default=default, metavar="DIR", help=f"the gallery folder (default {default})")
+    if model:
+        p.add_argument("--model", default="default", help="default, sface, or a .safetensors/.onnx model file")
+        p.add_argument("--arch", default=None, help="backbone name for a .pth state dict (r50, mbf, ...)")
+        p.add_argument(
+            "--index", choices=("exact", "hnsw", "ivf"), default="exact",
+            help="search index: exact (default) or approximate for large galleries",
+        )  # fmt: skip
+        p.add_argument("--flip", action="store_true", help="flip-test fusion (image + mirror)")
+        add_detector_args(p)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the ``gallery`` subcommand and its actions."""
+    p = sub.add_parser(
+        "gallery",
+        help="a persistent face gallery: enroll, search, list, remove",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    e = actions.add_parser("enroll", help="enrol the main face of each photo of DIR/<person>/...")
+    e.add_argument("dir", metavar="DIR", help="one sub-folder per person, named after them")
+    _common(e)
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=run_enroll)
+
+    s = actions.add_parser("search", help="the identities most similar to the main face of IMG")
+    s.add_argument("image", metavar="IMG", help="a photo")
+    s.add_argument("-k", type=int, default=5, help="identities to list (default 5)")
+    s.add_argument(
+        "--aggregate", choices=("max", "mean_top"), default="max",
+        help="identity score: best face (default) or mean of its --top best faces",
+    )  # fmt: skip
+    s.add_argument("--top", type=int, default=3, help="faces averaged by --aggregate mean_top (default 3)")
+    s.add_argument(
+        "--threshold", type=float, default=None, metavar="T",
+        help="cosine threshold of a match (default: the model's calibrated one)",
+    )  # fmt: skip
+    _common(s)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=run_search)
+
+    ls = actions.add_parser("list", help="the identities and their face counts")
+    _common(ls, model=False)
+    ls.add_argument("--json", action="store_true", help="print one JSON object")
+    ls.set_defaults(func=run_list)
+
+    rm = actions.add_parser("remove", help="remove an identity (and its faces), or one face with --face")
+    rm.add_argument("id", metavar="ID", type=int, help="identity id (see list)")
+    rm.add_argument("--face", action="store_true", help="ID is a face id: remove that face only")
+    _common(rm, model=False)
+    rm.set_defaults(func=run_remove)
+
+
+def _quiet_faiss() -> None:
+    """FAISS logs which SIMD build it loaded at INFO; not news for a CLI user."""
+    import logging
+
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+
+def _recognizer(args: argparse.Namespace):
+    from arcface.cli._batch import detector_options
+    from arcface.inference.recognizer import FaceRecognizer
+
+    name, options = detector_options(args)
+    max_side = options.pop("max_side")
+    return FaceRecognizer(
+        args.model,
+        name,
+        flip=args.flip,
+        max_side=max_side,
+        detector_options=options,
+        model_options={"arch": args.arch} if args.arch else None,
+    )
+
+
+def run_enroll(args: argparse.Namespace) -> int:
+    """Enrol the main face of every photo of each person folder."""
+    _quiet_faiss()
+    from arcface.cli import CliError
+    from arcface.cli._batch import Failure, failure_of, find_images, is_image_name, print_failures, progress
+    from arcface.gallery import Gallery
+    from arcface.inference.image_io import ImageError
+    from arcface.inference.recognizer import NoFaceError
+
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise CliError(f"{root}: no such folder (enroll takes a folder with one sub-folder per person)")
+    people = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    photos = [(person, path) for person in people for path in find_images(person)]
+    loose = [f for f in root.iterdir() if f.is_file() and is_image_name(f)]
+    if loose:
+        print(f"ignored {len(loose)} image(s) directly in {root}: put each person's photos in a sub-folder named "
+              "after them", file=sys.stderr)  # fmt: skip
+    if not photos:
+        raise CliError(f"{root}: no person sub-folder with images")
+
+    rec = _recognizer(args)
+    failures: list[Failure] = []
+    enrolled = skipped = 0
+    new_people: list[str] = []
+    with Gallery.open(args.gallery, rec.contract, index=args.index) as gallery:
+
+        def flush(person: Path, items: list) -> None:
+            """Enrol one person's crops in one transaction (identity created on its first face)."""
+            nonlocal enrolled, skipped
+            existing = gallery.find_identities(person.name)
+            ident = existing[0].id if existing else None
+            done = {f.source for f in gallery.list_faces(ident)} if ident is not None else set()
+            todo = [(src, crop) for src, crop in items if src not in done]
+            skipped += len(items) - len(todo)
+            if not todo:
+                return
+            embeddings = rec.embed_batch([crop for _, crop in todo], aligned=True)  # (N, D)
+            if ident is None:
+                ident = gallery.add_identity(person.name)
+                new_people.append(person.name)
+            gallery.add_faces(ident, embeddings, rec.contract.id, [src for src, _ in todo])
+            enrolled += len(todo)
+
+        current: Path | None = None
+        items: list = []  # (source, (H, W, 3) crop) of the current person
+        for person, path in progress(photos, total=len(photos), desc="enroll", enabled=not args.no_progress):
+            if person != current:
+                if current is not None:
+                    flush(current, items)
+                current, items = person, []
+            try:
+                found = rec.align(path)
+                if not found:
+                    raise NoFaceError(str(path))
+            except (ImageError, NoFaceError, ValueError, OSError) as e:
+                failures.append(failure_of(str(path), e))
+                continue
+            items.append((f"{person.name}/{path.relative_to(person).as_posix()}", found[0]))
+        if current is not None:
+            flush(current, items)
+        total_people, total_faces = gallery.count_identities(), gallery.count()
+
+    print(
+        f"enrolled {enrolled} face(s) of {len(photos)} photo(s) into {args.gallery} "
+        f"({len(new_people)} new identities; gallery: {total_people} identities, {total_faces} faces; "
+        f"contract {rec.contract.id})"
+        + (f"; {skipped} already enrolled" if skipped else "")
+        + (f"; {len(failures)} failed" if failures else "")
+    )
+    print_failures(failures)
+    if enrolled == 0 and skipped == 0:
+        print(f"arcface gallery: error: no photo of {root} could be enrolled", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """Print the identities most similar to the main face of a photo."""
+    _quiet_faiss()
+    from arcface.cli import CliError
+    from arcface.gallery import Gallery
+    from arcface.inference.recognizer import NoFaceError
+
+    if args.k < 1 or args.top < 1:
+        raise CliError(f"-k and --top must be positive, got {args.k} and {args.top}")
+    if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
+        raise CliError(f"--threshold is a cosine in [-1, 1], got {args.threshold}")
+    rec = _recognizer(args)
+    threshold = args.threshold if args.threshold is not None else rec.threshold
+    with Gallery.open(args.gallery, rec.contract, index=args.index, create=False) as gallery:
+        try:
+            query = rec.embed(args.image)
+        except NoFaceError:
+            print(f"arcface gallery: no face found in {args.image}", file=sys.stderr)
+            return EXIT_NO_FACE
+        matches = gallery.search(query, args.k, aggregate=args.aggregate, top=args.top)
+
+    def passes(s: float) -> bool | None:
+        return None if threshold is None else bool(s > threshold)
+
+    if args.json:
+        doc = {
+            "image": args.image,
+            "threshold": threshold,
+            "aggregate": args.aggregate,
+            "contract": rec.contract.id,
+            "matches": [
+                {"identity": m.identity_id, "name": m.name, "similarity": m.similarity, "face": m.face_id,
+                 "match": passes(m.similarity)}
+                for m in matches
+            ],
+        }  # fmt: skip
+        print(json.dumps(doc))
+        return EXIT_OK
+    if not matches:
+        print(f"the gallery {args.gallery} is empty")
+        return EXIT_OK
+    thr = "no calibrated threshold (pass --threshold)" if threshold is None else f"match: cosine > {threshold:.4f}"
+    print(f"top {len(matches)} of {args.gallery} ({thr})")
+    for rank, m in enumerate(matches, start=1):
+        verdict = {True: "match", False: "-", None: "?"}[passes(m.similarity)]
+        print(f"{rank:>3}  {m.similarity:.4f}  {verdict:<5}  {m.identity_id:>6}  {m.name}")
+    return EXIT_OK
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Print the identities of the gallery."""
+    _quiet_faiss()
+    from arcface.gallery import Gallery
+
+    with Gallery.open(args.gallery, create=False) as gallery:
+        people = gallery.list_identities()
+        contract = gallery.contract
+        faces = gallery.count()
+    if args.json:
+        doc = {
+            "gallery": args.gallery,
+            "contract": contract.id,
+            "architecture": contract.architecture,
+            "faces": faces,
+            "identities": [{"id": i.id, "name": i.name, "faces": i.faces, "metadata": i.metadata} for i in people],
+        }
+        print(json.dumps(doc))
+        return EXIT_OK
+    print(f"{args.gallery}: {len(people)} identities, {faces} faces (contract {contract.id}, {contract.architecture})")
+    for i in people:
+        print(f"{i.id:>6}  {i.faces:>4}  {i.name}")
+    return EXIT_OK
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    """Remove an identity (or one face)."""
+    _quiet_faiss()
+    from arcface.gallery import Gallery
+
+    with Gallery.open(args.gallery, create=False) as gallery:
+        if args.face:
+            gallery.remove_face(args.id)
+            print(f"removed face {args.id} from {args.gallery}")
+        else:
+            name = gallery.get_identity(args.id).name
+            n = gallery.remove_identity(args.id)
+            print(f"removed identity {args.id} ({name}) and its {n} face(s) from {args.gallery}")
+    return EXIT_OK
