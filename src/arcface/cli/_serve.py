@@ -1,0 +1,59 @@
+"""``arcface serve --gallery DIR``: the REST service (:mod:`arcface.serve`) under uvicorn.
+
+API keys come from ``ARCFACE_API_KEY`` (comma-separated for several) or ``api_keys`` in a ``--settings`` file
+(JSON or YAML, keys named as :class:`arcface.serve.Settings` fields); without one the service refuses to start
+unless ``--allow-no-auth`` is given. Options given on the command line win over the settings file.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the ``serve`` subcommand."""
+    p = sub.add_parser(
+        "serve",
+        help="run the REST service (gallery, search, verify) with uvicorn",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    p.add_argument("--gallery", default=None, metavar="DIR", help="the gallery folder (or gallery in --settings)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--model", default=None, help="default, sface, or a .safetensors/.onnx model file")
+    p.add_argument("--detector", default=None, help="face detector: mtcnn (default), yunet, scrfd")
+    p.add_argument("--settings", default=None, metavar="FILE", help="settings file (JSON or YAML)")
+    p.add_argument("--workers", type=int, default=None, help="model inference threads (default 2)")
+    p.add_argument(
+        "--allow-no-auth", action="store_true", default=None,
+        help="serve /v1 without API keys (only on a trusted network)",
+    )  # fmt: skip
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the settings, build the app, serve until interrupted."""
+    from arcface.cli import CliError
+
+    try:
+        import uvicorn
+
+        from arcface.serve import create_app
+        from arcface.serve.settings import Settings
+    except ImportError as e:
+        msg = f"the service needs FastAPI and uvicorn ({e.name} is missing): pip install 'arcface[all]'"
+        raise CliError(msg) from None
+    if not 0 < args.port < 65536:
+        raise CliError(f"--port must be in 1..65535, got {args.port}")
+    settings = Settings.load(
+        args.settings,
+        gallery=args.gallery,
+        model=args.model,
+        detector=args.detector,
+        workers=args.workers,
+        allow_no_auth=args.allow_no_auth,
+    )
+    settings.check_auth()  # before loading the model: fail fast
+    app = create_app(settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
