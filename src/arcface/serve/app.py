@@ -2,6 +2,8 @@
 
 Routes (``/v1`` ones need ``Authorization: Bearer KEY``; OpenAPI docs at ``/docs``)::
 
+    GET    /                             no auth: the web page (static/index.html; it asks for the key)
+    GET    /static/...                   no auth: the page's script and style sheet
     GET    /health                       no auth: status, model, contract id, threshold
     POST   /v1/identities                {"name", "metadata"} -> 201 {"id", "name"}
     GET    /v1/identities                {"identities": [...]}
@@ -35,14 +37,16 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
 import numpy as np
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from arcface.gallery import Gallery
@@ -55,6 +59,9 @@ from arcface.serve.settings import Settings, SettingsError
 __all__ = ["IMAGE_ERROR_STATUS", "ApiError", "create_app"]
 
 logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+"""The web page (``index.html``, ``app.js``, ``style.css``), served at ``/`` and ``/static``."""
 
 T = TypeVar("T")
 
@@ -265,6 +272,13 @@ def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gal
     # Routes
 
     auth = [Depends(require_key)]
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        """The web page: enrol, search and list people (it asks for the API key and sends it from the browser)."""
+        return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @app.get("/health", response_model=schemas.Health, tags=["service"])
     async def health() -> schemas.Health:
