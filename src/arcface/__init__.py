@@ -9,6 +9,7 @@ From photo to identity::
 """
 
 from arcface.heads import create_head
+from arcface.inference.embedder import Embedder
 from arcface.inference.image_io import ImageError, load_image
 from arcface.inference.recognizer import Face, FaceRecognizer, NoFaceError, Verification
 from arcface.models import create_model
@@ -17,6 +18,7 @@ from arcface.registry import Registry
 __version__ = "0.1.0"
 
 __all__ = [
+    "Embedder",
     "Face",
     "FaceRecognizer",
     "ImageError",

@@ -1,0 +1,180 @@
+"""Embedder speed and accuracy: each execution path against eager float32 of the same module, same run.
+
+Per model (mbf, r50, and the bundled default): throughput at batch 32 (img/s), batch-1 latency (ms),
+ratio to eager float32, min cosine to float32. Timings interleave the paths rep by rep and take medians
+(the CPU is shared). Inputs are real aligned LFW faces (MTCNN + norm_crop) when ../shared is there.
+
+Untrained r50/mbf with fresh BatchNorm statistics overflow or underflow (denormals make r50 ~100x slower
+and its output zero), so their BN statistics are first estimated on the aligned faces (a data-dependent
+init); the weights stay random.
+
+    python bench/embed_speed.py [--reps 5] [--models mbf r50 default]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, save  # noqa: E402
+from arcface.inference.backends import TorchBackend  # noqa: E402
+from arcface.inference.embedder import Embedder  # noqa: E402
+from arcface.inference.zoo import load_backend  # noqa: E402
+from arcface.models import create_model  # noqa: E402
+
+LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw" / "lfw-deepfunneled"
+PATHS = [("fp32", "torch"), ("bf16", "torch"), ("fp32", "onnx"), ("auto", "auto")]
+
+
+def aligned_faces(n: int = 32) -> tuple[np.ndarray, str]:
+    """(n, 112, 112, 3) uint8: aligned LFW faces, or smooth noise when LFW is absent."""
+    if not LFW.is_dir():
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (n, 112, 112, 3), dtype=np.uint8), "random uint8 (LFW absent)"
+    from arcface.align import create_detector, norm_crop
+    from arcface.inference.image_io import load_image
+
+    det = create_detector("mtcnn")
+    people = sorted(p for p in LFW.iterdir() if p.is_dir())
+    crops = []
+    for person in people[:: max(1, len(people) // (2 * n))]:
+        img = load_image(sorted(person.glob("*.jpg"))[0])
+        faces = det.detect(img)
+        if faces:
+            crops.append(norm_crop(img, faces[0].landmarks))
+        if len(crops) == n:
+            break
+    return np.stack(crops), f"{len(crops)} aligned LFW faces (MTCNN + norm_crop)"
+
+
+def bn_init(module: torch.nn.Module, faces: np.ndarray) -> torch.nn.Module:
+    """Estimate BatchNorm running stats on the faces (weights stay random), then eval mode."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+    x = torch.from_numpy((faces.astype(np.float32) - 127.5) / 127.5).permute(0, 3, 1, 2).contiguous()
+    module.train()
+    with torch.no_grad():
+        module(x)
+    return module.eval()
+
+
+def _time(fn, x) -> float:
+    t = time.perf_counter()
+    fn(x)
+    return time.perf_counter() - t
+
+
+def bench_model(name: str, faces: np.ndarray, reps: int) -> tuple[list[list[object]], list[dict]]:
+    if name == "default":
+        base = load_backend("default")
+        module, contract = base.module, base.contract
+    else:
+        module = bn_init(create_model(name), faces)
+        contract = None
+    runners: dict[str, object] = {}
+    for prec, back in PATHS:
+        emb = Embedder.from_module(module, prec, back, contract=contract, calibration=faces[:8])
+        label = f"{prec}/{back}" if prec != "auto" else f"auto -> {emb.precision}/{emb.backend}"
+        runners[label] = emb.embed
+    contract = contract or next(iter(runners.values())).__self__.contract
+    # eager fp32 of the same module, NCHW contiguous, no channels_last (built after: from_module
+    # converts the module to channels_last in place, so give the baseline its own copy)
+    ref_module = create_model(name) if name != "default" else None
+    if ref_module is not None:
+        ref_module.load_state_dict(module.state_dict())
+        baseline = TorchBackend(ref_module.eval(), contract)
+    else:
+        baseline = TorchBackend(load_backend("default").module, contract)
+    fns = {"eager fp32 (baseline)": baseline.embed_crops, **runners}
+    ref = baseline.embed_crops(faces)
+    assert np.isfinite(ref).all(), f"{name}: non-finite float32 embeddings"
+    for fn in fns.values():  # warm-up
+        fn(faces)
+        fn(faces[:1])
+    t32 = {k: [] for k in fns}
+    t1 = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t32[k].append(_time(fn, faces))
+            t1[k].append(min(_time(fn, faces[i : i + 1]) for i in range(3)))
+    base32 = statistics.median(t32["eager fp32 (baseline)"])
+    rows, records = [], []
+    for k, fn in fns.items():
+        med = statistics.median(t32[k])
+        cos = float((fn(faces) * ref).sum(1).min())
+        rec = dict(
+            path=k,
+            throughput_b32=len(faces) / med,
+            latency_b1_ms=statistics.median(t1[k]) * 1000,
+            ratio=base32 / med,
+            min_cosine=cos,
+        )
+        records.append(rec)
+        rows.append([k, rec["throughput_b32"], rec["latency_b1_ms"], rec["ratio"], f"{cos:.5f}"])
+    return rows, records
+
+
+def lfw_view1(precisions: list[str]) -> list[list[object]]:
+    """LFW View 1 (pairsDevTest.txt, 1,000 pairs) accuracy of the default model per Embedder precision.
+
+    Same code as ``arcface eval lfw`` (cached MTCNN crops, no flip). The embeddings cache is keyed by the
+    contract id, so each precision gets a contract whose options name it (else bf16 would read fp32's).
+    """
+    import dataclasses
+
+    from arcface._shared import find_lfw
+    from arcface.eval import EvalCache, evaluate_pair_set, read_lfw_pairs
+
+    lfw = find_lfw()
+    if lfw is None:
+        return []
+    pairs = read_lfw_pairs(lfw / "pairsDevTest.txt", lfw / "lfw-deepfunneled", name="lfw_view1_test")
+    cache = EvalCache(Path(__file__).resolve().parents[1] / ".cache" / "arcface")
+    rows = []
+    for prec in precisions:
+        emb = Embedder.from_pretrained("default", precision=prec, backend="torch")
+        engine = emb._engine
+        engine.contract = dataclasses.replace(
+            engine.contract, options={**engine.contract.options, "embedder_precision": prec}
+        )
+        r = evaluate_pair_set(pairs, engine, cache=cache, workers=2, progress=False)
+        rows.append([prec, f"{100 * r['accuracy']:.2f}", f"{r['auc']:.4f}", r["fallbacks"]])
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--models", nargs="+", default=["mbf", "r50", "default"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lfw-view1", action="store_true", help="also LFW View 1 accuracy, fp32 vs bf16 (default model)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    faces, what = aligned_faces(32)
+    print(f"inputs: {what}; batch {len(faces)}; {args.threads} threads; {args.reps} interleaved reps\n")
+    results = {"inputs": what, "batch": len(faces), "reps": args.reps, "models": {}}
+    header = ["path", "img/s @32", "ms @1", "x eager fp32", "min cos vs fp32"]
+    for name in args.models:
+        rows, records = bench_model(name, faces, args.reps)
+        print_table(f"{name}: Embedder paths vs eager float32", header, rows)
+        print()
+        results["models"][name] = records
+    if args.lfw_view1:
+        rows = lfw_view1(["fp32", "bf16"])
+        print_table("default model, LFW View 1 (pairsDevTest, 1,000 pairs), no flip", ["precision", "accuracy %",
+                    "AUC", "no face"], rows)  # fmt: skip
+        results["lfw_view1"] = rows
+    print("saved", save("embed_speed", results))
+
+
+if __name__ == "__main__":
+    main()

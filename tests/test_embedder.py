@@ -1,0 +1,103 @@
+"""Embedder: shapes, normalisation, parity with the module, and the auto path on real aligned LFW faces."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import arcface
+from arcface.inference.embedder import Embedder, resolve_auto
+from arcface.inference.zoo import load_backend
+from arcface.models import create_model
+
+LFW = "data/lfw/lfw-deepfunneled"
+
+
+@functools.lru_cache(maxsize=1)
+def _aligned_lfw(root: str, n: int = 16) -> np.ndarray:
+    """(n, 112, 112, 3) uint8 RGB: MTCNN + norm_crop on the first image of n spread-out LFW people."""
+    from arcface.align import create_detector, norm_crop
+    from arcface.inference.image_io import load_image
+
+    det = create_detector("mtcnn")
+    people = sorted(p for p in Path(root).iterdir() if p.is_dir())
+    crops = []
+    for person in people[:: max(1, len(people) // (2 * n))]:
+        img = load_image(sorted(person.glob("*.jpg"))[0])
+        faces = det.detect(img)
+        if faces:
+            crops.append(norm_crop(img, faces[0].landmarks))
+        if len(crops) == n:
+            break
+    return np.stack(crops)
+
+
+def _small_module() -> torch.nn.Module:
+    return create_model("mbf", num_features=64).eval()
+
+
+def test_public_name():
+    assert arcface.Embedder is Embedder
+
+
+def test_shape_and_unit_norm():
+    emb = Embedder.from_module(_small_module(), precision="fp32", backend="torch")
+    crops = np.random.default_rng(0).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
+    out = emb.embed(crops)
+    assert out.shape == (5, 64) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert emb.embed(crops[:0]).shape == (0, 64)
+
+
+def test_fp32_equals_module_output():
+    module = _small_module()
+    crops = np.random.default_rng(1).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    x = torch.from_numpy((crops.astype(np.float32) - 127.5) / 127.5).permute(0, 3, 1, 2).contiguous()
+    with torch.inference_mode():
+        ref = torch.nn.functional.normalize(module(x), dim=1).numpy()
+    for backend in ("torch", "onnx"):
+        got = Embedder.from_module(module, precision="fp32", backend=backend).embed(crops)
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="precision"):
+        resolve_auto("int4", "auto")
+    with pytest.raises(ValueError, match="backend"):
+        resolve_auto("auto", "tensorrt")
+    with pytest.raises(ValueError, match="bf16"):
+        resolve_auto("bf16", "onnx")
+
+
+def test_auto_falls_back_when_accuracy_breaks(monkeypatch):
+    import arcface.inference.embedder as mod
+
+    monkeypatch.setattr(mod, "resolve_auto", lambda p, b: ("bf16", "torch"))
+    with pytest.warns(UserWarning, match="using float32"):
+        emb = Embedder.from_module(_small_module(), min_cosine=2.0)
+    assert (emb.precision, emb.min_cosine_checked) == ("fp32", 1.0)
+
+
+@pytest.mark.shared
+def test_auto_keeps_cosine_on_real_faces_default_model(shared):
+    faces = _aligned_lfw(str(shared(LFW)))
+    ref = load_backend("default").embed_crops(faces)  # eager float32
+    emb = Embedder.from_pretrained("default", precision="auto", calibration=faces[:8])
+    assert emb.precision in ("fp32", "bf16")
+    got = emb.embed(faces)
+    assert got.shape == ref.shape
+    assert (got * ref).sum(1).min() >= 0.99
+    if emb.precision == "bf16":  # also the explicit path, uncalibrated
+        bf = Embedder.from_pretrained("default", precision="bf16").embed(faces)
+        assert (bf * ref).sum(1).min() >= 0.99
+
+
+def test_from_pretrained_default():
+    emb = Embedder.from_pretrained("default", precision="fp32")
+    out = emb.embed(np.zeros((2, 112, 112, 3), np.uint8))
+    assert out.shape == (2, emb.contract.embedding_size) == (2, 192)
+    assert "fp32/torch" in repr(emb)
