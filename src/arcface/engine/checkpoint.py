@@ -133,10 +133,14 @@ def load_backbone_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
         return _strip_prefixes(load_file(str(path)))
     obj = load_checkpoint(path)
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]  # one of our training checkpoints
-    elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} holds no state dict of tensors")
+
+    def is_state_dict(o: Any) -> bool:
+        return isinstance(o, dict) and len(o) > 0 and all(isinstance(v, torch.Tensor) for v in o.values())
+
+    if not is_state_dict(obj) and isinstance(obj, dict):
+        # our training checkpoints keep the backbone under "model"; other tools use these keys
+        obj = next((obj[k] for k in ("model", "state_dict", "backbone") if is_state_dict(obj.get(k))), obj)
+    if not is_state_dict(obj):
+        what = f"keys {list(obj)[:5]}" if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{path} holds no state dict of tensors ({what})")
     return _strip_prefixes(obj)

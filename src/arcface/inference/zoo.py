@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from arcface.engine.checkpoint import load_backbone_weights
 from arcface.inference.backends import Backend, OnnxBackend, TorchBackend, onnx_input_layout, open_session
 from arcface.inference.contract import ContractError, ModelContract, load_model, weights_sha256
 
@@ -269,11 +270,10 @@ def _load_state_dict_file(path: Path, arch: str | None, options: dict[str, Any])
         raise ValueError(f"unknown arch {arch!r}; known: {', '.join(MODELS.names())}")
     options.pop("num_features", None)  # read from the weights below
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for pickled objects, RuntimeError for non-torch files
+        sd = load_backbone_weights(path)  # weights_only=True; wrappers and DDP prefixes removed
+    except ValueError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ContractError(f"{path}: not a weights-only PyTorch state dict ({first})") from None
-    sd = _state_dict_of(obj, path)
     with torch.device("meta"):
         ref = create_model(arch, **options)
     # The embedding size is the output size of the last weight matrix / conv (fc.weight for IResNet).
@@ -295,18 +295,3 @@ def _load_state_dict_file(path: Path, arch: str | None, options: dict[str, Any])
     return module.eval(), contract
 
 
-def _state_dict_of(obj: Any, path: Path) -> dict:
-    """The tensor dict in a checkpoint: the object itself or its state_dict/model/backbone entry, no "module."."""
-    import torch
-
-    def is_state_dict(o: Any) -> bool:
-        return isinstance(o, Mapping) and len(o) > 0 and all(isinstance(v, torch.Tensor) for v in o.values())
-
-    if not is_state_dict(obj) and isinstance(obj, Mapping):
-        obj = next((obj[k] for k in ("state_dict", "model", "backbone") if is_state_dict(obj.get(k))), obj)
-    if not is_state_dict(obj):
-        what = f"keys {list(obj)[:5]}" if isinstance(obj, Mapping) else type(obj).__name__
-        raise ContractError(f"{path}: no state dict of tensors found ({what})")
-    if all(k.startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return dict(obj)
