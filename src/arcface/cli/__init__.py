@@ -11,9 +11,22 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from arcface.cli import _align, _convert, _demo, _detect, _embed, _eval, _export, _gallery, _serve, _train, _verify
+from arcface.cli import (
+    _align,
+    _convert,
+    _demo,
+    _detect,
+    _embed,
+    _eval,
+    _experiment,
+    _export,
+    _gallery,
+    _serve,
+    _train,
+    _verify,
+)
 
-_COMMANDS = (_train, _demo, _convert, _export, _detect, _align, _embed, _verify, _eval, _gallery, _serve)
+_COMMANDS = (_train, _demo, _convert, _export, _detect, _align, _embed, _verify, _eval, _gallery, _serve, _experiment)
 
 
 class CliError(Exception):

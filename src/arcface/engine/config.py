@@ -92,7 +92,7 @@ class TrainConfig:
     grad_accum: int = 1
     clip_grad_norm: float | None = None
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    channels_last: bool = False
+    channels_last: bool = True  # NHWC activations: 1.3x faster bf16 steps on CPU (bench/train_speed.py)
     log_every: int = 10
     ckpt_every: int = 1000
     keep_last: int = 2
