@@ -44,7 +44,9 @@ def _step(module, emb: torch.Tensor, labels: torch.Tensor):
     loss = module(x, labels)
     loss.backward()
     bias = getattr(module, "bias", None)
-    return loss.detach(), x.grad, module.weight.grad.clone(), None if bias is None else bias.grad.clone()
+    w_grad = module.weight.grad
+    w_grad = w_grad.to_dense() if w_grad.is_sparse else w_grad.clone()  # sampled: row-sparse
+    return loss.detach(), x.grad, w_grad, None if bias is None else bias.grad.clone()
 
 
 def _buffers(module) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ from arcface.engine.amp import autocast, resolve_precision
 from arcface.engine.config import Config, ConfigError
 from arcface.engine.distributed import DistInfo, barrier
 from arcface.engine.hooks import CheckpointHook, EvalHook, Hook, LoggerHook, ensure_dir
-from arcface.engine.optim import build_optimizer, build_scheduler
+from arcface.engine.optim import build_optimizer, build_scheduler, clip_grad_norm_
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ class Trainer:
         if self.cfg.train.clip_grad_norm:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.train.clip_grad_norm)
+            clip_grad_norm_(params, self.cfg.train.clip_grad_norm)  # takes Partial FC's sparse grads too
         lr = self.lr
         self.scaler.step(self.optimizer)
         self.scaler.update()

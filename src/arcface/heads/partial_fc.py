@@ -11,7 +11,7 @@ Any head from :data:`arcface.heads.HEADS` runs over a class-centre matrix that i
   ``num_classes // world_size`` classes and the first ``num_classes % world_size`` ranks one more,
   so ``class_start(r) = r * (num_classes // world_size) + min(r, num_classes % world_size)``.
   The shard is the head's own weight: one contiguous ``nn.Parameter`` per rank (the optimiser keeps
-  its momentum beside it, one buffer per rank as well);
+  its momentum beside it, one dense contiguous buffer per rank as well);
 * **sampled** (training mode, ``sample_rate < 1``): each step keeps every class of this shard that
   is a positive of the *global* batch plus random negatives, ``max(num_sample, #positives)``
   classes in all, with ``num_sample = max(1, int(sample_rate * num_local))``.
@@ -20,6 +20,15 @@ Every rank all-gathers the embeddings (gradients flow back) and labels, computes
 of the whole global batch against its (sampled) centres, and the softmax cross-entropy is computed
 across the shards with two small all-reduces (the row max; the exp-sum and target logit together).
 Nothing of size ``(B, num_classes)`` is ever built: the logits are ``(B_global, num_sampled_local)``.
+
+Row-sparse update (as insightface's Partial FC): when sampling, the S sampled centre rows are
+gathered with ``F.embedding(rows, weight, sparse=True)``, so ``weight.grad`` is a sparse COO tensor
+holding only those S rows (no dense ``(num_local, D)`` gradient is built), and
+:class:`arcface.engine.optim.RowSparseSGD` (what ``build_optimizer`` returns for SGD) updates only
+those rows of the centres and of the momentum buffer. So the step's transient memory and work scale
+with ``sample_rate``; the price is that rows not sampled in a step get no weight decay and no
+momentum that step (lazy update). At ``sample_rate`` 1.0 (and in evaluation) the weight is used
+whole, the gradient is dense and the update is exactly ``torch.optim.SGD``'s.
 
 With ``world_size == 1`` no process group is needed and nothing from ``torch.distributed`` is
 called; at ``sample_rate == 1`` the module then computes exactly the full head.
@@ -178,6 +187,11 @@ class PartialFC(nn.Module):
         group: the process group (``None``: the default group); only used when ``world_size > 1``.
         seed: seeds the negative sampling, mixed with the rank and the sampling step, so every rank
             draws independently and a resumed run draws the same samples.
+        sparse_grad: when sampling, give the centres a row-sparse (COO) gradient of the sampled rows
+            only (default). The optimiser must accept it: ``build_optimizer``'s SGD (lazy row update)
+            and AdamW (densified) do, and so does ``arcface.engine.optim.clip_grad_norm_``; plain
+            ``torch.optim.SGD`` with momentum or weight decay and ``torch.nn.utils.clip_grad_norm_``
+            do not. False: a dense gradient, zero on the rows not sampled (the old behaviour).
         **head_params: passed to the head (``s``, ``m``, ``k``, ``aux``, ...).
 
     Attributes:
@@ -191,9 +205,13 @@ class PartialFC(nn.Module):
             when the global batch has more positives in this shard: all of them are kept).
 
     Gradients:
-        * Centres: the logits use ``weight.index_select(0, rows)``, so the weight gets a dense
-          gradient that is zero on the rows not sampled this step (as in arcface_torch's newer
-          Partial FC); a plain optimiser's weight decay and momentum still move those rows.
+        * Centres: when sampling, the logits use ``F.embedding(rows, weight, sparse=True)``, so the
+          weight gets a sparse COO gradient of the S*K sampled rows only (duplicates summed when
+          coalesced, e.g. after gradient accumulation); ``RowSparseSGD`` then updates those rows of
+          the centres and of the momentum and nothing else (no weight decay or momentum for the
+          other rows that step). With ``sparse_grad=False``, or without sampling, the gradient is
+          dense (zero on rows not sampled). ``softmax``'s bias (num_local,) always gets a dense
+          gradient and a dense update: it is 1/D of the centres.
         * Embeddings: the embeddings of every rank feed every shard, so the gradient reaching this
           rank's embeddings is the sum over shards (the all-gather's backward), **multiplied by
           world_size**: DDP averages the backbone gradients over ranks, and the factor makes that
@@ -234,6 +252,7 @@ class PartialFC(nn.Module):
         world_size: int = 1,
         group: Any = None,
         seed: int = 0,
+        sparse_grad: bool = True,
         **head_params: Any,
     ) -> None:
         super().__init__()
@@ -248,6 +267,7 @@ class PartialFC(nn.Module):
         self.num_classes = int(num_classes)
         self.sample_rate = float(sample_rate)
         self.rank, self.world_size, self.group, self.seed = int(rank), int(world_size), group, int(seed)
+        self.sparse_grad = bool(sparse_grad)
         self.class_start, self.num_local = shard_range(self.num_classes, self.rank, self.world_size)
         self.num_sample = max(1, int(self.sample_rate * self.num_local))
         self.head = create_head(kind, embedding_size, self.num_local, **head_params)
@@ -280,7 +300,7 @@ class PartialFC(nn.Module):
         return (
             f"kind={self.kind!r}, num_classes={self.num_classes}, shard=[{self.class_start}, "
             f"{self.class_start + self.num_local}), rank={self.rank}/{self.world_size}, "
-            f"sample_rate={self.sample_rate}"
+            f"sample_rate={self.sample_rate}, sparse_grad={self.sparse_grad}"
         )
 
     # -- sampling ---------------------------------------------------------------------------------
@@ -400,7 +420,10 @@ class PartialFC(nn.Module):
         if self.training and self.num_sample < self.num_local:
             index, sub_labels = self.sample(local)  # (S,), (B,)
             rows = index if self.rows_per_class == 1 else self.head.class_rows(index)  # (S*K,)
-            weight = weight.index_select(0, rows)  # (S*K, D): a row-sparse gradient on the shard
+            if self.sparse_grad:  # (S*K, D); weight.grad: sparse COO, S*K rows (no dense (num_local, D))
+                weight = F.embedding(rows, weight, sparse=True)
+            else:  # (S*K, D); weight.grad: dense, zero on the rows not sampled
+                weight = weight.index_select(0, rows)
             if bias is not None:
                 bias = bias.index_select(0, index)
         else:
