@@ -27,8 +27,9 @@ test: venv
 lint: venv
 	$(PY) -m ruff check src tests bench
 
+# Every script in bench/ at its suite size (under 20 minutes on 2 cores), then the README's summary table.
 bench: venv
-	for f in bench/[!_]*.py; do $(PY) $$f || exit 1; done
+	$(PY) bench/_suite.py --readme README.md
 
 # The ArcFace paper's loss comparison on LFW (about an hour on 2 cores; cached in .cache/arcface/loss_table).
 paper-table: venv

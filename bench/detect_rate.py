@@ -140,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             shown = ", ".join(Path(p).name for p in r["misses"][:10])
             more = f" (+{len(r['misses']) - 10})" if len(r["misses"]) > 10 else ""
             print(f"{r['name']} missed: {shown}{more}")
+    from _common import save
+
+    save("detect_rate", {"images": len(paths), "limit": args.limit, "workers": args.workers, "threads": args.threads,
+                         "runs": runs})  # fmt: skip
     if args.misses:
         args.misses.write_text("".join(f"{r['name']}\t{p}\n" for r in runs for p in r["misses"]))
     return 0

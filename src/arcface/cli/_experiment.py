@@ -37,6 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--readme", default=None, help="README to update between the loss-table markers")
     t.add_argument("--fresh", action="store_true", help="delete --work first (a run from a clean state)")
     t.add_argument("--workers", type=int, default=None, help="alignment processes (default: the CPU cores)")
+    t.add_argument("--threads", type=int, default=0,
+                   help="torch threads for training and evaluation (default 0: torch's choice, the CPU cores)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=run)
 
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         config=Path(args.config) if args.config else BASE_CONFIG,
         readme=Path(args.readme) if args.readme else None,
         workers=args.workers,
+        threads=max(0, args.threads),
         progress=not args.no_progress,
     )
     run_loss_table(setup)

@@ -94,6 +94,7 @@ class Setup:
     config: Path = BASE_CONFIG
     readme: Path | None = None
     workers: int | None = None
+    threads: int = 0
     progress: bool = True
 
 
@@ -473,6 +474,10 @@ def run_loss_table(setup: Setup, echo: Callable[[str], None] = print) -> dict[st
     from arcface.engine.config import load_config
 
     t_start = time.perf_counter()
+    if setup.threads > 0:  # training and evaluation run in this process; alignment workers use 1 thread each
+        import torch
+
+        torch.set_num_threads(setup.threads)
     setup.work.mkdir(parents=True, exist_ok=True)
     setup.out.mkdir(parents=True, exist_ok=True)
     base = load_config(setup.config)
@@ -529,6 +534,7 @@ def run_loss_table(setup: Setup, echo: Callable[[str], None] = print) -> dict[st
             "lr": f"{base.optim.lr} (momentum {base.optim.momentum}, wd {base.optim.weight_decay}), "
             f"warm-up {max(1, setup.steps // 20)} steps, /10 at 60% and 85%",
             "precision": base.train.precision,
+            "torch_threads": setup.threads or "torch default",
             "seeds": setup.seeds,
             "seed_rows": setup.seed_rows,
             "evaluation": "LFW View 1: threshold maximising accuracy on pairsDevTrain (1,100 pairs), accuracy on "

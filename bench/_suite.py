@@ -1,0 +1,264 @@
+"""``make bench``: run every benchmark script in bench/ at its suite size, then write one summary table.
+
+Each script prints its own table (with its same-run baseline) and writes ``bench/results/NAME.json``; this
+driver runs them one after another (a fresh process each, nothing else should load the machine), times
+them, and composes ``bench/results/summary.md`` (figure, value, baseline, ratio, and the machine) from
+their JSON files. With ``--readme README.md`` the table replaces the text between the
+``<!-- bench:begin -->`` / ``<!-- bench:end -->`` markers. Every script in bench/ must be listed in
+``SUITE`` (checked), so a new benchmark cannot be forgotten.
+
+Suite sizes keep the whole run under 20 minutes on 2 cores; the larger runs quoted in the README name
+their own commands.
+
+    python bench/_suite.py [--readme README.md] [--only train_speed,embed_speed] [--summary-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import RESULTS, machine
+
+BENCH = Path(__file__).resolve().parent
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+#: script -> arguments at suite size (the README's table comes from exactly these runs)
+SUITE: dict[str, list[str]] = {
+    "train_speed.py": [],
+    "embed_speed.py": ["--reps", "3"],
+    "detect_speed.py": ["--limit", "200"],
+    "detect_rate.py": ["--limit", "1500"],
+    "lfw_end_to_end.py": [],
+    "calibrate_default.py": ["--sface"],
+    "partial_fc_scale.py": [],
+    "identification_scale.py": ["--sizes", "10000", "100000"],
+    "gallery_search.py": ["--sizes", "10000", "100000", "--hnsw-max", "100000"],
+}
+
+
+def _load(name: str) -> dict | None:
+    p = RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _fmt(x: float, unit: str = "") -> str:
+    if x >= 100:
+        s = f"{x:,.0f}"
+    elif x >= 10:
+        s = f"{x:.1f}"
+    else:
+        s = f"{x:.2f}"
+    return f"{s}{unit}"
+
+
+# -- one extractor per result file: rows of (figure, value, baseline, ratio) -------------------------------
+def _train_speed(d: dict) -> list[list[str]]:
+    rows = []
+    res = d["results"]
+    for model in dict.fromkeys(r["model"] for r in res if "variant" in r):
+        base = next(r for r in res if r.get("model") == model and r.get("variant", "").startswith("fp32"))
+        dflt = next(r for r in res if r.get("model") == model and r.get("variant", "").startswith("default"))
+        curve = next((r for r in res if r.get("model") == model and "curve_max_relative_gap" in r), None)
+        rows.append([f"train {model}, batch 32: samples/s, default (bf16 + channels_last)",
+                     _fmt(dflt["samples_per_sec"]), f"{_fmt(base['samples_per_sec'])} (fp32 eager)",
+                     f"{dflt['samples_per_sec'] / base['samples_per_sec']:.2f}x"])  # fmt: skip
+        if curve:
+            rows.append([f"train {model}: loss after {d.get('curve_steps', 50)} steps, default vs fp32",
+                         f"{curve['final_loss_default']:.3f}", f"{curve['final_loss_fp32']:.3f}",
+                         f"max gap {100 * curve['curve_max_relative_gap']:.1f}%"])  # fmt: skip
+    return rows
+
+
+def _embed_speed(d: dict) -> list[list[str]]:
+    rows = []
+    for model, paths in d["models"].items():
+        base = next(p for p in paths if p["path"].startswith("eager"))
+        auto = next((p for p in paths if p["path"].startswith("auto")), None)
+        if auto is None:
+            continue
+        rows.append([f"embed {model}, batch 32: faces/s, Embedder auto ({auto['path'].split('-> ')[-1]}); "
+                     f"min cosine {auto['min_cosine']:.4f}", _fmt(auto["throughput_b32"]),
+                     f"{_fmt(base['throughput_b32'])} (eager fp32)", f"{auto['ratio']:.2f}x"])  # fmt: skip
+        rows.append([f"embed {model}, batch 1: latency ms, Embedder auto", _fmt(auto["latency_b1_ms"]),
+                     _fmt(base["latency_b1_ms"]), f"{base['latency_b1_ms'] / auto['latency_b1_ms']:.2f}x"])  # fmt: skip
+    return rows
+
+
+def _detect_speed(d: dict) -> list[list[str]]:
+    by = {r["what"]: r for r in d["results"]}
+    rows = []
+    yunet = next((r for w, r in by.items() if w.startswith("detect yunet")), None)
+    sface = next((r for w, r in by.items() if "SFace" in w), None)
+    for w, r in by.items():
+        if w.startswith("detect yunet") or "SFace" in w:
+            continue
+        base = yunet if w.startswith("detect") else sface
+        if base is None:
+            continue
+        label = "YuNet" if base is yunet else "SFace"
+        rows.append([f"{w}: per second (one process)", _fmt(r["per_sec"]), f"{_fmt(base['per_sec'])} ({label})",
+                     f"{r['per_sec'] / base['per_sec']:.2f}x"])  # fmt: skip
+    return rows
+
+
+def _detect_rate(d: dict) -> list[list[str]]:
+    runs = {r["name"]: r for r in d["runs"]}
+    base = runs.get("yunet")
+    rows = []
+    for name, r in runs.items():
+        if name == "yunet" or base is None:
+            continue
+        rows.append([f"detect {name}: face found in first {r['n']:,} LFW images",
+                     f"{100 * r['found'] / r['n']:.2f}%", f"{100 * base['found'] / base['n']:.2f}% (YuNet)",
+                     f"{r['images_per_s'] / base['images_per_s']:.2f}x speed"])  # fmt: skip
+    return rows
+
+
+def _lfw_end_to_end(d: dict) -> list[list[str]]:
+    res = d["results"]
+    base = res.get("baseline")
+    rows = []
+    for name, r in res.items():
+        if name == "baseline" or base is None:
+            continue
+        rows.append([f"LFW View 2 end to end ({d['images']:,} images, flip, no cache), ours with {name}: "
+                     f"wall s (accuracy {100 * r['accuracy']:.2f}% vs {100 * base['accuracy']:.2f}%)",
+                     _fmt(r["wall_s"]), f"{_fmt(base['wall_s'])} (YuNet + SFace)",
+                     f"{base['wall_s'] / r['wall_s']:.2f}x faster"])  # fmt: skip
+    return rows
+
+
+def _calibrate_default(d: dict) -> list[list[str]]:
+    res = d["results"]
+    if "default" not in res or "sface" not in res:
+        return []
+    a, b = res["default"], res["sface"]
+    return [["LFW View 1 test accuracy, default model at its calibrated threshold "
+             f"(cos > {a['threshold']:.4f})", f"{100 * a['test_accuracy']:.2f}%",
+             f"{100 * b['test_accuracy']:.2f}% (SFace)", f"{100 * (a['test_accuracy'] - b['test_accuracy']):+.2f} pt"]]
+
+
+def _partial_fc_scale(d: dict) -> list[list[str]]:
+    rows = []
+    for r in d["results"]:
+        if r["rate"] == 1.0 or r["num_classes"] < 1_000_000:
+            continue
+        base = next(b for b in d["results"] if b["num_classes"] == r["num_classes"] and b["world"] == r["world"]
+                    and b["rate"] == 1.0)  # fmt: skip
+        rows.append([f"Partial FC {r['num_classes']:,} classes, rate {r['rate']}, {r['world']} process(es): "
+                     f"classifier step transient MiB/rank ({_fmt(r['step_ms'])} ms/step)",
+                     _fmt(r["transient_mib"]), f"{_fmt(base['transient_mib'])} (rate 1.0)",
+                     f"{base['transient_mib'] / r['transient_mib']:.1f}x less"])  # fmt: skip
+    return rows
+
+
+def _identification_scale(d: dict) -> list[list[str]]:
+    res = d["results"]
+    rows = []
+    for n in sorted({r["n"] for r in res}):
+        exact = next((r for r in res if r["n"] == n and r["kind"] == "exact"), None)
+        for r in res:
+            if r["n"] != n or r["kind"] == "exact" or exact is None or "recall_at_1_vs_exact" not in r:
+                continue
+            rows.append([f"identify {n:,} x {d['args']['dim']}-D, {r['kind']}: ms/query (recall@1 "
+                         f"{r['recall_at_1_vs_exact']:.3f})", _fmt(r["latency_batch1_ms"]),
+                         f"{_fmt(exact['latency_batch1_ms'])} (exact)",
+                         f"{exact['latency_batch1_ms'] / r['latency_batch1_ms']:.1f}x"])  # fmt: skip
+    return rows
+
+
+def _gallery_search(d: dict) -> list[list[str]]:
+    rows = []
+    for r in d["search"]:
+        if r["kind"] != "exact":
+            continue
+        rows.append([f"gallery search {r['n']:,} faces (exact, k=5): ms/query", _fmt(r["mean_ms"]), "-", "-"])
+    for h in d.get("http", []):
+        rows.append([f"REST {h['kind']} with the default model ({h['threads']} client threads): per s",
+                     _fmt(h["per_s"]), "-", "-"])  # fmt: skip
+    return rows
+
+
+EXTRACT = {
+    "train_speed": _train_speed, "embed_speed": _embed_speed, "lfw_end_to_end": _lfw_end_to_end,
+    "detect_speed": _detect_speed, "detect_rate": _detect_rate, "calibrate_default": _calibrate_default,
+    "partial_fc_scale": _partial_fc_scale, "identification_scale": _identification_scale,
+    "gallery_search": _gallery_search,
+}  # fmt: skip
+
+
+def summary(timings: dict[str, float] | None = None) -> str:
+    """The combined markdown table from the result files."""
+    lines = ["| benchmark | figure | value | baseline (same run) | ratio |", "|---|---|---|---|---|"]
+    dates = []
+    for name, fn in EXTRACT.items():
+        d = _load(name)
+        if d is None:
+            lines.append(f"| {name} | (no result file) | | | |")
+            continue
+        dates.append(d.get("date", "?")[:10])
+        try:
+            rows = fn(d)
+        except (KeyError, StopIteration, TypeError, ZeroDivisionError) as e:
+            rows = [[f"(result file not understood: {type(e).__name__} {e})", "", "", ""]]
+        for r in rows:
+            lines.append(f"| {name} | " + " | ".join(r) + " |")
+    m = machine()
+    total = f"; `make bench` took {sum(timings.values()) / 60:.1f} min" if timings else ""
+    lines += ["", f"Machine: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}, onnxruntime "
+              f"{m.get('onnxruntime', '-')}; results dated {min(dates, default='?')} to {max(dates, default='?')}"
+              f"{total}. Per-script tables and JSON: `bench/results/`."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--readme", type=Path, default=None, help="README to update between the bench markers")
+    ap.add_argument("--only", default=None, help="comma-separated scripts (without .py) to run")
+    ap.add_argument("--summary-only", action="store_true", help="run nothing; rebuild the table from the JSON")
+    args = ap.parse_args()
+    scripts = {p.name for p in BENCH.glob("[!_]*.py")}
+    missing = scripts - set(SUITE)
+    if missing:
+        print(f"bench/_suite.py: scripts not in SUITE: {sorted(missing)}", file=sys.stderr)
+        return 2
+    only = {s if s.endswith(".py") else f"{s}.py" for s in args.only.split(",")} if args.only else None
+    timings: dict[str, float] = {}
+    failed = []
+    for script, extra in ([] if args.summary_only else SUITE.items()):
+        if only and script not in only:
+            continue
+        print(f"\n=== {script} {' '.join(extra)}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call([sys.executable, str(BENCH / script), *extra], cwd=BENCH.parent)
+        timings[script] = time.perf_counter() - t0
+        print(f"=== {script}: exit {rc}, {timings[script]:.0f} s", flush=True)
+        if rc != 0:
+            failed.append(script)
+    table = summary(timings if not only else None)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "summary.md").write_text(table)
+    if timings:
+        (RESULTS / "suite_timings.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                                "seconds": timings}, indent=1) + "\n")  # fmt: skip
+    print("\n" + table)
+    if args.readme:
+        text = args.readme.read_text()
+        if BEGIN in text and END in text:
+            head, rest = text.split(BEGIN, 1)
+            args.readme.write_text(f"{head}{BEGIN}\n{table}{END}{rest.split(END, 1)[1]}")
+        else:
+            print(f"{args.readme}: no {BEGIN} / {END} markers; not updated", file=sys.stderr)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
