@@ -101,3 +101,50 @@ def test_from_pretrained_default():
     out = emb.embed(np.zeros((2, 112, 112, 3), np.uint8))
     assert out.shape == (2, emb.contract.embedding_size) == (2, 192)
     assert "fp32/torch" in repr(emb)
+
+
+def test_flip_fuses_raw_outputs_like_the_backends():
+    """``embed(flip=True)`` is normalise(f(x) + f(hflip(x))) of the raw module output (DESIGN.md)."""
+    module = _small_module()
+    crops = np.random.default_rng(2).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+
+    def raw(c):
+        x = torch.from_numpy((c.astype(np.float32) - 127.5) / 127.5).permute(0, 3, 1, 2).contiguous()
+        with torch.inference_mode():
+            return module(x).numpy()
+
+    fused = raw(crops) + raw(np.ascontiguousarray(crops[:, :, ::-1]))
+    ref = fused / np.linalg.norm(fused, axis=1, keepdims=True)
+    emb = Embedder.from_module(module, precision="fp32", backend="torch")
+    assert emb.flip is False
+    np.testing.assert_allclose(emb.embed(crops, flip=True), ref, atol=1e-4)
+    plain = emb.embed(crops)
+    assert np.abs(plain - ref).max() > 1e-3
+    emb.flip = True
+    np.testing.assert_allclose(emb.embed(crops), ref, atol=1e-4)
+    np.testing.assert_allclose(emb.embed(crops, flip=False), plain, atol=1e-6)
+    np.testing.assert_allclose(emb.embed_crops(crops), ref, atol=1e-4)  # the backend interface
+    assert "flip" in repr(emb)
+    flipped = Embedder.from_module(module, precision="fp32", backend="torch", flip=True)
+    np.testing.assert_allclose(flipped.embed(crops), ref, atol=1e-4)
+
+
+def test_from_pretrained_checks_names_before_loading(monkeypatch):
+    import arcface.inference.zoo as zoo
+
+    monkeypatch.setattr(zoo, "load_backend", lambda *a, **k: pytest.fail("loaded before checking the names"))
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
+        Embedder.from_pretrained("default", precision="half")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Embedder.from_pretrained("default", backend="cuda")
+
+
+def test_from_backend_runs_a_backend_as_it_is():
+    backend = load_backend("default")
+    emb = Embedder.from_backend(backend)
+    assert emb.engine is backend and (emb.precision, emb.backend) == ("fp32", "torch")
+    assert Embedder.from_backend(emb) is emb
+    bf = Embedder.from_pretrained("default", "bf16")
+    assert Embedder.from_backend(bf.engine).precision == "bf16"  # the engine of a bf16 Embedder says so
+    with pytest.raises(TypeError, match="Backend or Embedder"):
+        Embedder.from_backend(object())

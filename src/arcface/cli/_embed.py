@@ -24,6 +24,7 @@ import sys
 import numpy as np
 
 from arcface.cli._batch import EXIT_ERROR, EXIT_OK, add_detector_args
+from arcface.cli._eval import add_embedder_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", default=None, help="backbone name for a .pth state dict (r50, mbf, ...)")
     p.add_argument("--aligned", action="store_true", help="the images are aligned crops (no detection)")
     p.add_argument("--flip", action="store_true", help="flip-test fusion (image + mirror image)")
+    add_embedder_args(p)
     p.add_argument("--batch-size", type=int, default=64, help="crops per forward pass (default 64)")
     add_detector_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -62,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     max_side = options.pop("max_side")
     model_options = {"batch_size": args.batch_size, **({"arch": args.arch} if args.arch else {})}
     rec = FaceRecognizer(
-        args.model, name, flip=args.flip, max_side=max_side, detector_options=options, model_options=model_options
-    )
+        args.model, name, flip=args.flip, precision=args.precision, backend=args.backend, max_side=max_side,
+        detector_options=options, model_options=model_options,
+    )  # fmt: skip
 
     paths: list[str] = []
     chunks: list[np.ndarray] = []

@@ -5,10 +5,12 @@
     arcface eval csv --data pairs.csv [--root IMAGES] --model sface --json out.json
 
 Photos are detected (``--detector``, mtcnn by default), aligned to the model's crop and embedded with flip-test
-fusion (``--no-flip`` to turn it off); ``.bin`` images are already aligned and skip detection. Crops and
-embeddings are cached under ``--cache`` (default ``.cache/arcface``), keyed by the image file and detector
-(crops) and the model contract and flip (embeddings), so a second run only reads the cache. Images where no
-face is found fall back to a centre crop; their count is in the table and the JSON (see
+fusion (``--no-flip`` to turn it off) by the :class:`~arcface.inference.embedder.Embedder` (``--precision``,
+``--backend``, default auto: bf16 on CPUs with native bfloat16 when it keeps cosine >= 0.99 to float32; ONNX
+models such as SFace run float32 in onnxruntime); ``.bin`` images are already aligned and skip detection. Crops
+and embeddings are cached under ``--cache`` (default ``.cache/arcface``), keyed by the image file and detector
+(crops) and the model contract, flip, precision and backend (embeddings), so a second run only reads the cache.
+Images where no face is found fall back to a centre crop; their count is in the table and the JSON (see
 :mod:`arcface.eval.cache`). The JSON holds the whole report, per-pair ``scores``, ``labels`` and ``folds``
 included (see :mod:`arcface.eval.verification`).
 """
@@ -21,6 +23,7 @@ import sys
 from typing import Any
 
 from arcface.cli._batch import add_detector_args
+from arcface.inference.embedder import BACKENDS, PRECISIONS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,9 +60,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=".cache/arcface", metavar="DIR", help="crops/embeddings cache folder")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--batch-size", type=int, default=64, help="crops per forward pass (default 64)")
+    add_embedder_args(p)
     p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def add_embedder_args(p: argparse.ArgumentParser) -> None:
+    """``--precision`` and ``--backend`` of the Embedder (``eval``, ``embed``, ``verify``)."""
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="embedding precision (default auto: bf16 where the CPU runs it natively and it keeps "
+                        "cosine >= 0.99 to fp32, else fp32)")  # fmt: skip
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="embedding backend (default auto; ONNX models always run in onnxruntime)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from arcface.eval.cache import EvalCache
     from arcface.eval.datasets import read_bin, read_csv_pairs, read_lfw_pairs
     from arcface.eval.verification import evaluate_pair_set
-    from arcface.inference.zoo import load_backend
+    from arcface.inference.embedder import Embedder
 
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
@@ -97,13 +110,16 @@ def run(args: argparse.Namespace) -> int:
         pairset = read_csv_pairs(data, args.root, aligned=args.aligned)
     det_name, det_options = detector_options(args)
     model_options: dict[str, Any] = {"batch_size": args.batch_size, **({"arch": args.arch} if args.arch else {})}
-    backend = load_backend(args.model, flip=args.flip, device=args.device, **model_options)
+    # ValueError (one line from the CLI) for a path the model cannot run, e.g. sface with --precision bf16
+    embedder = Embedder.from_pretrained(
+        args.model, args.precision, args.backend, flip=args.flip, device=args.device, **model_options
+    )
     cache = EvalCache(None if args.no_cache else args.cache)
     report = evaluate_pair_set(
-        pairset, backend, cache=cache, detector=det_name, detector_options=det_options,
+        pairset, embedder, cache=cache, detector=det_name, detector_options=det_options,
         workers=args.workers, progress=not args.no_progress,
     )  # fmt: skip
-    report = {"model_name": str(args.model), **report}
+    report = {"model_name": str(args.model), "precision": embedder.precision, "backend": embedder.backend, **report}
     print(format_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +148,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"set           {report['set']} ({report['source']}): {report['pairs']} pairs "
         f"({report['same']} same, {report['different']} different), {report['folds_n']} folds",
         f"model         {report.get('model_name', m['architecture'])} ({m['architecture']}, {m['embedding_size']}-D, "
-        f"contract {m['contract']}), flip {'on' if report['flip'] else 'off'}, "
+        f"contract {m['contract']}), {report.get('precision', 'fp32')}/{report.get('backend', '-')}, "
+        f"flip {'on' if report['flip'] else 'off'}, "
         f"detector {report['detector'] or '- (aligned)'}",
         f"accuracy      {100 * report['accuracy']:.2f}% +- {100 * report['accuracy_std']:.2f}  (10-fold mean +- std)",
         f"threshold     cos {min(thr):.4f} .. {max(thr):.4f}  (squared L2 {2 - 2 * max(thr):.4f} .. "

@@ -13,6 +13,7 @@ import json
 import sys
 
 from arcface.cli._batch import EXIT_NO_FACE, EXIT_OK, add_detector_args
+from arcface.cli._eval import add_embedder_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="cosine threshold (default: the model's calibrated one)",
     )  # fmt: skip
     p.add_argument("--flip", action="store_true", help="flip-test fusion (image + mirror image)")
+    add_embedder_args(p)
     p.add_argument("--aligned", action="store_true", help="A and B are already aligned crops (no detection)")
     add_detector_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -52,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         args.model,
         name,
         flip=args.flip,
+        precision=args.precision,
+        backend=args.backend,
         threshold=args.threshold,
         max_side=max_side,
         detector_options=options,

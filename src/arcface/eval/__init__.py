@@ -1,9 +1,9 @@
 """Evaluation as the papers do it: verification sets, the 10-fold protocol, ROC plots, the trainer's hook.
 
     >>> from arcface.eval import read_lfw_pairs, evaluate_pair_set, EvalCache
-    >>> from arcface.inference.zoo import load_backend
+    >>> from arcface import Embedder
     >>> pairs = read_lfw_pairs("lfw/pairs.txt", "lfw/lfw-deepfunneled")
-    >>> report = evaluate_pair_set(pairs, load_backend("default", flip=True), cache=EvalCache())
+    >>> report = evaluate_pair_set(pairs, Embedder.from_pretrained("default", flip=True), cache=EvalCache())
     >>> report["accuracy"], report["accuracy_std"]
 """
 

@@ -6,7 +6,8 @@ Two kinds of entries, each one ``.npz`` file written atomically under the cache 
   absolute path, mtime (ns) and size, the detector name and options, and the crop's size and template points,
   so crops are shared between every model that takes the same crop (detection runs once for several models).
 * ``embeddings/KEY.npz``: the (M, D) embeddings of a whole set. KEY hashes the keys of its crops (or the
-  ``.bin`` file's path, mtime and size), the model contract's id and the flip flag.
+  ``.bin`` file's path, mtime and size), the model contract's id, the flip flag, and the precision and backend
+  that actually ran (:func:`embedding_path`), so float32 and bfloat16 embeddings of one model never mix.
 
 A cache file that cannot be read (torn, corrupt, wrong shape) is ignored and rebuilt.
 
@@ -37,6 +38,7 @@ import numpy as np
 if TYPE_CHECKING:
     from arcface.eval.datasets import PairSet
     from arcface.inference.backends import Backend
+    from arcface.inference.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ __all__ = [
     "centre_crop",
     "decode_aligned",
     "embed_pair_set",
+    "embedding_path",
 ]
 
 #: Default cache folder (relative to the working directory).
@@ -348,9 +351,24 @@ class EmbedStats:
     seconds_embed: float = 0.0
 
 
+def embedding_path(model: Backend | Embedder) -> tuple[str, str]:
+    """(precision, backend) that a model's embeddings are computed with, e.g. ("bf16", "torch").
+
+    An :class:`~arcface.inference.embedder.Embedder` says it; a plain backend is float32 ("onnx" for
+    onnxruntime, else "torch") unless it carries a ``precision`` (an Embedder's engine does).
+    """
+    from arcface.inference.backends import OnnxBackend
+
+    precision = getattr(model, "precision", None) or "fp32"
+    kind = getattr(model, "backend", None)
+    if not isinstance(kind, str):
+        kind = "onnx" if isinstance(model, OnnxBackend) else "torch"
+    return str(precision), kind
+
+
 def embed_pair_set(
     pairset: PairSet,
-    backend: Backend,
+    backend: Backend | Embedder,
     *,
     cache: EvalCache | None = None,
     detector: str = "mtcnn",
@@ -362,7 +380,8 @@ def embed_pair_set(
 
     Args:
         pairset: the set.
-        backend: the model (its ``flip`` decides flip-test fusion; its contract the crop).
+        backend: the model, an :class:`~arcface.inference.embedder.Embedder` or a plain backend (its ``flip``
+            decides flip-test fusion; its contract the crop; its precision and backend are part of the cache key).
         cache: the cache (None: no cache).
         detector: detector name for unaligned images.
         detector_options: its options (``max_side`` defaults to 1600 as in ``FaceRecognizer``).
@@ -387,7 +406,9 @@ def embed_pair_set(
         set_id["aligned_size"] = spec.size
     else:
         set_id = {"crops": [_image_key(Path(p), spec) for p in pairset.images]}
-    key = _hash({**set_id, "contract": contract.id, "flip": bool(backend.flip)})
+    precision, engine = embedding_path(backend)
+    key = _hash({**set_id, "contract": contract.id, "flip": bool(backend.flip), "precision": precision,
+                 "backend": engine})  # fmt: skip
     m, d = len(pairset.images), contract.embedding_size
     hit = cache.get("embeddings", key, lambda a: a.get("embeddings", np.zeros(0)).shape == (m, d)
                     and a.get("fallback", np.zeros(0)).shape == (m,))  # fmt: skip

@@ -86,12 +86,13 @@ class Backend(ABC):
         """(H, W) of the crops this backend takes."""
         return self.contract.input_size
 
-    def embed_crops(self, crops: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    def embed_crops(self, crops: np.ndarray | Sequence[np.ndarray], *, flip: bool | None = None) -> np.ndarray:
         """Embed aligned face crops.
 
         Args:
             crops: (N, H, W, 3) uint8 RGB array (or a sequence of (H, W, 3) crops), with (H, W) the
                 contract's ``input_size``; a single (H, W, 3) crop is taken as N = 1.
+            flip: flip-test fusion for this call; None uses the backend's ``flip``.
 
         Returns:
             (N, D) float32, each row of unit L2 norm.
@@ -100,13 +101,14 @@ class Backend(ABC):
             ValueError: crops of the wrong shape or dtype.
         """
         crops = self._check(crops)
+        flip = self.flip if flip is None else bool(flip)
         if len(crops) == 0:
             return np.zeros((0, self.embedding_size), np.float32)
         out = []
         for start in range(0, len(crops), self.batch_size):
             chunk = crops[start : start + self.batch_size]
             emb = self._forward(chunk)  # (n, D) raw
-            if self.flip:
+            if flip:
                 emb = emb + self._forward(np.ascontiguousarray(chunk[:, :, ::-1]))
             out.append(emb)
         emb = np.concatenate(out).reshape(len(crops), -1)

@@ -2,6 +2,7 @@
 
     >>> emb = Embedder.from_module(create_model("r50"), precision="auto")
     >>> emb.embed(crops)  # (N, 112, 112, 3) uint8 RGB -> (N, D) float32, unit rows
+    >>> emb.embed(crops, flip=True)  # flip-test fusion: f(x) + f(hflip(x)), then normalised
 
 Paths (``precision`` x ``backend``):
 
@@ -23,8 +24,9 @@ fp32       onnx         the module exported to ONNX (``export_onnx``), run by on
 The chosen path is run once on a calibration batch (real aligned faces if the caller passes
 ``calibration=``; otherwise a fixed synthetic batch) next to eager float32; if any embedding's cosine
 to float32 falls below ``min_cosine`` (0.99) it falls back to float32 on the same backend family.
-``backend="auto"`` means torch, except under rule 2. int8 (onnxruntime static quantisation) is not
-implemented yet. Measured numbers: ``bench/embed_speed.py``.
+``backend="auto"`` means torch, except under rule 2 (and where the ONNX export fails there: torch
+float32). int8 (onnxruntime static quantisation) is not implemented yet. Measured numbers:
+``bench/embed_speed.py``.
 """
 
 from __future__ import annotations
@@ -39,14 +41,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from arcface.inference.backends import Backend, OnnxBackend, TorchBackend, l2_normalise, preprocess
+from arcface.inference.backends import Backend, OnnxBackend, TorchBackend, preprocess
 
 if TYPE_CHECKING:
     from torch import nn
 
     from arcface.inference.contract import ModelContract  # imports arcface.align (OpenCV): not at import time
 
-__all__ = ["PRECISIONS", "BACKENDS", "Embedder", "resolve_auto"]
+__all__ = ["PRECISIONS", "BACKENDS", "Embedder", "check_names", "resolve_auto"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 BACKENDS = ("auto", "torch", "onnx")
@@ -69,12 +71,17 @@ def _default_contract(module: nn.Module) -> ModelContract:
     )
 
 
+def check_names(precision: str, backend: str) -> None:
+    """Raise ValueError naming the choices when ``precision`` or ``backend`` is not a known name."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
 def resolve_auto(precision: str, backend: str) -> tuple[str, str]:
     """The decision table of the module docstring: (precision, backend) before the accuracy check."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_names(precision, backend)
     from arcface.engine.amp import cpu_has_native_bf16
 
     if precision == "bf16" and backend == "onnx":
@@ -147,9 +154,14 @@ class _FastTorch(TorchBackend):
 class Embedder:
     """Aligned crops in, L2-normalised float32 embeddings out, by the fastest verified path.
 
-    Build with :meth:`from_module` or :meth:`from_pretrained`. Attributes: ``precision`` and ``backend``
-    (the path actually used), ``contract``, ``min_cosine_checked`` (cosine of the chosen path to float32
-    on the calibration batch; 1.0 for float32 itself, None for a foreign ONNX model).
+    Build with :meth:`from_module`, :meth:`from_pretrained` or (a ready backend, run as it is)
+    :meth:`from_backend`. Attributes: ``precision`` and ``backend`` (the path actually used), ``contract``,
+    ``flip`` (flip-test fusion default of :meth:`embed`), ``engine`` (the :class:`Backend` that runs),
+    ``min_cosine_checked`` (cosine of the chosen path to float32 on the calibration batch; 1.0 for float32
+    itself, None for a model run as it is, e.g. a foreign ONNX file).
+
+    It has a backend's interface too (``embed_crops``, ``contract``, ``embedding_size``, ``input_size``,
+    ``flip``), so the evaluation and ``FaceRecognizer`` take either.
     """
 
     def __init__(self, engine: Backend, precision: str, backend: str, min_cosine_checked: float | None) -> None:
@@ -160,12 +172,31 @@ class Embedder:
         self._tmpdir: tempfile.TemporaryDirectory | None = None
 
     @property
+    def engine(self) -> Backend:
+        """The backend that runs the chosen path (its ``embed_crops`` gives the same numbers as :meth:`embed`)."""
+        return self._engine
+
+    @property
     def contract(self) -> ModelContract:
         return self._engine.contract
 
     @property
     def embedding_size(self) -> int:
         return self._engine.embedding_size
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) of the crops it takes."""
+        return self._engine.input_size
+
+    @property
+    def flip(self) -> bool:
+        """Flip-test fusion of :meth:`embed` when its ``flip`` is None: ``f(x) + f(hflip(x))``, then normalised."""
+        return self._engine.flip
+
+    @flip.setter
+    def flip(self, value: bool) -> None:
+        self._engine.flip = bool(value)
 
     @classmethod
     def from_module(
@@ -179,6 +210,7 @@ class Embedder:
         min_cosine: float = MIN_COSINE,
         batch_size: int = 64,
         threads: int | None = None,
+        flip: bool = False,
     ) -> Embedder:
         """Wrap a backbone taking (B, 3, H, W) float input.
 
@@ -191,16 +223,27 @@ class Embedder:
             min_cosine: the least cosine to float32 the "auto" path must keep.
             batch_size: most crops per forward pass.
             threads: torch/onnxruntime threads (None: leave torch's setting, onnxruntime's default).
+            flip: flip-test fusion default of :meth:`embed` (the accuracy check runs without it).
+
+        Raises:
+            ValueError: an unknown precision or backend name, or bf16 asked of the onnx backend.
         """
         import torch
 
+        prec, back = resolve_auto(precision, backend)  # before any work: a bad name fails fast
         module = module.eval().cpu()
         contract = contract or _default_contract(module)
         auto = precision == "auto"
-        prec, back = resolve_auto(precision, backend)
         if threads:
             torch.set_num_threads(int(threads))
-        emb = cls._build(module, contract, prec, back, batch_size, threads)
+        try:
+            emb = cls._build(module, contract, prec, back, batch_size, threads)
+        except Exception as e:  # "auto" picked onnx, but the export failed (no onnx package, odd module)
+            if not (auto and back == "onnx"):
+                raise
+            warnings.warn(f"onnx export failed ({type(e).__name__}: {e}); using torch float32", stacklevel=2)
+            prec, back = "fp32", "torch"
+            emb = cls._build(module, contract, prec, back, batch_size, threads)
         checked = 1.0 if prec == "fp32" else None
         if auto and (prec, back) != ("fp32", "torch"):
             crops = calibration if calibration is not None else _synthetic_crops(8, contract.input_size)
@@ -214,25 +257,78 @@ class Embedder:
                 emb = cls._build(module, contract, "fp32", back, batch_size, threads)
                 checked = 1.0
         emb.min_cosine_checked = checked
+        emb.flip = flip
         return emb
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | os.PathLike = "default", precision: str = "auto", backend: str = "auto", **kwargs
+        cls,
+        name_or_path: str | os.PathLike = "default",
+        precision: str = "auto",
+        backend: str = "auto",
+        *,
+        flip: bool = False,
+        device: str = "cpu",
+        batch_size: int = 64,
+        arch: str | None = None,
+        options: dict | None = None,
+        preset: str | None = None,
+        contract: ModelContract | None = None,
+        providers: Sequence[str] | None = None,
+        **kwargs,
     ) -> Embedder:
         """A zoo model (see :func:`arcface.inference.zoo.load_backend`) on the fastest verified path.
 
-        Torch models go through :meth:`from_module` with their own contract (``kwargs`` as there);
-        ONNX files run in onnxruntime float32 as they are (``precision`` must be "auto" or "fp32").
+        Torch models on the CPU go through :meth:`from_module` with their own contract (``kwargs`` as there:
+        ``calibration``, ``min_cosine``, ``threads``). Models the Embedder cannot speed up run float32 on their
+        own backend, as :func:`load_backend` builds them: ONNX files (onnxruntime; ``precision`` must be "auto"
+        or "fp32", ``backend`` "auto" or "onnx") and torch models on another device ("cuda"; backend "torch").
+
+        Args:
+            name_or_path: model name or file.
+            precision: "auto", "fp32" or "bf16".
+            backend: "auto", "torch" or "onnx".
+            flip: flip-test fusion default of :meth:`embed`.
+            device, batch_size, arch, options, preset, contract, providers: as :func:`load_backend`.
+
+        Raises:
+            ValueError: an unknown precision or backend name, or one the model cannot run (the message says which).
+            FileNotFoundError: as :func:`load_backend`.
         """
         from arcface.inference.zoo import load_backend
 
-        loaded = load_backend(name_or_path)
+        check_names(precision, backend)  # before loading anything
+        loaded = load_backend(
+            name_or_path, arch=arch, options=options, preset=preset, contract=contract, device=device,
+            providers=providers, batch_size=batch_size, flip=flip,
+        )  # fmt: skip
         if isinstance(loaded, TorchBackend):
-            return cls.from_module(loaded.module, precision, backend, contract=loaded.contract, **kwargs)
+            if loaded.device.type == "cpu":
+                return cls.from_module(
+                    loaded.module, precision, backend, contract=loaded.contract, batch_size=batch_size, flip=flip,
+                    **kwargs,
+                )  # fmt: skip
+            if precision not in ("auto", "fp32") or backend not in ("auto", "torch"):
+                raise ValueError(
+                    f"on device {device} the model runs as it is: only precision fp32 on backend torch, "
+                    f"got {precision}/{backend}"
+                )
+            return cls(loaded, "fp32", "torch", None)
         if precision not in ("auto", "fp32") or backend not in ("auto", "onnx"):
-            raise ValueError(f"{name_or_path} is an ONNX model: only precision fp32 on backend onnx")
+            raise ValueError(
+                f"{name_or_path} is an ONNX model: only precision fp32 on backend onnx, got {precision}/{backend}"
+            )
         return cls(loaded, "fp32", "onnx", None)
+
+    @classmethod
+    def from_backend(cls, engine: Backend) -> Embedder:
+        """A ready backend, run as it is (float32 unless it says otherwise, e.g. a bf16 engine of an Embedder)."""
+        if isinstance(engine, Embedder):
+            return engine
+        if not isinstance(engine, Backend):
+            raise TypeError(f"expected an arcface Backend or Embedder, got {type(engine).__name__}")
+        kind = "onnx" if isinstance(engine, OnnxBackend) else "torch"
+        return cls(engine, str(getattr(engine, "precision", "fp32")), kind, None)
 
     @classmethod
     def _build(
@@ -250,12 +346,19 @@ class Embedder:
         emb._tmpdir = tmp  # the file lives as long as the embedder
         return emb
 
-    def embed(self, batch: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-        """(N, H, W, 3) uint8 RGB aligned crops -> (N, D) float32, unit L2 rows."""
-        return l2_normalise(self._engine.embed_crops(batch))
+    def embed(self, batch: np.ndarray | Sequence[np.ndarray], flip: bool | None = None) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB aligned crops -> (N, D) float32, unit L2 rows.
 
+        Args:
+            batch: the crops (a sequence of (H, W, 3) crops, or one crop as N = 1, also do).
+            flip: flip-test fusion, ``f(x) + f(hflip(x))`` then normalised (DESIGN.md); None uses :attr:`flip`.
+        """
+        return self._engine.embed_crops(batch, flip=flip)
+
+    embed_crops = embed
     __call__ = embed
 
     def __repr__(self) -> str:
         c = self.contract
-        return f"Embedder({c.architecture}, {c.embedding_size}-D, {self.precision}/{self.backend})"
+        flip = ", flip" if self.flip else ""
+        return f"Embedder({c.architecture}, {c.embedding_size}-D, {self.precision}/{self.backend}{flip})"

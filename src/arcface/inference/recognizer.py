@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from arcface.align.detection import Detection, FaceDetector
     from arcface.inference.backends import Backend
     from arcface.inference.contract import ModelContract
+    from arcface.inference.embedder import Embedder
 
 __all__ = ["DEFAULT_FLIP", "Face", "FaceRecognizer", "NoFaceError", "Verification"]
 
@@ -117,32 +118,44 @@ class Verification:
 class FaceRecognizer:
     """Face detection, alignment and embedding with one model and one detector.
 
+    Embeddings are computed by an :class:`~arcface.inference.embedder.Embedder` (:attr:`embedder`): with the
+    default ``precision="auto"`` a CPU with native bfloat16 runs the model in bf16 autocast (checked against
+    float32 at cosine >= 0.99 when built), other CPUs in float32. Models the Embedder cannot speed up (ONNX
+    files such as SFace, a model on "cuda") run float32 on their own backend.
+
     Args:
         model: a model name ("default", "mobilefacenet", "sface"), a model file (``.safetensors``, ``.pth`` with
-            ``model_options={"arch": ...}``, ``.onnx``), or a ready :class:`~arcface.inference.backends.Backend`
-            (used as is; ``flip``, ``device`` and ``model_options`` then do not apply).
+            ``model_options={"arch": ...}``, ``.onnx``), a ready :class:`~arcface.inference.embedder.Embedder`,
+            or a ready :class:`~arcface.inference.backends.Backend` (both used as they are; ``flip``, ``device``,
+            ``precision``, ``backend`` and ``model_options`` then do not apply).
         detector: a detector name ("mtcnn", "yunet", "scrfd") or a ``FaceDetector`` instance.
         flip: flip-test fusion (embedding of the crop plus of its mirror image, then normalised).
+        precision: the Embedder's precision, "auto", "fp32" or "bf16".
+        backend: the Embedder's backend, "auto", "torch" or "onnx".
         threshold: cosine threshold of :meth:`verify`; None uses the model contract's calibrated one.
         device: torch device of the model (and of MTCNN).
         max_side: photos with a longer side are downscaled for detection (landmarks map back, the crop is cut
             from the full-resolution photo).
         detector_options: extra arguments of the detector (e.g. ``{"min_face_size": 40}``).
         model_options: extra arguments of :func:`arcface.inference.zoo.load_backend` (``arch``, ``preset``,
-            ``providers``, ``batch_size``, ...).
+            ``providers``, ``batch_size``, ...) and of :meth:`Embedder.from_module` (``calibration``,
+            ``min_cosine``, ``threads``).
 
     Raises:
         FileNotFoundError: unknown model name or missing file (see ``load_backend``).
         KeyError: unknown detector name.
-        ValueError: a contract whose crop this pipeline cannot make (non-square input, unknown template size).
+        ValueError: a contract whose crop this pipeline cannot make (non-square input, unknown template size);
+            an unknown precision or backend name, or one the model cannot run.
     """
 
     def __init__(
         self,
-        model: str | os.PathLike | Backend = "default",
+        model: str | os.PathLike | Backend | Embedder = "default",
         detector: str | FaceDetector = "mtcnn",
         *,
         flip: bool = DEFAULT_FLIP,
+        precision: str = "auto",
+        backend: str = "auto",
         threshold: float | None = None,
         device: str = "cpu",
         max_side: int | None = 1600,
@@ -151,13 +164,15 @@ class FaceRecognizer:
     ) -> None:
         from arcface.align.detection import FaceDetector, create_detector
         from arcface.inference.backends import Backend
-        from arcface.inference.zoo import load_backend
+        from arcface.inference.embedder import Embedder
 
-        if isinstance(model, Backend):
-            self.backend = model
+        if isinstance(model, (Backend, Embedder)):
+            self.embedder = Embedder.from_backend(model)
         else:
-            self.backend = load_backend(model, flip=flip, device=device, **dict(model_options or {}))
-        self._check_template(self.backend.contract)
+            self.embedder = Embedder.from_pretrained(
+                model, precision, backend, flip=flip, device=device, **dict(model_options or {})
+            )
+        self._check_template(self.embedder.contract)
         if isinstance(detector, FaceDetector):
             self.detector = detector
         else:
@@ -173,9 +188,19 @@ class FaceRecognizer:
     # Properties
 
     @property
+    def backend(self) -> Backend:
+        """The embedding backend that runs (the Embedder's engine; its ``embed_crops`` gives the same numbers)."""
+        return self.embedder.engine
+
+    @property
+    def precision(self) -> str:
+        """The precision embeddings are computed in ("fp32" or "bf16"), as the Embedder chose it."""
+        return self.embedder.precision
+
+    @property
     def contract(self) -> ModelContract:
         """The model's contract: embeddings of recognizers with equal ``contract.id`` are comparable."""
-        return self.backend.contract
+        return self.embedder.contract
 
     @property
     def threshold(self) -> float | None:
@@ -185,7 +210,7 @@ class FaceRecognizer:
     @property
     def embedding_size(self) -> int:
         """D, the length of an embedding."""
-        return self.backend.embedding_size
+        return self.embedder.embedding_size
 
     # ----------------------------------------------------------------------------------------------
     # Pipeline
@@ -235,7 +260,7 @@ class FaceRecognizer:
         Returns:
             (N, D) float32 of unit rows; N = 0 when there is no face.
         """
-        return self.backend.embed_crops(self.align(image))
+        return self.embedder.embed(self.align(image))
 
     def embed_batch(self, images: Iterable[ImageSource], *, aligned: bool = False) -> np.ndarray:
         """Embeddings of the main face of each image, run through the model in batches.
@@ -252,7 +277,7 @@ class FaceRecognizer:
             ImageError: for the first unreadable image.
         """
         crops = [self._aligned(img) if aligned else self._main_crop(img) for img in images]
-        return self.backend.embed_crops(crops)
+        return self.embedder.embed(crops)
 
     def compare(self, a: ImageSource | np.ndarray, b: ImageSource | np.ndarray, *, aligned: bool = False) -> float:
         """Cosine similarity of two faces.
@@ -291,7 +316,7 @@ class FaceRecognizer:
         return Verification(similarity=sim, same=sim > threshold, threshold=threshold)
 
     def __repr__(self) -> str:
-        return f"FaceRecognizer(model={self.backend!r}, detector={self.detector!r}, threshold={self.threshold})"
+        return f"FaceRecognizer(model={self.embedder!r}, detector={self.detector!r}, threshold={self.threshold})"
 
     # ----------------------------------------------------------------------------------------------
     # Helpers
