@@ -31,9 +31,10 @@ lint: venv
 bench: venv
 	$(PY) bench/_suite.py --readme README.md
 
-# The ArcFace paper's loss comparison on LFW (about an hour on 2 cores; cached in .cache/arcface/loss_table).
+# The ArcFace paper's loss comparison on LFW (about an hour on 2 cores; cached in .cache/arcface/loss_table;
+# add ARGS=--fresh to start from nothing).
 paper-table: venv
-	$(PY) -m arcface experiment loss-table --readme README.md
+	$(PY) -m arcface experiment loss-table --jobs 2 --readme README.md $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

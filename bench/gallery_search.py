@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-http", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None, help="where the temporary galleries go (default: the system's tmp)")
+    ap.add_argument("--name", default="gallery_search", help="result file bench/results/NAME.json")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
 
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     total = time.perf_counter() - t0
     print(f"total {total:.0f} s")
     if not args.no_save:
-        path = save("gallery_search", {"args": vars(args), "faiss": faiss.__version__, "search": results,
+        path = save(args.name, {"args": vars(args), "faiss": faiss.__version__, "search": results,
                                        "http": http_results, "http_note": http_note, "total_s": total})  # fmt: skip
         print(f"saved {path}")
 

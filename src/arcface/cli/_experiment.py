@@ -28,17 +28,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--work", default=".cache/arcface/loss_table", help="work folder (aligned crops, packs, runs)")
     t.add_argument("--out", default="bench/results", help="where the JSON, markdown table and PNGs go")
     t.add_argument("--config", default=None, help="base training recipe (default configs/lfw_small_r18.yaml)")
-    t.add_argument("--steps", type=int, default=1000, help="training steps per row (default 1000)")
+    t.add_argument("--steps", type=int, default=800, help="training steps per row (default 800)")
     t.add_argument("--seeds", type=int, default=2, help="seeds for the top rows (default 2; 1 for one seed)")
-    t.add_argument("--seed-rows", type=int, default=3, help="how many of the best rows get the extra seeds")
+    t.add_argument("--seed-rows", type=int, default=2,
+                   help="how many of the best rows get the extra seeds (softmax and arcface always do)")
     t.add_argument("--rows", default=None, help="comma-separated subset of rows (e.g. softmax,arcface_0_5)")
-    t.add_argument("--finetune-steps", type=int, default=300, help="steps of the default-model fine-tuning")
+    t.add_argument("--finetune-steps", type=int, default=200, help="steps of the default-model fine-tuning")
     t.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning of the default model")
     t.add_argument("--readme", default=None, help="README to update between the loss-table markers")
     t.add_argument("--fresh", action="store_true", help="delete --work first (a run from a clean state)")
     t.add_argument("--workers", type=int, default=None, help="alignment processes (default: the CPU cores)")
+    t.add_argument("--jobs", type=int, default=1, help="rows trained side by side, each in its own process")
     t.add_argument("--threads", type=int, default=0,
-                   help="torch threads for training and evaluation (default 0: torch's choice, the CPU cores)")
+                   help="torch threads per process (default 0: the CPU cores divided by --jobs)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=run)
 
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         readme=Path(args.readme) if args.readme else None,
         workers=args.workers,
         threads=max(0, args.threads),
+        jobs=max(1, args.jobs),
         progress=not args.no_progress,
     )
     run_loss_table(setup)
