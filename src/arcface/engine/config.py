@@ -42,6 +42,7 @@ class HeadConfig:
     params: dict[str, Any] = field(default_factory=dict)
     sample_rate: float = 1.0
     partial_fc: bool = False
+    init: str = "random"  # random | class_means (centres = mean embedding of each class: for fine-tuning)
 
 
 @dataclass
@@ -272,6 +273,10 @@ def validate(cfg: Config) -> None:
         (cfg.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
         (cfg.train.max_steps >= 0, "train.max_steps must be >= 0"),
         (0 < cfg.head.sample_rate <= 1, "head.sample_rate must be in (0, 1]"),
+        (
+            cfg.head.init in ("random", "class_means"),
+            f"head.init: unknown initialisation {cfg.head.init!r} (random, class_means)",
+        ),
         (cfg.optim.name in ("sgd", "adamw"), f"optim.name: unknown optimiser {cfg.optim.name!r} (sgd, adamw)"),
         (
             cfg.schedule.name in ("step", "poly", "constant"),

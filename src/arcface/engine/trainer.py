@@ -170,6 +170,8 @@ class Trainer:
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
         self.head = build_classifier(cfg, num_classes, self.dist).to(self.device)
+        if cfg.head.init == "class_means" and not resume:
+            self._class_mean_centres(model)
 
         self.optimizer = build_optimizer(cfg.optim, model, self.head)
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.total_steps)
@@ -203,6 +205,43 @@ class Trainer:
         if evaluate is not None and cfg.eval.every > 0:
             self.hooks.append(EvalHook(cfg.eval.every, evaluate))
         self.hooks.extend(extra_hooks or [])
+
+    @torch.no_grad()
+    def _class_mean_centres(self, model: nn.Module) -> None:
+        """Set each class centre to the normalised mean embedding of the class's images (``head.init:
+        class_means``), so fine-tuning a trained backbone starts from a head that already fits it instead of
+        pushing random-centre gradients into the backbone. Classes without images keep their random centre."""
+        from arcface.heads.partial_fc import PartialFC
+
+        head = self.head
+        start, n = (head.class_start, head.num_local) if isinstance(head, PartialFC) else (0, head.num_classes)
+        if int(getattr(head, "rows_per_class", 1)) != 1:
+            raise ConfigError("head.init: class_means needs one centre per class (rows_per_class 1)")
+        weight = head.weight  # (n, D): this rank's centres
+        sums = torch.zeros(n, weight.shape[1], dtype=torch.float64)
+        counts = torch.zeros(n, dtype=torch.float64)
+        loader = DataLoader(self.dataset, batch_size=max(64, self.cfg.data.batch_size),
+                            num_workers=self.cfg.data.num_workers)  # fmt: skip
+        was_training = model.training
+        model.eval()
+        for images, labels in loader:
+            local = labels - start
+            keep = (local >= 0) & (local < n)
+            if not keep.any():
+                continue
+            images = images[keep].to(self.device)
+            if self.cfg.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(self.precision, self.device):
+                emb = model(images).float()
+            emb = torch.nn.functional.normalize(emb, dim=1).double().cpu()
+            sums.index_add_(0, local[keep], emb)
+            counts.index_add_(0, local[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
+        model.train(was_training)
+        seen = counts > 0
+        means = torch.nn.functional.normalize(sums[seen], dim=1)
+        weight[seen.to(weight.device)] = means.to(weight.dtype).to(weight.device)
+        log.info("head.init class_means: %d of %d centres set from their images", int(seen.sum()), n)
 
     # -- properties -------------------------------------------------------------------------
     @property
