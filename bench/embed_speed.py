@@ -38,20 +38,10 @@ def aligned_faces(n: int = 32) -> tuple[np.ndarray, str]:
     if not LFW.is_dir():
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, (n, 112, 112, 3), dtype=np.uint8), "random uint8 (LFW absent)"
-    from arcface.align import create_detector, norm_crop
-    from arcface.inference.image_io import load_image
+    from arcface._shared import aligned_lfw_sample
 
-    det = create_detector("mtcnn")
-    people = sorted(p for p in LFW.iterdir() if p.is_dir())
-    crops = []
-    for person in people[:: max(1, len(people) // (2 * n))]:
-        img = load_image(sorted(person.glob("*.jpg"))[0])
-        faces = det.detect(img)
-        if faces:
-            crops.append(norm_crop(img, faces[0].landmarks))
-        if len(crops) == n:
-            break
-    return np.stack(crops), f"{len(crops)} aligned LFW faces (MTCNN + norm_crop)"
+    crops = aligned_lfw_sample(LFW, n)
+    return crops, f"{len(crops)} aligned LFW faces (MTCNN + norm_crop)"
 
 
 def bn_init(module: torch.nn.Module, faces: np.ndarray) -> torch.nn.Module:

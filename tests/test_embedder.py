@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import arcface
+from arcface._shared import aligned_lfw_sample
 from arcface.inference.embedder import Embedder, resolve_auto
 from arcface.inference.zoo import load_backend
 from arcface.models import create_model
@@ -20,20 +20,7 @@ LFW = "data/lfw/lfw-deepfunneled"
 @functools.lru_cache(maxsize=1)
 def _aligned_lfw(root: str, n: int = 16) -> np.ndarray:
     """(n, 112, 112, 3) uint8 RGB: MTCNN + norm_crop on the first image of n spread-out LFW people."""
-    from arcface.align import create_detector, norm_crop
-    from arcface.inference.image_io import load_image
-
-    det = create_detector("mtcnn")
-    people = sorted(p for p in Path(root).iterdir() if p.is_dir())
-    crops = []
-    for person in people[:: max(1, len(people) // (2 * n))]:
-        img = load_image(sorted(person.glob("*.jpg"))[0])
-        faces = det.detect(img)
-        if faces:
-            crops.append(norm_crop(img, faces[0].landmarks))
-        if len(crops) == n:
-            break
-    return np.stack(crops)
+    return aligned_lfw_sample(root, n)
 
 
 def _small_module() -> torch.nn.Module:
@@ -62,6 +49,18 @@ def test_fp32_equals_module_output():
     for backend in ("torch", "onnx"):
         got = Embedder.from_module(module, precision="fp32", backend=backend).embed(crops)
         np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_batches_split_into_micro_batches_give_the_same_embeddings():
+    """The fast path runs MICRO_BATCH crops per forward pass; a batch that spans several must equal one by one."""
+    from arcface.inference.embedder import MICRO_BATCH
+
+    crops = np.random.default_rng(2).integers(0, 256, (MICRO_BATCH * 2 + 3, 112, 112, 3), dtype=np.uint8)
+    for precision in ("fp32", "bf16"):
+        emb = Embedder.from_module(_small_module(), precision=precision, backend="torch", batch_size=64)
+        whole = emb.embed(crops)
+        single = np.concatenate([emb.embed(c) for c in crops])
+        np.testing.assert_allclose(whole, single, atol=1e-5 if precision == "fp32" else 2e-2)
 
 
 def test_bad_arguments():
