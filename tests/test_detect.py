@@ -24,7 +24,7 @@ from arcface.align import (
     create_detector,
     norm_crop,
 )
-from arcface.align.mtcnn import _normalise, _packed_pyramid
+from arcface.align.mtcnn import _face_prob, _MaxPoolCeil, _MipPyramid, _normalise, _packed_pyramid
 
 LFW = "data/lfw/lfw-deepfunneled"
 SCRFD_ONNX = "weights/detectors/scrfd_2.5g_bnkps.onnx"
@@ -201,6 +201,27 @@ def test_packed_pyramid_equals_pnet_run_per_level(mtcnn):
             ni, nj = (hs - 12) // 2 + 1, (ws - 12) // 2 + 1  # cells whose 12x12 window lies inside the level
             got = packed[0, oy // 2 : oy // 2 + ni, ox // 2 : ox // 2 + nj]
             torch.testing.assert_close(got, own[0, :ni, :nj], atol=1e-5, rtol=1e-4)
+
+
+def test_mtcnn_fast_ops_give_torchs_values():
+    """The cascade's hand-written speed-ups compute exactly what the reference ops do."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    for k, s in ((2, 2), (3, 2)):
+        for h, w in ((22, 22), (21, 9), (372, 150), (8, 7), (3, 3)):
+            x = torch.randn(2, 5, h, w, generator=gen)
+            for t in (x, x.contiguous(memory_format=torch.channels_last)):
+                assert torch.equal(_MaxPoolCeil(k, s)(t), F.max_pool2d(t, k, s, ceil_mode=True)), (k, s, h, w)
+    logits = torch.randn(4, 2, 5, 6, generator=gen) * 10
+    torch.testing.assert_close(_face_prob(logits), torch.softmax(logits, 1)[:, 1])
+    for shape in ((250, 250, 3), (97, 131, 3)):
+        img = np.random.default_rng(1).uniform(0, 255, shape).astype(np.float32)
+        mips = _MipPyramid(img, torch.device("cpu"))
+        ref = torch.from_numpy(img).permute(2, 0, 1)[None]
+        for k in (1, 2, 3):
+            ref = F.avg_pool2d(ref, 2)
+            torch.testing.assert_close(mips.level(k), ref, atol=1e-4, rtol=0)
 
 
 def test_mtcnn_chunked_crops_give_the_same_result(shared, mtcnn):

@@ -36,6 +36,42 @@ __all__ = ["MTCNN", "ONet", "PNet", "RNet"]
 _EMPTY = (np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
 
 
+class _MaxPoolCeil(nn.Module):
+    """``nn.MaxPool2d(kernel, stride, ceil_mode=True)``, as the maximum of strided views where no window overhangs.
+
+    PyTorch's CPU max-pooling was the second most costly op of P-Net: on its 10-channel channels_last map of
+    the packed pyramid (always even-sized, so no window overhangs) the strided maximum gives the same values
+    7x faster (620 -> 90 us per 250x250 image). Where the last window overhangs the map, padding cost more than
+    it saved, so those maps go to PyTorch's kernel.
+    """
+
+    def __init__(self, kernel: int, stride: int) -> None:
+        super().__init__()
+        if kernel < stride:
+            raise ValueError(f"kernel {kernel} < stride {stride}: windows would skip pixels")
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = self.kernel, self.stride
+        h, w = x.shape[-2:]
+        if (h - k) % s or (w - k) % s:  # ceil mode adds a window that overhangs the map
+            return F.max_pool2d(x, k, s, ceil_mode=True)
+        oh, ow = (h - k) // s + 1, (w - k) // s + 1
+        rows = x[..., 0 : (oh - 1) * s + 1 : s, :]
+        for i in range(1, k):
+            rows = torch.maximum(rows, x[..., i : i + (oh - 1) * s + 1 : s, :])
+        out = rows[..., 0 : (ow - 1) * s + 1 : s]
+        for j in range(1, k):
+            out = torch.maximum(out, rows[..., j : j + (ow - 1) * s + 1 : s])
+        return out
+
+
+def _face_prob(logits: torch.Tensor) -> torch.Tensor:
+    """(N, 2, ...) face / non-face logits -> (N, ...) face probability: softmax's second entry, computed as
+    sigmoid(l1 - l0) (the same value; a softmax over the 2-channel channels_last map of P-Net was 10x slower)."""
+    return torch.sigmoid(logits[:, 1] - logits[:, 0])
+
+
 class PNet(nn.Module):
     """Proposal network: fully convolutional, one 12x12 window per output cell (stride 2)."""
 
@@ -43,7 +79,7 @@ class PNet(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 10, kernel_size=3)
         self.prelu1 = nn.PReLU(10)
-        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.pool1 = _MaxPoolCeil(2, 2)
         self.conv2 = nn.Conv2d(10, 16, kernel_size=3)
         self.prelu2 = nn.PReLU(16)
         self.conv3 = nn.Conv2d(16, 32, kernel_size=3)
@@ -55,8 +91,7 @@ class PNet(nn.Module):
         """(N, 3, H, W) normalised -> offsets (N, 4, h, w), face probability (N, h, w)."""
         x = self.pool1(self.prelu1(self.conv1(x)))
         x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
-        prob = torch.softmax(self.conv4_1(x), dim=1)[:, 1]
-        return self.conv4_2(x), prob
+        return self.conv4_2(x), _face_prob(self.conv4_1(x))
 
 
 class RNet(nn.Module):
@@ -66,10 +101,10 @@ class RNet(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 28, kernel_size=3)
         self.prelu1 = nn.PReLU(28)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.pool1 = _MaxPoolCeil(3, 2)
         self.conv2 = nn.Conv2d(28, 48, kernel_size=3)
         self.prelu2 = nn.PReLU(48)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.pool2 = _MaxPoolCeil(3, 2)
         self.conv3 = nn.Conv2d(48, 64, kernel_size=2)
         self.prelu3 = nn.PReLU(64)
         self.dense4 = nn.Linear(576, 128)
@@ -83,8 +118,7 @@ class RNet(nn.Module):
         x = self.pool2(self.prelu2(self.conv2(x)))
         x = self.prelu3(self.conv3(x))  # (N, 64, 3, 3)
         x = self.prelu4(self.dense4(x.permute(0, 3, 2, 1).flatten(1)))  # (W, H, C) flattening order
-        prob = torch.softmax(self.dense5_1(x), dim=1)[:, 1]
-        return self.dense5_2(x), prob
+        return self.dense5_2(x), _face_prob(self.dense5_1(x))
 
 
 class ONet(nn.Module):
@@ -94,13 +128,13 @@ class ONet(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 32, kernel_size=3)
         self.prelu1 = nn.PReLU(32)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.pool1 = _MaxPoolCeil(3, 2)
         self.conv2 = nn.Conv2d(32, 64, kernel_size=3)
         self.prelu2 = nn.PReLU(64)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.pool2 = _MaxPoolCeil(3, 2)
         self.conv3 = nn.Conv2d(64, 64, kernel_size=3)
         self.prelu3 = nn.PReLU(64)
-        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.pool3 = _MaxPoolCeil(2, 2)
         self.conv4 = nn.Conv2d(64, 128, kernel_size=2)
         self.prelu4 = nn.PReLU(128)
         self.dense5 = nn.Linear(1152, 256)
@@ -116,8 +150,7 @@ class ONet(nn.Module):
         x = self.pool3(self.prelu3(self.conv3(x)))
         x = self.prelu4(self.conv4(x))  # (N, 128, 3, 3)
         x = self.prelu5(self.dense5(x.permute(0, 3, 2, 1).flatten(1)))  # (W, H, C) flattening order
-        prob = torch.softmax(self.dense6_1(x), dim=1)[:, 1]
-        return self.dense6_2(x), self.dense6_3(x), prob
+        return self.dense6_2(x), self.dense6_3(x), _face_prob(self.dense6_1(x))
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
@@ -179,7 +212,7 @@ class MTCNN(FaceDetector):
         boxes, scores = self._stage1(img)
         if len(boxes) == 0:
             return _EMPTY
-        mips = _MipPyramid(torch.from_numpy(img).permute(2, 0, 1)[None].to(self.device))
+        mips = _MipPyramid(img, self.device)
         boxes, scores = self._stage2(mips, boxes)
         if len(boxes) == 0:
             return _EMPTY
@@ -331,14 +364,27 @@ def _valid(boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 class _MipPyramid:
-    """The image and its successive 2x average-pooled halvings, for anti-aliased crops of any size."""
+    """The image and its successive 2x average-pooled halvings, for anti-aliased crops of any size.
 
-    def __init__(self, image: torch.Tensor) -> None:
-        self.levels = [image]  # (1, 3, H, W) raw 0..255 values
+    A halving is the mean of each 2x2 block (a trailing odd row / column is dropped, as ``avg_pool2d(x, 2)``),
+    computed by OpenCV's area resize of the even part: the same numbers, 3-4x faster than torch on (H, W, 3).
+    """
+
+    def __init__(self, image: np.ndarray, device: torch.device) -> None:
+        self.device = device
+        self._arrays = [np.ascontiguousarray(image, dtype=np.float32)]  # (H, W, 3) raw 0..255 values
+        self.levels = [self._tensor(self._arrays[0])]  # (1, 3, H, W) views of the same values
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).permute(2, 0, 1)[None].to(self.device)
 
     def level(self, k: int) -> torch.Tensor:
         while len(self.levels) <= k:
-            self.levels.append(F.avg_pool2d(self.levels[-1], 2))
+            prev = self._arrays[-1]
+            h, w = prev.shape[0] // 2, prev.shape[1] // 2
+            half = cv2.resize(prev[: 2 * h, : 2 * w], (w, h), interpolation=cv2.INTER_AREA)
+            self._arrays.append(half)
+            self.levels.append(self._tensor(half))
         return self.levels[k]
 
     def crop(self, boxes: np.ndarray, size: int) -> torch.Tensor:
@@ -378,6 +424,9 @@ class _MipPyramid:
             grid[..., 1] = gy[:, :, None]
             grid_t = torch.from_numpy(grid).to(dev).view(1, m * ss, ss, 2)
             samp = F.grid_sample(src, grid_t, mode="bilinear", padding_mode="zeros", align_corners=False)
-            samp = samp.view(3, m, ss, ss).transpose(0, 1)  # (m, 3, ss, ss)
-            out[torch.from_numpy(idx).to(dev)] = F.avg_pool2d(samp, 2)
+            # 2x2 mean of each crop's samples (crops are stacked at even rows): avg_pool2d's values, 3.5x faster here
+            mean = (
+                samp[..., 0::2, 0::2] + samp[..., 1::2, 0::2] + samp[..., 0::2, 1::2] + samp[..., 1::2, 1::2]
+            ) * 0.25
+            out[torch.from_numpy(idx).to(dev)] = mean.view(3, m, size, size).transpose(0, 1)
         return out
