@@ -65,9 +65,9 @@ def train_rate(device: torch.device, bf16: bool, batch: int, warmup: int, iters:
 def infer_rate(name: str, device: torch.device, bf16: bool, batch: int, warmup: int, iters: int) -> float:
     if name == "default":
         from arcface.inference.contract import load_model
-        from arcface.inference.zoo import _resolve
+        from arcface.inference.zoo import resolve_model_path
 
-        model, _ = load_model(_resolve("default"))
+        model, _ = load_model(resolve_model_path("default"))
     else:
         model = arcface.create_model(name)
     fmt = torch.channels_last if bf16 else torch.contiguous_format

@@ -37,3 +37,18 @@ def shared():
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run ``arcface ARGS`` in this process; returns (exit status, stdout, stderr)."""
+    from arcface.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def photo(lfw: Path, name: str, i: int) -> Path:
+    """LFW's i-th photo of ``name`` (1-based, as the pair files count)."""
+    return lfw / name / f"{name}_{i:04d}.jpg"

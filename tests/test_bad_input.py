@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from arcface.cli import main
 from conftest import require_shared
+from conftest import run_cli as cli
 from test_image_io import _png_claiming
 
 LFW = "data/lfw/lfw-deepfunneled"
@@ -36,14 +36,6 @@ def lfw() -> Path:
 def face(lfw) -> np.ndarray:
     """A real LFW photo, (250, 250, 3) uint8 RGB, with one face in the middle."""
     return np.asarray(Image.open(lfw / "Colin_Powell" / "Colin_Powell_0001.jpg").convert("RGB"))
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run ``arcface ARGS`` in this process; returns (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def detect_json(capsys, path: Path, *extra) -> dict:

@@ -21,7 +21,8 @@ from PIL import Image
 from arcface.cli import main
 from arcface.inference.contract import ModelContract
 from arcface.inference.zoo import load_backend
-from conftest import require_shared
+from conftest import photo, require_shared
+from conftest import run_cli as cli
 
 LFW = "data/lfw/lfw-deepfunneled"
 PEOPLE = ("Colin_Powell", "George_W_Bush", "Tony_Blair")
@@ -34,18 +35,6 @@ def console(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "arcface", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``arcface ARGS`` in this process; returns (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def photo(lfw: Path, name: str, i: int) -> Path:
-    return lfw / name / f"{name}_{i:04d}.jpg"
 
 
 @pytest.fixture(scope="module")

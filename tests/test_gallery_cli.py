@@ -8,22 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from arcface.cli import main
+from conftest import photo
+from conftest import run_cli as cli
 
 LFW = "data/lfw/lfw-deepfunneled"
 PEOPLE = ("Colin_Powell", "George_W_Bush", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder", "Ariel_Sharon")
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``arcface ARGS`` in this process; returns (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def photo(lfw: Path, name: str, i: int) -> Path:
-    return lfw / name / f"{name}_{i:04d}.jpg"
 
 
 @pytest.fixture

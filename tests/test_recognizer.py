@@ -19,7 +19,7 @@ from arcface.inference.contract import ModelContract
 from arcface.inference.image_io import load_image
 from arcface.inference.zoo import load_backend
 from arcface.models import create_model
-from conftest import require_shared
+from conftest import photo, require_shared
 
 LFW = "data/lfw/lfw-deepfunneled"
 
@@ -41,10 +41,6 @@ def lfw() -> Path:
 @pytest.fixture(scope="module")
 def rec() -> FaceRecognizer:
     return FaceRecognizer()
-
-
-def photo(lfw: Path, name: str, i: int) -> Path:
-    return lfw / name / f"{name}_{i:04d}.jpg"
 
 
 def test_public_names_and_light_import():

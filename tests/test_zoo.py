@@ -91,6 +91,20 @@ def test_safetensors_path(tmp_path):
     assert backend.contract == contract == read_contract(tmp_path / "m.safetensors")
 
 
+def test_resolve_model_path(tmp_path):
+    """The public name -> file helper the experiments use: names, existing files, and clear errors."""
+    default = zoo.resolve_model_path("default")
+    assert default.is_file() and default.name == zoo.BUNDLED_DEFAULT
+    assert zoo.resolve_model_path("MobileFaceNet") == default
+    f = tmp_path / "m.safetensors"
+    f.write_bytes(b"x")
+    assert zoo.resolve_model_path(f) == f
+    with pytest.raises(FileNotFoundError, match="unknown model 'nope'"):
+        zoo.resolve_model_path("nope")
+    with pytest.raises(TypeError, match="name or a path"):
+        zoo.resolve_model_path(3)
+
+
 def test_unknown_names_and_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="unknown model 'resnet9000'.*default, mobilefacenet, sface"):
         load_backend("resnet9000")

@@ -367,9 +367,9 @@ def _run_row(
 
 # -- 4. fine-tuning ----------------------------------------------------------------------------------------
 def _finetune(setup: Setup, data: dict[str, Any]) -> dict[str, Any]:
-    from arcface.inference.zoo import _resolve
+    from arcface.inference.zoo import resolve_model_path
 
-    default = str(_resolve("default"))
+    default = str(resolve_model_path("default"))
     aligned = Path(data["aligned"])
     run = setup.work / "runs" / "finetune_default_arcface"
     steps = setup.finetune_steps

@@ -48,6 +48,7 @@ __all__ = [
     "find_sface",
     "load_backend",
     "onnx_contract",
+    "resolve_model_path",
     "weight_dirs",
 ]
 
@@ -117,7 +118,7 @@ def load_backend(
         ValueError: ``arch`` missing for a ``.pth``, unknown ``arch``/``preset``, or an unreadable model
             (``ContractError`` for weights that do not fit).
     """
-    path = _resolve(model)
+    path = resolve_model_path(model)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         module, model_contract = load_model(path, device=device)
@@ -136,8 +137,13 @@ def load_backend(
     raise ValueError(f"{path}: unknown model file type {kind}; expected .safetensors, .pth, .pt or .onnx")
 
 
-def _resolve(model: str | os.PathLike) -> Path:
-    """A name or path -> an existing model file."""
+def resolve_model_path(model: str | os.PathLike) -> Path:
+    """A model name ("default", "mobilefacenet", "sface") or path -> the existing model file it means.
+
+    Raises:
+        FileNotFoundError: an unknown name or a missing file (the message lists the known names).
+        TypeError: ``model`` is neither a string nor a path.
+    """
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a name or a path, got {type(model).__name__}")
     text = os.fspath(model)
