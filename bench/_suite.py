@@ -31,6 +31,7 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 SUITE: dict[str, list[str]] = {
     "train_speed.py": [],
     "embed_speed.py": ["--reps", "3"],
+    "allocator.py": [],
     "detect_speed.py": ["--limit", "200"],
     "detect_rate.py": ["--limit", "1500"],
     "lfw_end_to_end.py": ["--limit", "50", "--pipelines", "baseline_tuned", "mtcnn", "yunet"],
@@ -87,6 +88,18 @@ def _embed_speed(d: dict) -> list[list[str]]:
         rows.append([f"embed {model}, batch 1: latency ms, Embedder auto", _fmt(auto["latency_b1_ms"]),
                      _fmt(base["latency_b1_ms"]), f"{base['latency_b1_ms'] / auto['latency_b1_ms']:.2f}x"])  # fmt: skip
     return rows
+
+
+def _allocator(d: dict) -> list[list[str]]:
+    e, t = d["medians"]["embed"], d["medians"]["train"]
+    return [
+        [f"CPU allocator setting: embed default model ({d['args']['crops']} crops, flip, 1 thread) ms/face",
+         _fmt(e["on"]["ms_per_face"]), f"{_fmt(e['off']['ms_per_face'])} (setting off)",
+         f"{e['off']['ms_per_face'] / e['on']['ms_per_face']:.2f}x faster"],
+        ["CPU allocator setting: train mbf (batch 32, 2 threads) samples/s", _fmt(t["on"]["samples_per_s"]),
+         f"{_fmt(t['off']['samples_per_s'])} (setting off)",
+         f"{t['on']['samples_per_s'] / t['off']['samples_per_s']:.2f}x faster"],
+    ]  # fmt: skip
 
 
 def _detect_speed(d: dict) -> list[list[str]]:
@@ -187,7 +200,8 @@ def _gallery_search(d: dict) -> list[list[str]]:
 
 
 EXTRACT = {
-    "train_speed": _train_speed, "embed_speed": _embed_speed, "lfw_end_to_end": _lfw_end_to_end,
+    "train_speed": _train_speed, "embed_speed": _embed_speed, "allocator": _allocator,
+    "lfw_end_to_end": _lfw_end_to_end,
     "detect_speed": _detect_speed, "detect_rate": _detect_rate, "calibrate_default": _calibrate_default,
     "partial_fc_scale": _partial_fc_scale, "identification_scale": _identification_scale,
     "gallery_search": _gallery_search,

@@ -151,6 +151,10 @@ class Trainer:
         self.total_steps = cfg.train.max_steps
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.step = 0
+        if self.device.type == "cpu":
+            from arcface.engine.memory import retain_freed_memory
+
+            retain_freed_memory()  # CPU steps reuse freed activation buffers (engine/memory.py: +14% mbf samples/s)
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
         self.dataset = _bad_kwargs("data.params", build_dataset, cfg.data.kind, **cfg.data.params)
