@@ -9,6 +9,12 @@ and its output zero), so their BN statistics are first estimated on the aligned 
 init); the weights stay random.
 
     python bench/embed_speed.py [--reps 5] [--models mbf r50 default]
+
+``--graph`` adds frozen / compiled graphs of the same module to the comparison (not used by ``Embedder``:
+see the README for why): ``torch.jit.trace`` + ``torch.jit.freeze`` + ``optimize_for_inference`` in float32
+and with bfloat16 weights, and ``torch.compile`` (inductor) under bfloat16 autocast; the one-off trace /
+compile seconds are reported. The suite runs without it (``python bench/embed_speed.py --graph --name
+embed_speed_graph`` is the larger run).
 """
 
 from __future__ import annotations
@@ -63,7 +69,45 @@ def _time(fn, x) -> float:
     return time.perf_counter() - t
 
 
-def bench_model(name: str, faces: np.ndarray, reps: int) -> tuple[list[list[object]], list[dict]]:
+def graph_runners(module: torch.nn.Module, contract, faces: np.ndarray) -> tuple[dict, dict[str, float]]:
+    """Frozen and compiled graphs of ``module``: {label: embed(faces) -> unit rows}, {label: build seconds}."""
+    import contextlib
+    import copy
+
+    from arcface.inference.backends import l2_normalise, preprocess
+    from arcface.inference.embedder import MICRO_BATCH
+
+    def runner(fn, dtype=torch.float32, autocast=False):
+        def embed(crops: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(preprocess(crops, contract, "NHWC")).permute(0, 3, 1, 2).to(dtype)
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+            with torch.inference_mode(), ctx:
+                out = [fn(x[i : i + MICRO_BATCH]).float() for i in range(0, len(x), MICRO_BATCH)]
+            return l2_normalise(torch.cat(out).numpy())
+
+        return embed
+
+    example = torch.from_numpy(preprocess(faces[:MICRO_BATCH], contract, "NHWC")).permute(0, 3, 1, 2)
+    runners, build = {}, {}
+    for label, dtype in (("jit.freeze fp32", torch.float32), ("jit.freeze bf16 weights", torch.bfloat16)):
+        t0 = time.perf_counter()
+        m = copy.deepcopy(module).eval().to(dtype=dtype, memory_format=torch.channels_last)
+        with torch.no_grad():
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(m, example.to(dtype))))
+        fn = runner(frozen, dtype)
+        fn(faces[:MICRO_BATCH])  # the first runs specialise the graph
+        build[label] = time.perf_counter() - t0
+        runners[label] = fn
+    t0 = time.perf_counter()
+    compiled = torch.compile(copy.deepcopy(module).eval().to(memory_format=torch.channels_last))
+    fn = runner(compiled, autocast=True)
+    fn(faces)  # compiles for the full micro-batch and for the remainder's size
+    build["torch.compile bf16 autocast"] = time.perf_counter() - t0
+    runners["torch.compile bf16 autocast"] = fn
+    return runners, build
+
+
+def bench_model(name: str, faces: np.ndarray, reps: int, graph: bool = False) -> tuple[list[list[object]], list[dict]]:
     if name == "default":
         base = load_backend("default")
         module, contract = base.module, base.contract
@@ -85,6 +129,10 @@ def bench_model(name: str, faces: np.ndarray, reps: int) -> tuple[list[list[obje
     else:
         baseline = TorchBackend(load_backend("default").module, contract)
     fns = {"eager fp32 (baseline)": baseline.embed_crops, **runners}
+    build: dict[str, float] = {}
+    if graph:
+        extra, build = graph_runners(baseline.module, contract, faces)
+        fns.update(extra)
     ref = baseline.embed_crops(faces)
     assert np.isfinite(ref).all(), f"{name}: non-finite float32 embeddings"
     for fn in fns.values():  # warm-up
@@ -108,19 +156,19 @@ def bench_model(name: str, faces: np.ndarray, reps: int) -> tuple[list[list[obje
             ratio=base32 / med,
             min_cosine=cos,
         )
+        if k in build:
+            rec["build_s"] = build[k]
         records.append(rec)
-        rows.append([k, rec["throughput_b32"], rec["latency_b1_ms"], rec["ratio"], f"{cos:.5f}"])
+        label = f"{k} (built in {build[k]:.1f} s)" if k in build else k
+        rows.append([label, rec["throughput_b32"], rec["latency_b1_ms"], rec["ratio"], f"{cos:.5f}"])
     return rows, records
 
 
-def lfw_view1(precisions: list[str]) -> list[list[object]]:
-    """LFW View 1 (pairsDevTest.txt, 1,000 pairs) accuracy of the default model per Embedder precision.
+def lfw_view1(paths: list[tuple[str, str]]) -> list[list[object]]:
+    """LFW View 1 (pairsDevTest.txt, 1,000 pairs) accuracy of the default model per Embedder (precision, backend).
 
-    Same code as ``arcface eval lfw`` (cached MTCNN crops, no flip). The embeddings cache is keyed by the
-    contract id, so each precision gets a contract whose options name it (else bf16 would read fp32's).
+    Same code as ``arcface eval lfw`` (cached MTCNN crops, no flip; the embeddings cache keys by the path).
     """
-    import dataclasses
-
     from arcface._shared import find_lfw
     from arcface.eval import EvalCache, evaluate_pair_set, read_lfw_pairs
 
@@ -130,14 +178,10 @@ def lfw_view1(precisions: list[str]) -> list[list[object]]:
     pairs = read_lfw_pairs(lfw / "pairsDevTest.txt", lfw / "lfw-deepfunneled", name="lfw_view1_test")
     cache = EvalCache(Path(__file__).resolve().parents[1] / ".cache" / "arcface")
     rows = []
-    for prec in precisions:
-        emb = Embedder.from_pretrained("default", precision=prec, backend="torch")
-        engine = emb._engine
-        engine.contract = dataclasses.replace(
-            engine.contract, options={**engine.contract.options, "embedder_precision": prec}
-        )
-        r = evaluate_pair_set(pairs, engine, cache=cache, workers=2, progress=False)
-        rows.append([prec, f"{100 * r['accuracy']:.2f}", f"{r['auc']:.4f}", r["fallbacks"]])
+    for prec, back in paths:
+        emb = Embedder.from_pretrained("default", precision=prec, backend=back)
+        r = evaluate_pair_set(pairs, emb, cache=cache, workers=2, progress=False)
+        rows.append([f"{prec}/{back}", f"{100 * r['accuracy']:.2f}", f"{r['auc']:.4f}", r["fallbacks"]])
     return rows
 
 
@@ -146,7 +190,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--models", nargs="+", default=["mbf", "r50", "default"])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--lfw-view1", action="store_true", help="also LFW View 1 accuracy, fp32 vs bf16 (default model)")
+    ap.add_argument("--lfw-view1", action="store_true", help="also LFW View 1 accuracy of fp32 and bf16 paths")
+    ap.add_argument("--graph", action="store_true", help="also jit.freeze and torch.compile graphs of each model")
+    ap.add_argument("--name", default="embed_speed", help="result file bench/results/NAME.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     faces, what = aligned_faces(32)
@@ -154,16 +200,16 @@ def main() -> None:
     results = {"inputs": what, "batch": len(faces), "reps": args.reps, "models": {}}
     header = ["path", "img/s @32", "ms @1", "x eager fp32", "min cos vs fp32"]
     for name in args.models:
-        rows, records = bench_model(name, faces, args.reps)
+        rows, records = bench_model(name, faces, args.reps, args.graph)
         print_table(f"{name}: Embedder paths vs eager float32", header, rows)
         print()
         results["models"][name] = records
     if args.lfw_view1:
-        rows = lfw_view1(["fp32", "bf16"])
-        print_table("default model, LFW View 1 (pairsDevTest, 1,000 pairs), no flip", ["precision", "accuracy %",
+        rows = lfw_view1([("fp32", "torch"), ("bf16", "torch"), ("bf16", "jit")])
+        print_table("default model, LFW View 1 (pairsDevTest, 1,000 pairs), no flip", ["path", "accuracy %",
                     "AUC", "no face"], rows)  # fmt: skip
         results["lfw_view1"] = rows
-    print("saved", save("embed_speed", results))
+    print("saved", save(args.name, results))
 
 
 if __name__ == "__main__":

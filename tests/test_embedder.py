@@ -46,7 +46,7 @@ def test_fp32_equals_module_output():
     x = torch.from_numpy((crops.astype(np.float32) - 127.5) / 127.5).permute(0, 3, 1, 2).contiguous()
     with torch.inference_mode():
         ref = torch.nn.functional.normalize(module(x), dim=1).numpy()
-    for backend in ("torch", "onnx"):
+    for backend in ("torch", "jit", "onnx"):
         got = Embedder.from_module(module, precision="fp32", backend=backend).embed(crops)
         np.testing.assert_allclose(got, ref, atol=1e-4)
 
@@ -70,6 +70,45 @@ def test_bad_arguments():
         resolve_auto("auto", "tensorrt")
     with pytest.raises(ValueError, match="bf16"):
         resolve_auto("bf16", "onnx")
+
+
+def test_auto_decision_table(monkeypatch):
+    import arcface.engine.amp as amp
+
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: True)
+    assert resolve_auto("auto", "auto") == ("bf16", "jit")  # the frozen bf16 graph
+    assert resolve_auto("auto", "torch") == ("bf16", "torch")  # bf16 autocast, eager
+    assert resolve_auto("bf16", "auto") == ("bf16", "torch")  # an explicit precision keeps eager torch
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: False)
+    assert resolve_auto("auto", "jit") == ("fp32", "jit")
+
+
+def test_jit_bf16_is_close_to_float32_and_batch_invariant():
+    module = _small_module()
+    crops = np.random.default_rng(3).integers(0, 256, (21, 112, 112, 3), dtype=np.uint8)
+    ref = Embedder.from_module(module, precision="fp32", backend="torch").embed(crops)
+    emb = Embedder.from_module(module, precision="bf16", backend="jit")
+    assert (emb.precision, emb.backend) == ("bf16", "jit")
+    got = emb.embed(crops)
+    assert (got * ref).sum(1).min() > 0.98
+    np.testing.assert_allclose(np.concatenate([emb.embed(c) for c in crops[:3]]), got[:3], atol=2e-2)
+
+
+def test_auto_uses_autocast_where_tracing_fails(monkeypatch):
+    import arcface.engine.amp as amp
+    import arcface.inference.embedder as mod
+
+    monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: True)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("data-dependent control flow")
+
+    monkeypatch.setattr(mod, "_FrozenTorch", refuse)
+    with pytest.warns(UserWarning, match="tracing the module failed.*using torch bf16"):
+        emb = Embedder.from_module(_small_module())
+    assert (emb.precision, emb.backend) == ("bf16", "torch")
+    with pytest.raises(RuntimeError, match="data-dependent"):  # asked for explicitly: the error stands
+        Embedder.from_module(_small_module(), precision="bf16", backend="jit")
 
 
 def test_auto_falls_back_when_accuracy_breaks(monkeypatch):

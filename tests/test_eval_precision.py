@@ -94,7 +94,7 @@ def test_eval_cli_default_precision_is_auto(tmp_path, monkeypatch):
     out = tmp_path / "r.json"
     assert main(["eval", "bin", "--data", _bin(tmp_path), "--no-cache", "--no-progress", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert (r["precision"], r["backend"], r["flip"]) == ("bf16", "torch", True)
+    assert (r["precision"], r["backend"], r["flip"]) == ("bf16", "jit", True)
 
 
 def test_embed_and_verify_cli_take_precision(tmp_path, capsys):

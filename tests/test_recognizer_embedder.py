@@ -48,7 +48,7 @@ def test_auto_takes_bf16_on_a_native_bf16_cpu(monkeypatch):
 
     monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: True)
     rec = FaceRecognizer()
-    assert rec.precision == "bf16" and rec.embedder.backend == "torch"
+    assert rec.precision == "bf16" and rec.embedder.backend == "jit"
     assert rec.embedder.min_cosine_checked >= 0.99
     crops = _crops(3)
     got = rec.embed_batch(list(crops), aligned=True)
@@ -60,7 +60,7 @@ def test_auto_takes_bf16_on_a_native_bf16_cpu(monkeypatch):
 def test_bad_precision_or_backend_names_say_the_choices():
     with pytest.raises(ValueError, match=r"precision must be one of auto, fp32, bf16, got 'fp16'"):
         FaceRecognizer(precision="fp16")
-    with pytest.raises(ValueError, match=r"backend must be one of auto, torch, onnx, got 'tensorrt'"):
+    with pytest.raises(ValueError, match=r"backend must be one of auto, torch, jit, onnx, got 'tensorrt'"):
         FaceRecognizer(backend="tensorrt")
     with pytest.raises(ValueError, match="bf16 runs on the torch backend only"):
         FaceRecognizer(precision="bf16", backend="onnx")

@@ -6,8 +6,9 @@
 
 Photos are detected (``--detector``, mtcnn by default), aligned to the model's crop and embedded with flip-test
 fusion (``--no-flip`` to turn it off) by the :class:`~arcface.inference.embedder.Embedder` (``--precision``,
-``--backend``, default auto: bf16 on CPUs with native bfloat16 when it keeps cosine >= 0.99 to float32; ONNX
-models such as SFace run float32 in onnxruntime); ``.bin`` images are already aligned and skip detection. Crops
+``--backend``, default auto: a frozen bf16 graph on CPUs with native bfloat16 when it keeps cosine >= 0.99 to
+float32; ONNX models such as SFace run float32 in onnxruntime); ``.bin`` images are already aligned and skip
+detection. Crops
 and embeddings are cached under ``--cache`` (default ``.cache/arcface``), keyed by the image file and detector
 (crops) and the model contract, flip, precision and backend (embeddings), so a second run only reads the cache.
 Images where no face is found fall back to a centre crop; their count is in the table and the JSON (see
@@ -72,7 +73,8 @@ def add_embedder_args(p: argparse.ArgumentParser) -> None:
                    help="embedding precision (default auto: bf16 where the CPU runs it natively and it keeps "
                         "cosine >= 0.99 to fp32, else fp32)")  # fmt: skip
     p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="embedding backend (default auto; ONNX models always run in onnxruntime)")  # fmt: skip
+                   help="embedding backend: torch (eager), jit (frozen TorchScript graph), onnx (onnxruntime); "
+                        "default auto (jit where bf16 is native; ONNX models always run in onnxruntime)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

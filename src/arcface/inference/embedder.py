@@ -11,22 +11,31 @@ precision  backend      what runs
 =========  ===========  ===========================================================================
 fp32       torch        eager module, channels_last memory format (same numbers as the module)
 bf16       torch        bfloat16 autocast + channels_last (needs native bf16 to be fast)
+fp32       jit          the module traced, frozen and ``optimize_for_inference``-d (TorchScript: BN folded
+                        into the convolutions), channels_last
+bf16       jit          the same graph with bfloat16 weights and activations (needs native bf16)
 fp32       onnx         the module exported to ONNX (``export_onnx``), run by onnxruntime
 =========  ===========  ===========================================================================
+
+Every torch path runs at most :data:`MICRO_BATCH` crops per forward pass and turns on the process's allocator
+setting (:func:`arcface.engine.memory.retain_freed_memory`).
 
 ``precision="auto"`` is a small decision table, then one accuracy check:
 
 1. CPU with native bf16 (avx512_bf16 / amx_bf16, :func:`arcface.engine.amp.cpu_has_native_bf16`):
-   bf16 autocast + channels_last on torch.
+   bf16 on the frozen graph (``jit``; ``backend="torch"`` asks for autocast instead). Where tracing fails
+   (a module with data-dependent control flow) it warns and uses bf16 autocast.
 2. otherwise, onnxruntime installed: onnxruntime float32.
 3. otherwise: torch float32, channels_last.
 
 The chosen path is run once on a calibration batch (real aligned faces if the caller passes
 ``calibration=``; otherwise a fixed synthetic batch) next to eager float32; if any embedding's cosine
 to float32 falls below ``min_cosine`` (0.99) it falls back to float32 on the same backend family.
-``backend="auto"`` means torch, except under rule 2 (and where the ONNX export fails there: torch
-float32). int8 (onnxruntime static quantisation) is not implemented yet. Measured numbers:
-``bench/embed_speed.py``.
+``backend="auto"`` with an explicit precision means torch; with ``precision="auto"`` it follows the table
+(where the ONNX export fails under rule 2: torch float32). int8 (onnxruntime static quantisation) fell below
+cosine 0.99 and is not offered; ``torch.compile`` was measured no faster than the frozen graph and costs
+10-16 s per model to build. Measured numbers: ``bench/embed_speed.py`` (``--graph`` for jit.freeze and
+torch.compile side by side).
 """
 
 from __future__ import annotations
@@ -51,7 +60,7 @@ if TYPE_CHECKING:
 __all__ = ["PRECISIONS", "BACKENDS", "Embedder", "check_names", "resolve_auto"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "jit", "onnx")
 MIN_COSINE = 0.99
 
 
@@ -87,8 +96,8 @@ def resolve_auto(precision: str, backend: str) -> tuple[str, str]:
     if precision == "bf16" and backend == "onnx":
         raise ValueError("bf16 runs on the torch backend only")
     if precision == "auto":
-        if backend in ("auto", "torch") and cpu_has_native_bf16():
-            return "bf16", "torch"
+        if backend in ("auto", "torch", "jit") and cpu_has_native_bf16():
+            return "bf16", "jit" if backend == "auto" else backend
         if backend == "auto":
             backend = "onnx" if _has_onnxruntime() else "torch"
         return "fp32", backend
@@ -162,6 +171,42 @@ class _FastTorch(TorchBackend):
         return torch.cat(parts).numpy()
 
 
+class _FrozenTorch(_FastTorch):
+    """A traced, frozen TorchScript graph of the module (``torch.jit.freeze`` + ``optimize_for_inference``: BN
+    folded into the convolutions), channels_last, its weights and activations in float32 or bfloat16.
+
+    The trace is of a (MICRO_BATCH, 3, H, W) input; the contract fixes H and W, and the batch size is free.
+    """
+
+    def __init__(self, module: nn.Module, contract: ModelContract, precision: str, batch_size: int) -> None:
+        import copy
+
+        import torch
+
+        super().__init__(module, contract, precision, batch_size)
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        h, w = contract.input_size
+        example = torch.zeros(MICRO_BATCH, 3, h, w, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
+        graph_module = copy.deepcopy(self.module).eval().to(dtype=self.dtype)
+        with torch.no_grad(), warnings.catch_warnings():
+            # Shapes computed from the input size (TF-style "same" padding) become constants: H, W are fixed.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # TorchScript is deprecated from PyTorch 2.13 on; where it is gone, "auto" falls back to autocast.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            traced = torch.jit.trace(graph_module, example)
+            self.graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+            for _ in range(2):  # the profiling executor specialises the graph on its first runs
+                self.graph(example)
+
+    def _forward(self, crops: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(preprocess(crops, self.contract, "NHWC")).permute(0, 3, 1, 2).to(self.dtype)
+        with torch.inference_mode():
+            parts = [self.graph(x[i : i + MICRO_BATCH]).float() for i in range(0, len(x), MICRO_BATCH)]
+        return torch.cat(parts).numpy()
+
+
 class Embedder:
     """Aligned crops in, L2-normalised float32 embeddings out, by the fastest verified path.
 
@@ -228,7 +273,7 @@ class Embedder:
         Args:
             module: the backbone (put in eval mode on the CPU; it is not copied, channels_last is applied in place).
             precision: "auto", "fp32" or "bf16".
-            backend: "auto", "torch" or "onnx".
+            backend: "auto", "torch", "jit" or "onnx".
             contract: how to feed it; None assumes ours (RGB, (x - 127.5) / 127.5, 112x112).
             calibration: (N, H, W, 3) uint8 aligned faces for the accuracy check of "auto".
             min_cosine: the least cosine to float32 the "auto" path must keep.
@@ -249,11 +294,13 @@ class Embedder:
             torch.set_num_threads(int(threads))
         try:
             emb = cls._build(module, contract, prec, back, batch_size, threads)
-        except Exception as e:  # "auto" picked onnx, but the export failed (no onnx package, odd module)
-            if not (auto and back == "onnx"):
+        except Exception as e:  # "auto" picked onnx or jit, but the export / trace failed (odd module, no onnx)
+            if not (auto and back in ("onnx", "jit")):
                 raise
-            warnings.warn(f"onnx export failed ({type(e).__name__}: {e}); using torch float32", stacklevel=2)
-            prec, back = "fp32", "torch"
+            what = "onnx export" if back == "onnx" else "tracing the module"
+            prec = "fp32" if back == "onnx" else prec
+            warnings.warn(f"{what} failed ({type(e).__name__}: {e}); using torch {prec}", stacklevel=2)
+            back = "torch"
             emb = cls._build(module, contract, prec, back, batch_size, threads)
         checked = 1.0 if prec == "fp32" else None
         if auto and (prec, back) != ("fp32", "torch"):
@@ -298,7 +345,7 @@ class Embedder:
         Args:
             name_or_path: model name or file.
             precision: "auto", "fp32" or "bf16".
-            backend: "auto", "torch" or "onnx".
+            backend: "auto", "torch", "jit" or "onnx".
             flip: flip-test fusion default of :meth:`embed`.
             device, batch_size, arch, options, preset, contract, providers: as :func:`load_backend`.
 
@@ -347,6 +394,8 @@ class Embedder:
     ) -> Embedder:
         if backend == "torch":
             return cls(_FastTorch(module, contract, precision, batch_size), precision, "torch", None)
+        if backend == "jit":
+            return cls(_FrozenTorch(module, contract, precision, batch_size), precision, "jit", None)
         from arcface.inference.export import export_onnx
 
         tmp = tempfile.TemporaryDirectory(prefix="arcface-embedder-")
