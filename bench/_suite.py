@@ -99,7 +99,9 @@ def _allocator(d: dict) -> list[list[str]]:
         ["CPU allocator setting: train mbf (batch 32, 2 threads) samples/s", _fmt(t["on"]["samples_per_s"]),
          f"{_fmt(t['off']['samples_per_s'])} (setting off)",
          f"{t['on']['samples_per_s'] / t['off']['samples_per_s']:.2f}x faster"],
-    ]  # fmt: skip
+    ] + [[f"embed default model, {n} crops per forward pass instead of 16: ms/face", _fmt(m[n]),
+          f"{_fmt(m['16'])} (16)", f"{m[n] / m['16']:.2f}x slower"]
+         for m in [d.get("micro_batch", {})] for n in ("32", "64") if n in m]  # fmt: skip
 
 
 def _detect_speed(d: dict) -> list[list[str]]:

@@ -1,11 +1,15 @@
-"""The CPU allocator setting (``arcface.engine.memory.retain_freed_memory``) on against off, same machine, one run.
+"""CPU memory behaviour: the allocator setting on against off, and crops per forward pass, same machine, one run.
 
-Two workloads, each in fresh processes (the setting is process-wide), alternating off / on ``--reps`` times:
+The allocator setting (``arcface.engine.memory.retain_freed_memory``) on two workloads, each in fresh processes
+(the setting is process-wide), alternating off / on ``--reps`` times:
 
 * embed: the default model through ``Embedder`` (auto path), ``--crops`` crops with flip-test fusion, one
   thread: ms per face (median of 5 passes after a warm-up) and the process's peak RSS;
 * train: mbf + ArcFace over 1,000 synthetic classes at batch 32 with the trainer's defaults, two threads:
   samples/s (median step after 2 warm-up steps).
+
+Then crops per forward pass (``arcface.inference.embedder.MICRO_BATCH``, 16) against 32 and 64: the embed
+workload with the setting on, the three sizes interleaved 4 times in one process, median ms per face.
 
     python bench/allocator.py [--reps 2] [--crops 512] [--steps 12]
 """
@@ -72,15 +76,39 @@ def child_train(steps: int) -> dict:
     return {"samples_per_s": 32 / statistics.median(times[2:])}
 
 
+def child_micro(crops: int) -> dict:
+    import time
+
+    import numpy as np
+    import torch
+
+    import arcface.inference.embedder as embedder
+
+    torch.set_num_threads(1)
+    x = np.random.default_rng(0).integers(0, 256, (crops, 112, 112, 3), dtype=np.uint8)
+    emb = embedder.Embedder.from_pretrained("default", "auto", flip=True)
+    emb.embed(x[:64])
+    times: dict[int, list[float]] = {16: [], 32: [], 64: []}
+    for _ in range(4):
+        for size, ts in times.items():
+            embedder.MICRO_BATCH = size
+            t = time.perf_counter()
+            emb.embed(x)
+            ts.append((time.perf_counter() - t) / crops * 1000)
+    return {str(size): statistics.median(ts) for size, ts in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--crops", type=int, default=512)
     ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--child", choices=["embed", "train"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["embed", "train", "micro"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        r = child_embed(args.crops) if args.child == "embed" else child_train(args.steps)
+        fn = {"embed": lambda: child_embed(args.crops), "train": lambda: child_train(args.steps),
+              "micro": lambda: child_micro(args.crops)}[args.child]  # fmt: skip
+        r = fn()
         print(json.dumps(r))
         return
     runs: dict[str, dict[str, list[dict]]] = {w: {"off": [], "on": []} for w in ("embed", "train")}
@@ -93,6 +121,9 @@ def main() -> None:
                 out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
                 runs[work][setting].append(json.loads(out.strip().splitlines()[-1]))
     med = {w: {s: {k: statistics.median(r[k] for r in v) for k in v[0]} for s, v in d.items()} for w, d in runs.items()}
+    out = subprocess.run([sys.executable, __file__, "--child", "micro", "--crops", str(args.crops)], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout  # fmt: skip
+    micro = json.loads(out.strip().splitlines()[-1])
     e, t = med["embed"], med["train"]
     rows = [
         [f"embed default model, {args.crops} crops, flip, 1 thread: ms/face", f"{e['on']['ms_per_face']:.2f}",
@@ -102,9 +133,14 @@ def main() -> None:
         ["train mbf, batch 32, 2 threads: samples/s", f"{t['on']['samples_per_s']:.1f}",
          f"{t['off']['samples_per_s']:.1f}", f"{t['on']['samples_per_s'] / t['off']['samples_per_s']:.2f}x faster"],
     ]  # fmt: skip
-    table = print_table(f"CPU allocator setting on vs off (medians of {args.reps} fresh processes each)",
-                        ["figure", "on (default)", "off (ARCFACE_MALLOC_TUNING=0)", "ratio"], rows)  # fmt: skip
-    print("saved", save("allocator", {"args": vars(args), "medians": med, "runs": runs, "table": table}))
+    rows += [[f"embed, {size} crops per forward pass (setting on): ms/face", f"{micro[size]:.2f}",
+              f"{micro['16']:.2f} (16)", f"{micro[size] / micro['16']:.2f}x slower"]
+             for size in ("32", "64")]  # fmt: skip
+    table = print_table(f"CPU allocator setting on vs off (medians of {args.reps} fresh processes each), and crops "
+                        "per forward pass", ["figure", "value", "baseline (setting off / 16 crops)", "ratio"],
+                        rows)  # fmt: skip
+    print("saved", save("allocator", {"args": vars(args), "medians": med, "runs": runs, "micro_batch": micro,
+                                      "table": table}))  # fmt: skip
 
 
 if __name__ == "__main__":
