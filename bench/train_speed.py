@@ -3,13 +3,18 @@
 For mbf and r50 at batch 32 (112x112, synthetic faces, ArcFace head over 1,000 classes, SGD lr 0.1), three
 configurations run from the same initial weights on the same batches:
 
-* ``fp32 eager`` (the baseline): ``train.precision: fp32``, ``train.channels_last: false``;
+* ``fp32 eager`` (the baseline): plain PyTorch: ``train.precision: fp32``, ``train.channels_last: false``,
+  and the C library's default allocator (``ARCFACE_MALLOC_TUNING=0``);
+* ``fp32 eager + allocator setting``: the same with :func:`arcface.engine.memory.retain_freed_memory`, which
+  the trainer turns on for CPU runs (process-wide; it speeds up float32 too);
 * ``bf16 autocast``: ``precision: auto`` (bf16 where the CPU has native bf16), NCHW;
 * ``default``: ``precision: auto`` + ``channels_last: true`` (the trainer's defaults).
 
+Every configuration runs in a fresh process of its own (the allocator setting is process-wide).
+
 The baseline and the default run ``--curve-steps`` (50) steps each: samples/s is the median step after
 ``--warmup`` steps, and both loss curves are kept (JSON and ``train_loss_curves.png``) with their largest
-relative gap. The middle configuration runs ``--steps`` steps for its speed only.
+relative gap. The middle configurations run ``--steps`` steps for their speed only.
 
 Usage: python bench/train_speed.py [--models mbf,r50] [--curve-steps 50] [--steps 6] [--warmup 2]
 """
@@ -17,7 +22,11 @@ Usage: python bench/train_speed.py [--models mbf,r50] [--curve-steps 50] [--step
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -29,9 +38,21 @@ BASELINE = "fp32 eager (baseline)"
 DEFAULT = "default (auto + channels_last)"
 VARIANTS = {
     BASELINE: {"precision": "fp32", "channels_last": False},
+    "fp32 eager + allocator setting": {"precision": "fp32", "channels_last": False},
     "bf16 autocast, NCHW": {"precision": "auto", "channels_last": False},
     DEFAULT: {},
 }
+PLAIN_ALLOCATOR = {BASELINE}  # run with ARCFACE_MALLOC_TUNING=0
+
+
+def run_child(model: str, name: str, batch: int, steps: int, warmup: int) -> tuple[float, str, list[float]]:
+    """:func:`run` of one configuration in a fresh process (the allocator setting is per process)."""
+    env = {**os.environ, "ARCFACE_MALLOC_TUNING": "0" if name in PLAIN_ALLOCATOR else "1"}
+    cmd = [sys.executable, __file__, "--child", name, "--models", model, "--batch", str(batch), "--steps", str(steps),
+           "--warmup", str(warmup)]  # fmt: skip
+    out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    return r["sps"], r["precision"], r["losses"]
 
 
 def run(model: str, variant: dict, batch: int, steps: int, warmup: int) -> tuple[float, str, list[float]]:
@@ -85,14 +106,19 @@ def main() -> None:
     ap.add_argument("--curve-steps", type=int, default=50)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--child", default=None, choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        sps, precision, losses = run(args.models, VARIANTS[args.child], args.batch, args.steps, args.warmup)
+        print(json.dumps({"sps": sps, "precision": precision, "losses": losses}))
+        return
     rows, results, curves = [], [], {}
     for model in args.models.split(","):
         base = None
         curves[model] = {}
-        for name, variant in VARIANTS.items():
+        for name in VARIANTS:
             n = args.curve_steps if name in (BASELINE, DEFAULT) else args.steps
-            sps, precision, losses = run(model, variant, args.batch, n, args.warmup)
+            sps, precision, losses = run_child(model, name, args.batch, n, args.warmup)
             base = base or sps
             if n == args.curve_steps:
                 curves[model][f"{name}, {precision}"] = losses
