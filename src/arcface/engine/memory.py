@@ -8,10 +8,10 @@ threshold (raised to the largest freed mmap chunk) helps only partly.
 
 :func:`retain_freed_memory` sets both thresholds (mmap 64 MiB, trim 256 MiB) once per process: freed
 activations stay in the heap and are reused. ``bench/allocator.py`` (2-core EPYC, fresh processes, setting on
-vs off): the default model embeds 512 crops with flip at 4.25 vs 6.33 ms per face (1.49x, one thread) for
-+14 MiB peak RSS, and mbf trains at 49.3 vs 42.3 samples/s (1.17x, batch 32, two threads). Setting only one
-of the two thresholds was slower than neither (a set threshold turns glibc's dynamic adjustment off): 8.5 ms
-per face with the mmap threshold alone, 16 ms with the trim threshold alone.
+vs off, one thread, the default model embedding 512 crops with flip): eager bf16 autocast 4.38 vs 6.80 ms per
+face (1.55x), the frozen bf16 graph 4.31 vs 4.99 (1.16x), peak RSS within 16 MiB; mbf training at batch 32
+(two threads) 49.5 vs 42.7 samples/s (1.16x). Setting only one of the two thresholds was slower than neither
+in our trials (a set threshold turns glibc's dynamic adjustment off), so both are set or neither.
 
 It changes the whole process's allocator (it is what the jemalloc / tcmalloc ``LD_PRELOAD`` of PyTorch's CPU
 tuning guides achieve, from inside the process). ``ARCFACE_MALLOC_TUNING=0`` turns it off; it does nothing

@@ -140,11 +140,9 @@ def _quiet_session(path: Path, threads: int | None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-#: Most crops per forward pass of the fast torch path. The CPU path is memory-bound between convolutions (PReLU,
-#: padding, BN of unfolded models): at 16 crops MobileFaceNet's largest activation (128 x 56 x 56 per crop) still
-#: mostly fits the caches. Measured bf16 ms per crop at 4/8/16/32/64 crops per pass (2-core EPYC, 1 thread): the
-#: default model 2.64/2.21/2.05/3.14/3.91, mbf 4.72/4.25/4.29/5.75/7.79; 2 threads: default 1.89/1.42/1.20/1.07/1.69,
-#: mbf 2.95/2.47/2.16/2.70/4.40; r50 at 16 was also the quickest or within 5% of it.
+#: Most crops per forward pass of the fast torch paths: bounds activation memory whatever the batch. With the
+#: allocator setting (arcface.engine.memory) 16 was 1-7% quicker per crop than 32 or 64 (bench/allocator.py);
+#: without it, larger passes allocate activations past glibc's mmap threshold and page-fault them every pass.
 MICRO_BATCH = 16
 
 
