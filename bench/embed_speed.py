@@ -70,40 +70,24 @@ def _time(fn, x) -> float:
 
 
 def graph_runners(module: torch.nn.Module, contract, faces: np.ndarray) -> tuple[dict, dict[str, float]]:
-    """Frozen and compiled graphs of ``module``: {label: embed(faces) -> unit rows}, {label: build seconds}."""
-    import contextlib
+    """Frozen and compiled graphs of ``module``: {label: embed(faces) -> unit rows}, {label: build seconds}.
+
+    The frozen graphs are the Embedder's ``jit`` backend; torch.compile wraps the module of its eager bf16 path.
+    """
     import copy
 
-    from arcface.inference.backends import l2_normalise, preprocess
-    from arcface.inference.embedder import MICRO_BATCH
-
-    def runner(fn, dtype=torch.float32, autocast=False):
-        def embed(crops: np.ndarray) -> np.ndarray:
-            x = torch.from_numpy(preprocess(crops, contract, "NHWC")).permute(0, 3, 1, 2).to(dtype)
-            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-            with torch.inference_mode(), ctx:
-                out = [fn(x[i : i + MICRO_BATCH]).float() for i in range(0, len(x), MICRO_BATCH)]
-            return l2_normalise(torch.cat(out).numpy())
-
-        return embed
-
-    example = torch.from_numpy(preprocess(faces[:MICRO_BATCH], contract, "NHWC")).permute(0, 3, 1, 2)
     runners, build = {}, {}
-    for label, dtype in (("jit.freeze fp32", torch.float32), ("jit.freeze bf16 weights", torch.bfloat16)):
+    for label, prec in (("jit.freeze fp32", "fp32"), ("jit.freeze bf16 weights", "bf16")):
         t0 = time.perf_counter()
-        m = copy.deepcopy(module).eval().to(dtype=dtype, memory_format=torch.channels_last)
-        with torch.no_grad():
-            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(m, example.to(dtype))))
-        fn = runner(frozen, dtype)
-        fn(faces[:MICRO_BATCH])  # the first runs specialise the graph
+        emb = Embedder.from_module(copy.deepcopy(module), prec, "jit", contract=contract)
         build[label] = time.perf_counter() - t0
-        runners[label] = fn
+        runners[label] = emb.embed
     t0 = time.perf_counter()
-    compiled = torch.compile(copy.deepcopy(module).eval().to(memory_format=torch.channels_last))
-    fn = runner(compiled, autocast=True)
-    fn(faces)  # compiles for the full micro-batch and for the remainder's size
+    emb = Embedder.from_module(copy.deepcopy(module), "bf16", "torch", contract=contract)
+    emb.engine.module = torch.compile(emb.engine.module)
+    emb.embed(faces)  # compiles for the full micro-batch and for the remainder's size
     build["torch.compile bf16 autocast"] = time.perf_counter() - t0
-    runners["torch.compile bf16 autocast"] = fn
+    runners["torch.compile bf16 autocast"] = emb.embed
     return runners, build
 
 
