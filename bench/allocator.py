@@ -1,6 +1,6 @@
 """CPU memory behaviour: the allocator setting on against off, and crops per forward pass, same machine, one run.
 
-The allocator setting (``arcface.engine.memory.retain_freed_memory``) on two workloads, each in fresh processes
+The allocator setting (``arcface.runtime.memory.retain_freed_memory``) on two workloads, each in fresh processes
 (the setting is process-wide), alternating off / on ``--reps`` times:
 
 * embed: the default model through ``Embedder``, ``--crops`` crops with flip-test fusion, one thread, on the

@@ -5,7 +5,7 @@ configurations run from the same initial weights on the same batches:
 
 * ``fp32 eager`` (the baseline): plain PyTorch: ``train.precision: fp32``, ``train.channels_last: false``,
   and the C library's default allocator (``ARCFACE_MALLOC_TUNING=0``);
-* ``fp32 eager + allocator setting``: the same with :func:`arcface.engine.memory.retain_freed_memory`, which
+* ``fp32 eager + allocator setting``: the same with :func:`arcface.runtime.memory.retain_freed_memory`, which
   the trainer turns on for CPU runs (process-wide; it speeds up float32 too);
 * ``bf16 autocast``: ``precision: auto`` (bf16 where the CPU has native bf16), NCHW;
 * ``default``: ``precision: auto`` + ``channels_last: true`` (the trainer's defaults).

@@ -73,7 +73,7 @@ def test_bad_arguments():
 
 
 def test_auto_decision_table(monkeypatch):
-    import arcface.engine.amp as amp
+    import arcface.runtime.amp as amp
 
     monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: True)
     assert resolve_auto("auto", "auto") == ("bf16", "jit")  # the frozen bf16 graph
@@ -95,8 +95,8 @@ def test_jit_bf16_is_close_to_float32_and_batch_invariant():
 
 
 def test_auto_uses_autocast_where_tracing_fails(monkeypatch):
-    import arcface.engine.amp as amp
     import arcface.inference.embedder as mod
+    import arcface.runtime.amp as amp
 
     monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: True)
 

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from arcface.engine import checkpoint as ckpt
-from arcface.engine.amp import resolve_precision
 from arcface.engine.config import OptimConfig
 from arcface.engine.optim import build_optimizer
+from arcface.runtime.amp import resolve_precision
 
 
 def test_no_weight_decay_on_bn_and_bias():

@@ -88,7 +88,7 @@ def test_eval_cli_precision_option(tmp_path, capsys):
 
 
 def test_eval_cli_default_precision_is_auto(tmp_path, monkeypatch):
-    import arcface.engine.amp as amp
+    import arcface.runtime.amp as amp
 
     monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: True)
     out = tmp_path / "r.json"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-CODE = "from arcface.engine.memory import retain_freed_memory as r; print(r(), r())"
+CODE = "from arcface.runtime.memory import retain_freed_memory as r; print(r(), r())"
 
 
 def _run(env_value: str | None) -> str:
@@ -30,7 +30,7 @@ def test_environment_switches_it_off():
 
 def test_embedder_turns_it_on():
     code = (
-        "import arcface.engine.memory as m; from arcface import Embedder; from arcface.models import create_model\n"
+        "import arcface.runtime.memory as m; from arcface import Embedder; from arcface.models import create_model\n"
         "Embedder.from_module(create_model('mbf', num_features=64), 'fp32', 'torch'); print(m._state)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

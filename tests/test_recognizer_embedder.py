@@ -44,7 +44,7 @@ def test_fp32_path_gives_the_numbers_of_before(fp32_rec):
 
 
 def test_auto_takes_bf16_on_a_native_bf16_cpu(monkeypatch):
-    import arcface.engine.amp as amp
+    import arcface.runtime.amp as amp
 
     monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: True)
     rec = FaceRecognizer()

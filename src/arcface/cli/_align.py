@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
     from arcface.align.template import template_for_size
     from arcface.cli import CliError
-    from arcface.cli._batch import detector_options, find_images, print_failures, progress
+    from arcface.cli._batch import detector_options, find_images, print_failures
+    from arcface.runtime.progress import progress
 
     src, dst = Path(args.src_dir), Path(args.dst_dir)
     if not src.is_dir():

@@ -17,10 +17,10 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from arcface.align.detection import FaceDetector
@@ -39,9 +39,6 @@ IMAGE_EXTENSIONS = (
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 DETECTOR_NAMES = ("mtcnn", "yunet", "scrfd")
-
-T = TypeVar("T")
-
 
 # --------------------------------------------------------------------------------------------------
 # Detector options
@@ -209,15 +206,6 @@ def print_failures(failures: Sequence[Failure], *, limit: int = 10, file=None) -
 
 # --------------------------------------------------------------------------------------------------
 # Progress and output files
-
-
-def progress(items: Iterable[T], *, total: int | None, desc: str, enabled: bool = True) -> Iterator[T]:
-    """A tqdm progress bar on stderr; off when ``enabled`` is False or stderr is not a terminal."""
-    from tqdm import tqdm
-
-    return iter(
-        tqdm(items, total=total, desc=desc, unit="img", file=sys.stderr, disable=None if enabled else True, leave=False)
-    )
 
 
 @contextlib.contextmanager

@@ -51,9 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Detect, align and embed each image; write the npz; print a summary."""
     from arcface.cli import CliError
-    from arcface.cli._batch import Failure, collect_sources, detector_options, failure_of, print_failures, progress
+    from arcface.cli._batch import Failure, collect_sources, detector_options, failure_of, print_failures
     from arcface.inference.image_io import ImageError
     from arcface.inference.recognizer import FaceRecognizer, NoFaceError
+    from arcface.runtime.progress import progress
 
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be positive, got {args.batch_size}")

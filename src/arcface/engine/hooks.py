@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from arcface.runtime.progress import Progress
+
 if TYPE_CHECKING:
     from arcface.engine.trainer import Trainer
 
@@ -66,11 +68,7 @@ class LoggerHook(Hook):
             except ImportError:
                 log.warning("tensorboard is not installed; TensorBoard scalars are off")
         if self.progress:
-            from tqdm import tqdm
-
-            self._bar = tqdm(
-                total=trainer.max_steps, initial=trainer.step, desc="train", unit="step", dynamic_ncols=True
-            )
+            self._bar = Progress(trainer.max_steps, "train", unit="step", initial=trainer.step)
         self._t0 = time.perf_counter()
         self._samples = 0
 

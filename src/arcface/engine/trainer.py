@@ -21,11 +21,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from arcface.engine import checkpoint as ckpt
-from arcface.engine.amp import autocast, resolve_precision
 from arcface.engine.config import Config, ConfigError
 from arcface.engine.distributed import DistInfo, barrier
 from arcface.engine.hooks import CheckpointHook, EvalHook, Hook, LoggerHook, ensure_dir
 from arcface.engine.optim import build_optimizer, build_scheduler, clip_grad_norm_
+from arcface.runtime.amp import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class Trainer:
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.step = 0
         if self.device.type == "cpu":
-            from arcface.engine.memory import retain_freed_memory
+            from arcface.runtime.memory import retain_freed_memory
 
             retain_freed_memory()  # CPU steps reuse freed activation buffers (bench/allocator.py: +16% mbf samples/s)
 

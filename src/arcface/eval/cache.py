@@ -267,7 +267,7 @@ def align_images(
     Raises:
         ImageError: an image is missing or unreadable (the message names it).
     """
-    from arcface.cli._batch import progress as bar
+    from arcface.runtime.progress import progress as bar
 
     paths = [Path(p) for p in paths]
     keys = [_image_key(p, spec) for p in paths]

@@ -18,11 +18,11 @@ fp32       onnx         the module exported to ONNX (``export_onnx``), run by on
 =========  ===========  ===========================================================================
 
 Every torch path runs at most :data:`MICRO_BATCH` crops per forward pass and turns on the process's allocator
-setting (:func:`arcface.engine.memory.retain_freed_memory`).
+setting (:func:`arcface.runtime.memory.retain_freed_memory`).
 
 ``precision="auto"`` is a small decision table, then one accuracy check:
 
-1. CPU with native bf16 (avx512_bf16 / amx_bf16, :func:`arcface.engine.amp.cpu_has_native_bf16`):
+1. CPU with native bf16 (avx512_bf16 / amx_bf16, :func:`arcface.runtime.amp.cpu_has_native_bf16`):
    bf16 on the frozen graph (``jit``; ``backend="torch"`` asks for autocast instead). Where tracing fails
    (a module with data-dependent control flow) it warns and uses bf16 autocast.
 2. otherwise, onnxruntime installed: onnxruntime float32.
@@ -91,7 +91,7 @@ def check_names(precision: str, backend: str) -> None:
 def resolve_auto(precision: str, backend: str) -> tuple[str, str]:
     """The decision table of the module docstring: (precision, backend) before the accuracy check."""
     check_names(precision, backend)
-    from arcface.engine.amp import cpu_has_native_bf16
+    from arcface.runtime.amp import cpu_has_native_bf16
 
     if precision == "bf16" and backend == "onnx":
         raise ValueError("bf16 runs on the torch backend only")
@@ -141,7 +141,7 @@ def _quiet_session(path: Path, threads: int | None):
 
 
 #: Most crops per forward pass of the fast torch paths: bounds activation memory whatever the batch. With the
-#: allocator setting (arcface.engine.memory) 16 was 1-7% quicker per crop than 32 or 64 (bench/allocator.py);
+#: allocator setting (arcface.runtime.memory) 16 was 1-7% quicker per crop than 32 or 64 (bench/allocator.py);
 #: without it, larger passes allocate activations past glibc's mmap threshold and page-fault them every pass.
 MICRO_BATCH = 16
 
@@ -152,7 +152,7 @@ class _FastTorch(TorchBackend):
     def __init__(self, module: nn.Module, contract: ModelContract, precision: str, batch_size: int) -> None:
         import torch
 
-        from arcface.engine.memory import retain_freed_memory
+        from arcface.runtime.memory import retain_freed_memory
 
         super().__init__(module, contract, batch_size=batch_size)
         self.module = self.module.to(memory_format=torch.channels_last)
