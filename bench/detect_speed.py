@@ -16,8 +16,8 @@ import numpy as np
 from _common import print_table, save
 from arcface._shared import LFW_HINT, data_roots, find_lfw
 from arcface.align import create_detector, norm_crop
-from arcface.inference.image_io import load_image
 from arcface.inference.zoo import load_backend
+from arcface.io.images import load_image
 
 
 def _scrfd_path():

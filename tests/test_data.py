@@ -326,7 +326,7 @@ def test_corrupt_record_is_skipped_and_reported(folder, tmp_path, caplog):
     assert "item 5" in caplog.text and "record 6" in caplog.text
     bad = ds.scan()
     assert [(b.index, "record" in b.source) for b in bad] == [(3, True), (5, True)]
-    assert "ImageDecodeError" in bad[1].reason
+    assert "ImageError" in bad[1].reason
     # a truncated file: the last record is cut
     (tmp_path / "train.rec").write_bytes(bytes(raw[: reader.offset(9) + 20]))
     cut = RecordIODataset(tmp_path / "train.rec", path_idx=tmp_path / "train.idx", num_classes=3)
@@ -348,7 +348,7 @@ def test_unreadable_and_missing_images_are_skipped(folder, caplog):
     lds = ListFileDataset(lst, image_size=SIZE)
     with caplog.at_level(logging.WARNING, logger="arcface.data"):
         assert lds[0][1] == 0
-    assert "gone.png" in caplog.text and "FileNotFoundError" in lds.bad_items[0]
+    assert "gone.png" in caplog.text and "no such file" in lds.bad_items[0]
     assert [b.index for b in lds.scan()] == [0]
     # an image smaller than the centre crop is a bad item too, not a crash
     assert [b.index for b in ImageFolderDataset(folder, center_crop=SIZE + 1).scan()] == list(range(9))

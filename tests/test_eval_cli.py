@@ -14,7 +14,7 @@ import pytest
 from arcface.cli import main
 from arcface.eval import cache as eval_cache
 from arcface.eval.verification import recompute_accuracy
-from arcface.inference.image_io import load_image
+from arcface.io.images import load_image
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke_synthetic.yaml"

@@ -164,7 +164,7 @@ def mini_ijb(tmp_path_factory):
     from PIL import Image
 
     from arcface.align.detection import create_detector
-    from arcface.inference.image_io import load_image
+    from arcface.io.images import load_image
 
     lfw = require_shared("data/lfw/lfw-deepfunneled")
     people = [p for p in sorted(lfw.iterdir()) if p.is_dir() and len(list(p.glob("*.jpg"))) >= 6][:N_PEOPLE]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import pickle
 import struct
-import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -14,9 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from arcface.inference.image_io import (
+from arcface.io.images import (
     ImageError,
-    downscale_for_detection,
     image_from_upload,
     load_image,
 )
@@ -198,46 +196,13 @@ def test_pixel_limit_applies_to_arrays_and_pil_images():
     assert _error(lazy, max_pixels=1_000_000).reason == "too_large"
 
 
-def test_huge_but_allowed_image_and_downscale_for_detection(tmp_path):
+def test_huge_but_allowed_image(tmp_path):
     arr = np.zeros((2000, 3000, 3), np.uint8)
-    arr[1000:1060, 2200:2260] = 255  # a bright 60x60 "face"
+    arr[1000:1060, 2200:2260] = 255
     path = _write(tmp_path / "wide.png", _encode(Image.fromarray(arr), "PNG"))
     image = load_image(path)
     _assert_rgb(image, (2000, 3000))
-
-    small, scale = downscale_for_detection(image, 640)
-    assert scale == pytest.approx(640 / 3000)
-    assert small.shape == (427, 640, 3) and small.dtype == np.uint8
-    # The square's centre on the small image, divided by scale, is the centre on the original
-    # (continuous coordinates, pixel i spans [i, i + 1)).
-    weight = small[..., 0].astype(np.float64)
-    ys, xs = np.mgrid[: small.shape[0], : small.shape[1]] + 0.5
-    cx, cy = (weight * xs).sum() / weight.sum(), (weight * ys).sum() / weight.sum()
-    assert cx / scale == pytest.approx(2230, abs=0.5)
-    assert cy / scale == pytest.approx(1030, abs=0.5)
-
-
-def test_downscale_leaves_small_images_alone():
-    image = np.zeros((480, 640, 3), np.uint8)
-    small, scale = downscale_for_detection(image, 640)
-    assert small is image and scale == 1.0
-    tall, scale = downscale_for_detection(np.zeros((1000, 500), np.uint8), 100)
-    assert tall.shape == (100, 50) and scale == pytest.approx(0.1)
-    with pytest.raises(ValueError):
-        downscale_for_detection(image, 0)
-
-
-def test_downscale_without_opencv_matches(monkeypatch):
-    rng = np.random.default_rng(3)
-    image = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
-    with_cv2, scale = downscale_for_detection(image, 128)
-    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now raises ImportError
-    without, scale2 = downscale_for_detection(image, 128)
-    assert scale2 == scale and without.shape == with_cv2.shape == (77, 128, 3)
-    assert np.abs(without.astype(int) - with_cv2).max() <= 1  # the same area average, up to rounding
-    grey, _ = downscale_for_detection(image[..., 0], 128)
-    assert grey.shape == (77, 128)
-
+    assert image[1030, 2230].tolist() == [255, 255, 255]
 
 def test_upload_size_is_checked_before_decoding():
     data = _encode(_two_blocks(), "PNG")

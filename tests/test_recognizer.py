@@ -16,8 +16,8 @@ import arcface
 from arcface import Face, FaceRecognizer, ImageError, NoFaceError, Verification
 from arcface.inference.backends import TorchBackend
 from arcface.inference.contract import ModelContract
-from arcface.inference.image_io import load_image
 from arcface.inference.zoo import load_backend
+from arcface.io.images import load_image
 from arcface.models import create_model
 from conftest import photo, require_shared
 

@@ -218,7 +218,7 @@ def test_sface_parity_with_opencv(shared, monkeypatch):
     """SFace: RGB, mean 0, std 1 matches cv2.FaceRecognizerSF on the same crops; and it tells people apart."""
     cv2 = pytest.importorskip("cv2")
     from arcface.align import create_detector, norm_crop
-    from arcface.inference.image_io import load_image
+    from arcface.io.images import load_image
 
     path = shared(SFACE)
     lfw = shared(LFW)

@@ -10,8 +10,8 @@ From photo to identity::
 
 from arcface.heads import create_head
 from arcface.inference.embedder import Embedder
-from arcface.inference.image_io import ImageError, load_image
 from arcface.inference.recognizer import Face, FaceRecognizer, NoFaceError, Verification
+from arcface.io.images import ImageError, load_image
 from arcface.models import create_model
 from arcface.registry import Registry
 

@@ -56,7 +56,7 @@ def aligned_lfw_sample(images: str | os.PathLike, n: int) -> np.ndarray:
     import numpy as np
 
     from arcface.align import create_detector, norm_crop
-    from arcface.inference.image_io import load_image
+    from arcface.io.images import load_image
 
     det = create_detector("mtcnn")
     people = sorted(p for p in Path(images).iterdir() if p.is_dir())

@@ -60,8 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # the known failure kinds: one line, no traceback
         from arcface.engine.config import ConfigError
         from arcface.engine.trainer import TrainingDiverged
-        from arcface.inference.image_io import ImageError
         from arcface.inference.recognizer import NoFaceError
+        from arcface.io.images import ImageError
 
         known = (
             CliError, ConfigError, TrainingDiverged, ImageError, NoFaceError,

@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
     from arcface.align.template import template_for_size
     from arcface.cli import CliError
-    from arcface.cli._batch import detector_options, find_images, print_failures
+    from arcface.cli._batch import detector_options, print_failures
+    from arcface.io.files import find_images
     from arcface.runtime.progress import progress
 
     src, dst = Path(args.src_dir), Path(args.dst_dir)
@@ -226,9 +227,10 @@ def _align_in_worker(task: _Task) -> _Result:
 def _align_one(task: _Task, detector: FaceDetector) -> _Result:
     """Load, detect, crop the main face, write the crop atomically; a failure is returned, not raised."""
     from arcface.align.transform import norm_crop
-    from arcface.cli._batch import encode_image, failure_of, write_bytes_atomic
-    from arcface.inference.image_io import load_image
+    from arcface.cli._batch import encode_image, failure_of
     from arcface.inference.recognizer import NoFaceError
+    from arcface.io.files import write_bytes_atomic
+    from arcface.io.images import load_image
 
     src, out, size, quality = task
     try:
@@ -247,7 +249,7 @@ def _align_one(task: _Task, detector: FaceDetector) -> _Result:
 def _write_report(
     path: Path, settings: dict[str, Any], counts: dict[str, int], failures: list[Failure], several: list[str]
 ) -> None:
-    from arcface.cli._batch import write_bytes_atomic
+    from arcface.io.files import write_bytes_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".tsv":

@@ -14,13 +14,14 @@ Exit codes of the image subcommands:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from arcface.io.files import IMAGE_EXTENSIONS, find_images
 
 if TYPE_CHECKING:
     from arcface.align.detection import FaceDetector
@@ -28,12 +29,6 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NO_FACE = 3
-
-#: File suffixes taken as images when a folder is walked (compared in lower case).
-IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff",
-    ".ppm", ".pgm", ".pbm", ".pnm", ".avif",
-)  # fmt: skip
 
 #: File suffixes of a text file listing image paths (one per line).
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -95,29 +90,6 @@ def make_detector(args: argparse.Namespace) -> FaceDetector:
 # Finding images
 
 
-def is_image_name(path: Path) -> bool:
-    """Whether a file name has an image suffix (:data:`IMAGE_EXTENSIONS`)."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def find_images(root: Path, *, exclude: Path | None = None) -> list[Path]:
-    """Image files under ``root``, recursively, sorted; hidden files and folders are skipped.
-
-    Args:
-        root: the folder to walk.
-        exclude: a folder inside ``root`` that is not walked (e.g. an output folder nested in the input).
-    """
-    excluded = exclude.resolve() if exclude is not None else None
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and (excluded is None or (here / d).resolve() != excluded)
-        )
-        found += [here / f for f in filenames if not f.startswith(".") and is_image_name(Path(f))]
-    return sorted(found)
-
-
 def collect_sources(src: str | os.PathLike) -> list[Path]:
     """The images named by ``src``: an image file, a folder (recursive), or a text file listing paths.
 
@@ -177,8 +149,8 @@ class Failure:
 
 def reason_of(error: BaseException) -> str:
     """The failure code of an exception (see :class:`Failure`)."""
-    from arcface.inference.image_io import ImageError
     from arcface.inference.recognizer import NoFaceError
+    from arcface.io.images import ImageError
 
     if isinstance(error, ImageError):
         return str(error.reason)
@@ -206,30 +178,6 @@ def print_failures(failures: Sequence[Failure], *, limit: int = 10, file=None) -
 
 # --------------------------------------------------------------------------------------------------
 # Progress and output files
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary name beside ``path``; on success it is renamed onto ``path``, on failure removed.
-
-    Readers never see a half-written file, and a file that exists is complete (which makes batch runs
-    resumable: an output that exists is done).
-    """
-    final = Path(path)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}{final.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through :func:`atomic_path`."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def check_image_suffix(path: str | os.PathLike) -> None:

@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the photo, detect, print (and draw)."""
     from arcface.cli._batch import check_image_suffix, make_detector
-    from arcface.inference.image_io import load_image
+    from arcface.io.images import load_image
 
     if args.draw:
         check_image_suffix(args.draw)
@@ -104,6 +104,7 @@ def draw_faces(rgb: np.ndarray, faces) -> np.ndarray:
 
 
 def _draw_file(rgb: np.ndarray, faces, path: str) -> None:
-    from arcface.cli._batch import encode_image, write_bytes_atomic
+    from arcface.cli._batch import encode_image
+    from arcface.io.files import write_bytes_atomic
 
     write_bytes_atomic(path, encode_image(draw_faces(rgb, faces), path))

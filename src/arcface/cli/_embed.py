@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     """Detect, align and embed each image; write the npz; print a summary."""
     from arcface.cli import CliError
     from arcface.cli._batch import Failure, collect_sources, detector_options, failure_of, print_failures
-    from arcface.inference.image_io import ImageError
     from arcface.inference.recognizer import FaceRecognizer, NoFaceError
+    from arcface.io.images import ImageError
     from arcface.runtime.progress import progress
 
     if args.batch_size < 1:
@@ -108,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _main_crop(rec, path, *, aligned: bool) -> np.ndarray:
     """The aligned crop of the main face of ``path`` (the image itself with ``aligned``)."""
-    from arcface.inference.image_io import load_image
     from arcface.inference.recognizer import NoFaceError
+    from arcface.io.images import load_image
 
     if aligned:
         rgb = load_image(path)
@@ -126,7 +126,7 @@ def _main_crop(rec, path, *, aligned: bool) -> np.ndarray:
 def _save(out: str, rec, paths: list[str], embeddings: np.ndarray, failures, args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from arcface.cli._batch import atomic_path
+    from arcface.io.files import atomic_path
 
     errors = np.array([[f.path, f.reason, f.message] for f in failures], dtype=str).reshape(-1, 3)
     options = {"flip": bool(args.flip), "aligned": bool(args.aligned), "detector": args.detector}

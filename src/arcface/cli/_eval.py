@@ -82,11 +82,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from arcface.cli import CliError
-    from arcface.cli._batch import detector_options, write_bytes_atomic
+    from arcface.cli._batch import detector_options
     from arcface.eval.cache import EvalCache
     from arcface.eval.datasets import read_bin, read_csv_pairs, read_lfw_pairs
     from arcface.eval.verification import evaluate_pair_set
     from arcface.inference.embedder import Embedder
+    from arcface.io.files import write_bytes_atomic
 
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")

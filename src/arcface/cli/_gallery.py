@@ -111,10 +111,11 @@ def run_enroll(args: argparse.Namespace) -> int:
     """Enrol the main face of every photo of each person folder."""
     _quiet_faiss()
     from arcface.cli import CliError
-    from arcface.cli._batch import Failure, failure_of, find_images, is_image_name, print_failures
+    from arcface.cli._batch import Failure, failure_of, print_failures
     from arcface.gallery import Gallery
-    from arcface.inference.image_io import ImageError
     from arcface.inference.recognizer import NoFaceError
+    from arcface.io.files import find_images, is_image_name
+    from arcface.io.images import ImageError
     from arcface.runtime.progress import progress
 
     root = Path(args.dir)

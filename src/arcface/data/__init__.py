@@ -13,7 +13,7 @@ replaced by the next readable one. :func:`pack_folder` / :func:`pack_list` write
 """
 
 from arcface.data.base import DATASETS, LOAD_ERRORS, BadItem, FaceDataset, build_dataset
-from arcface.data.folder import ImageFolderDataset, ListFileDataset, find_images, read_list_file
+from arcface.data.folder import ImageFolderDataset, ListFileDataset, list_identities, read_list_file
 from arcface.data.loader import build_loader
 from arcface.data.pack import pack_folder, pack_list, pack_samples
 from arcface.data.recordio import (
@@ -56,8 +56,8 @@ __all__ = [
     "SyntheticDataset",
     "build_dataset",
     "build_loader",
+    "list_identities",
     "eval_transform",
-    "find_images",
     "normalize_",
     "pack",
     "pack_folder",

@@ -19,7 +19,6 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from arcface.data._image import prepare_image
 from arcface.data.transforms import train_transform
 from arcface.registry import Registry
 
@@ -30,7 +29,7 @@ DATASETS: Registry = Registry("dataset")
 Transform = Callable[[np.ndarray], Any]
 
 # What reading one item may raise when the item (not the code) is broken: missing or unreadable
-# file (OSError), undecodable image or bad label (ValueError, incl. ImageDecodeError and
+# file (OSError), undecodable image or bad label (ValueError, incl. arcface.io.images.ImageError and
 # RecordIOError), a short record header (struct.error, EOFError).
 LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, struct.error)
 
@@ -79,8 +78,8 @@ class FaceDataset(Dataset):
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def _read(self, index: int) -> tuple[Image.Image, int]:
-        """Read item ``index`` as (RGB PIL image, label); raise one of LOAD_ERRORS when broken."""
+    def _read(self, index: int) -> tuple[np.ndarray, int]:
+        """Read item ``index`` as ((H, W, 3) uint8 RGB, label); raise one of LOAD_ERRORS when broken."""
         raise NotImplementedError
 
     def _source(self, index: int) -> str:
@@ -152,3 +151,26 @@ class FaceDataset(Dataset):
         if bad:
             logger.warning("%s: %d of %d items are unreadable", type(self).__name__, len(bad), len(self))
         return bad
+
+
+def prepare_image(img: np.ndarray, image_size: int | None, center_crop: int | None) -> np.ndarray:
+    """Optionally centre-crop a square, then optionally resize (Pillow bilinear); uint8 (H, W, 3) RGB.
+
+    Args:
+        img: (H, W, 3) uint8 RGB, as :func:`arcface.io.images.load_image` gives it.
+        image_size: resize to (image_size, image_size) when the image differs; None keeps the size.
+        center_crop: side of the central square kept before resizing; None keeps the whole image.
+
+    Raises:
+        ValueError: the image is smaller than ``center_crop``.
+    """
+    if center_crop is not None:
+        h, w = img.shape[:2]
+        if center_crop > w or center_crop > h:
+            raise ValueError(f"image {w}x{h} is smaller than center_crop={center_crop}")
+        top, left = (h - center_crop) // 2, (w - center_crop) // 2
+        img = img[top : top + center_crop, left : left + center_crop]
+    if image_size is not None and img.shape[:2] != (image_size, image_size):
+        resized = Image.fromarray(np.ascontiguousarray(img)).resize((image_size, image_size), Image.Resampling.BILINEAR)
+        img = np.asarray(resized)
+    return np.ascontiguousarray(img)

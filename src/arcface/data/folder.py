@@ -5,20 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
 
-from arcface.data._image import IMG_EXTENSIONS, read_image
 from arcface.data.base import DATASETS, FaceDataset, Transform
+from arcface.io.files import IMAGE_EXTENSIONS, find_images
+from arcface.io.images import load_image
 
-__all__ = ["ImageFolderDataset", "ListFileDataset", "find_images", "read_list_file"]
+__all__ = ["ImageFolderDataset", "ListFileDataset", "list_identities", "read_list_file"]
 
 
-def find_images(
-    root: str | os.PathLike[str],
-    extensions: tuple[str, ...] = IMG_EXTENSIONS,
-    min_images_per_class: int = 1,
+def list_identities(
+    root: str | os.PathLike[str], min_images_per_class: int = 1
 ) -> tuple[list[str], list[tuple[str, int]]]:
-    """List an identity folder: ``root/<identity>/**/<image>``.
+    """List an identity folder: ``root/<identity>/**/<image>`` (image names as :func:`arcface.io.files.find_images`).
 
     Identities are the immediate sub-folders of ``root`` (hidden ones skipped), sorted by name;
     a folder with fewer than ``min_images_per_class`` images gets no label. Labels are the positions
@@ -34,30 +33,23 @@ def find_images(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
-    exts = tuple(e.lower() for e in extensions)
     classes: list[str] = []
     samples: list[tuple[str, int]] = []
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.name.startswith(".") or not entry.is_dir():
             continue
-        files: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(entry.path):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files.extend(
-                os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and f.lower().endswith(exts)
-            )
+        files = sorted(str(p) for p in find_images(entry.path))
         if len(files) < max(1, min_images_per_class):
             continue
         label = len(classes)
         classes.append(entry.name)
-        samples.extend((p, label) for p in sorted(files))
+        samples.extend((p, label) for p in files)
     if not samples:
         raise ValueError(
-            f"no images ({', '.join(exts)}) found in the identity sub-folders of {root}"
+            f"no images ({', '.join(IMAGE_EXTENSIONS[:6])}, ...) found in the identity sub-folders of {root}"
             + (f" with at least {min_images_per_class} images each" if min_images_per_class > 1 else "")
         )
     return classes, samples
-
 
 def read_list_file(
     list_file: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
@@ -108,9 +100,9 @@ class _FileDataset(FaceDataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _read(self, index: int) -> tuple[Image.Image, int]:
+    def _read(self, index: int) -> tuple[np.ndarray, int]:
         path, label = self.samples[index]
-        return read_image(path), label
+        return load_image(path), label
 
     def _source(self, index: int) -> str:
         return self.samples[index][0]
@@ -132,7 +124,6 @@ class ImageFolderDataset(_FileDataset):
             deep-funneled images, before alignment exists); None keeps the whole image.
         transform: uint8 (H, W, 3) RGB -> tensor; default :func:`~arcface.data.transforms.train_transform`.
         min_images_per_class: identity folders with fewer images are left out (and get no label).
-        extensions: file name endings counted as images (case-insensitive).
 
     Attributes:
         classes: identity folder names; ``classes[label]`` names a label.
@@ -148,11 +139,10 @@ class ImageFolderDataset(_FileDataset):
         center_crop: int | None = None,
         transform: Transform | None = None,
         min_images_per_class: int = 1,
-        extensions: tuple[str, ...] = IMG_EXTENSIONS,
     ) -> None:
         super().__init__(image_size=image_size, center_crop=center_crop, transform=transform)
         self.root = str(root)
-        self.classes, self.samples = find_images(root, extensions, min_images_per_class)
+        self.classes, self.samples = list_identities(root, min_images_per_class)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.num_classes = len(self.classes)
 

@@ -14,15 +14,19 @@ the images, then the identity records; the ``.idx`` lists keys in ascending orde
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from arcface.data._image import IMG_EXTENSIONS, encode_image, prepare_image, read_image
-from arcface.data.base import LOAD_ERRORS
-from arcface.data.folder import find_images, read_list_file
+import numpy as np
+from PIL import Image
+
+from arcface.data.base import LOAD_ERRORS, prepare_image
+from arcface.data.folder import list_identities, read_list_file
 from arcface.data.recordio import IRHeader, RecordIOWriter, pack
+from arcface.io.images import load_image
 
 __all__ = ["pack_folder", "pack_list", "pack_samples"]
 
@@ -83,12 +87,12 @@ def pack_samples(
         writer.write_idx(0, _header_payload(0, 0))
         for path, label in ordered:
             try:
-                img = read_image(path)
+                img = load_image(path)
                 if encoding == "copy":
                     with open(path, "rb") as f:
                         data = f.read()
                 else:
-                    data = encode_image(prepare_image(img, image_size, center_crop), encoding, quality)
+                    data = _encode(prepare_image(img, image_size, center_crop), encoding, quality)
             except LOAD_ERRORS as e:
                 logger.warning("pack: skipping unreadable image %s: %s: %s", path, type(e).__name__, e)
                 continue
@@ -120,7 +124,6 @@ def pack_folder(
     encoding: str = "jpeg",
     center_crop: int | None = None,
     min_images_per_class: int = 1,
-    extensions: tuple[str, ...] = IMG_EXTENSIONS,
 ) -> tuple[int, int]:
     """Pack an identity folder (``src_dir/<identity>/<image>``) into ``prefix.rec`` / ``prefix.idx``.
 
@@ -130,7 +133,7 @@ def pack_folder(
     Returns:
         (number of images written, number of classes).
     """
-    classes, samples = find_images(src_dir, extensions, min_images_per_class)
+    classes, samples = list_identities(src_dir, min_images_per_class)
     return pack_samples(samples, prefix, len(classes), quality, image_size, encoding, center_crop)
 
 
@@ -151,3 +154,14 @@ def pack_list(
     """
     samples = read_list_file(list_file, root)
     return pack_samples(samples, prefix, num_classes, quality, image_size, encoding, center_crop)
+
+
+def _encode(img: np.ndarray, encoding: str, quality: int) -> bytes:
+    """An (H, W, 3) uint8 RGB image as JPEG (lossy, ``quality``) or PNG (lossless) bytes, with Pillow."""
+    out = io.BytesIO()
+    pil = Image.fromarray(img)
+    if encoding == "jpeg":
+        pil.save(out, format="JPEG", quality=int(quality))
+    else:
+        pil.save(out, format="PNG")
+    return out.getvalue()

@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import numpy as np
-from PIL import Image
 
-from arcface.data._image import decode_image
 from arcface.data.base import DATASETS, FaceDataset, Transform
+from arcface.io.images import load_image
 
 __all__ = [
     "MAGIC",
@@ -450,12 +449,12 @@ class RecordIODataset(FaceDataset):
             where = "not in the index"
         return f"{self.reader.path_rec} record {key} ({where})"
 
-    def _read(self, index: int) -> tuple[Image.Image, int]:
+    def _read(self, index: int) -> tuple[np.ndarray, int]:
         header, img = unpack(self.reader.read_idx(int(self.imgidx[index])))
         label = header.label if header.flag == 0 else header.label[0]
         if not img:
             raise RecordIOError("record holds no image bytes (an identity or header record?)")
-        return decode_image(img), int(label)
+        return load_image(img, name=f"record {int(self.imgidx[index])}"), int(label)
 
     def identity_ranges(self) -> list[tuple[int, int]]:
         """The ``[first, end)`` image-key range of every identity, from insightface's identity records.

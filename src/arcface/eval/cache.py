@@ -214,7 +214,7 @@ def _get_detector(spec: CropSpec):
 
 def _align_one(args: tuple[str, CropSpec]) -> tuple[np.ndarray, bool]:
     """Detect the main face of one image and crop it (centre crop when there is none)."""
-    from arcface.inference.image_io import load_image
+    from arcface.io.images import load_image
 
     path, spec = args
     rgb = load_image(path)
@@ -229,7 +229,7 @@ def _image_key(path: Path, spec: CropSpec) -> str:
     try:
         st = p.stat()
     except FileNotFoundError:
-        from arcface.inference.image_io import ImageError
+        from arcface.io.images import ImageError
 
         raise ImageError(str(path), "missing", "no such file") from None
     return _hash({"path": str(p), "mtime_ns": st.st_mtime_ns, "size": st.st_size, **spec.key()})
@@ -314,7 +314,7 @@ def decode_aligned(images: Sequence[bytes | str | os.PathLike], size: int | tupl
     """
     import cv2
 
-    from arcface.inference.image_io import load_image
+    from arcface.io.images import load_image
 
     h, w = (size, size) if isinstance(size, int) else size
     out = np.zeros((len(images), h, w, 3), np.uint8)

@@ -20,7 +20,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from arcface.inference.backends import Backend
-    from arcface.inference.image_io import ImageSource
+    from arcface.io.images import ImageSource
 
 __all__ = ["embed_aligned", "l2_normalize", "pool_templates", "video_template"]
 
@@ -104,7 +104,7 @@ def embed_aligned(
     """Embed faces whose 5 landmarks are known (no detection): norm_crop each image, run the backend in batches.
 
     Args:
-        images: N images (paths, arrays, ... as :func:`arcface.inference.image_io.load_image` reads them), e.g.
+        images: N images (paths, arrays, ... as :func:`arcface.io.images.load_image` reads them), e.g.
             the IJB loose crops.
         landmarks: (N, 5, 2) landmarks in each image's pixels (eyes, nose, mouth corners, image-left first).
         backend: an embedding backend (:func:`arcface.inference.zoo.load_backend`; its ``flip`` option gives
@@ -115,7 +115,7 @@ def embed_aligned(
     Returns:
         (N, D) float32 unit rows.
     """
-    from arcface.inference.image_io import load_image
+    from arcface.io.images import load_image
 
     lms = np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2)
     if lms.shape[0] != len(images):

@@ -207,7 +207,7 @@ def _crops(paths: Sequence[Path], aligned: Path, images: Path, size: tuple[int, 
     """Aligned crops of ``paths`` (files under ``aligned``); a photo ``arcface align`` found no face in is
     centre-cropped from the original instead (counted)."""
     from arcface.eval.cache import centre_crop, decode_aligned
-    from arcface.inference.image_io import load_image
+    from arcface.io.images import load_image
 
     out = np.zeros((len(paths), size[0], size[1], 3), np.uint8)
     have = [i for i, p in enumerate(paths) if Path(p).is_file()]

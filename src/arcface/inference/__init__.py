@@ -1,6 +1,6 @@
 """Inference: the embedding contract, model files, embedding backends, the model zoo and the recognizer.
 
-Names are imported lazily (PEP 562), so that ``arcface.inference.image_io`` stays light (no OpenCV, no
+Names are imported lazily (PEP 562), so that ``arcface.io.images`` stays light (no OpenCV, no
 onnxruntime) for code that only loads images.
 """
 
@@ -17,8 +17,6 @@ _EXPORTS = {
     "read_contract": "contract",
     "save_model": "contract",
     "weights_sha256": "contract",
-    "ImageError": "image_io",
-    "load_image": "image_io",
     "Backend": "backends",
     "OnnxBackend": "backends",
     "TorchBackend": "backends",

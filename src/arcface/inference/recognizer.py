@@ -7,8 +7,8 @@
     >>> rec.verify("me.jpg", "me_too.jpg")          # Verification(similarity=0.71, same=True, threshold=0.43)
 
 Images may be paths, encoded bytes, PIL images, or numpy arrays ((H, W, 3) uint8 RGB or (H, W) grey); they
-all go through :func:`arcface.inference.image_io.load_image`, so bad input raises
-:class:`~arcface.inference.image_io.ImageError`, and an image without a face raises :class:`NoFaceError`.
+all go through :func:`arcface.io.images.load_image`, so bad input raises
+:class:`~arcface.io.images.ImageError`, and an image without a face raises :class:`NoFaceError`.
 Already-aligned crops (the contract's input size, e.g. 112x112) skip detection with ``aligned=True``.
 
 The "main face" of a photo is the first of :meth:`FaceRecognizer.detect`: large and near the centre
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from arcface.inference.image_io import ImageSource, load_image
+from arcface.io.images import ImageSource, load_image
 
 if TYPE_CHECKING:
     from arcface.align.detection import Detection, FaceDetector

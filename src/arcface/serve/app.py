@@ -17,7 +17,7 @@ Routes (``/v1`` ones need ``Authorization: Bearer KEY``; OpenAPI docs at ``/docs
 Decisions:
 
 - **Errors** are JSON ``{"error": {"code", "message"}}``. Image problems keep the loader's reason as the code
-  (:class:`~arcface.inference.image_io.ImageError`): ``too_large`` 413, ``corrupt`` 422, ``not_image`` and
+  (:class:`~arcface.io.images.ImageError`): ``too_large`` 413, ``corrupt`` 422, ``not_image`` and
   ``unsupported`` 415, ``empty`` 400; no face is 422 ``no_face``; unknown ids 404 ``not_found``; missing or wrong
   key 401 ``unauthorized``; a bad request 422 ``invalid_request``.
 - **Limits** are checked before decoding: the request's Content-Length (more than two uploads' worth is refused
@@ -51,8 +51,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from arcface.gallery import Gallery
 from arcface.gallery.store import GalleryContractError
-from arcface.inference.image_io import ImageError, image_from_upload
 from arcface.inference.recognizer import Face, FaceRecognizer, NoFaceError
+from arcface.io.images import ImageError, image_from_upload
 from arcface.serve import schemas
 from arcface.serve.settings import Settings, SettingsError
 
@@ -74,7 +74,7 @@ IMAGE_ERROR_STATUS = {
     "missing": 400,
     "unreadable": 400,
 }
-"""HTTP status of each :data:`~arcface.inference.image_io.Reason` of an upload."""
+"""HTTP status of each :data:`~arcface.io.images.Reason` of an upload."""
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

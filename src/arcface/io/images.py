@@ -46,7 +46,6 @@ the process-wide warning filters for the duration of a decode; the loader itself
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import os
@@ -66,7 +65,6 @@ __all__ = [
     "ImageError",
     "ImageSource",
     "Reason",
-    "downscale_for_detection",
     "image_from_upload",
     "load_image",
 ]
@@ -219,55 +217,6 @@ def image_from_upload(
             f"upload of {_fmt_bytes(size)} exceeds the limit of {_fmt_bytes(max_bytes)} (max_bytes)",
         )
     return load_image(data, max_pixels=max_pixels, name=label)
-
-
-def downscale_for_detection(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    """Shrink an image so that its longer side is ``max_side``, for a fast face detector.
-
-    The image is resized by the same factor ``scale`` on both axes with area averaging
-    (``cv2.INTER_AREA``; the same exact area average in numpy when OpenCV is not installed). Points found on the
-    small image map back to the original by dividing by ``scale``::
-
-        small, scale = downscale_for_detection(image, 640)
-        boxes, landmarks = detector(small)
-        landmarks = landmarks / scale  # (N, 5, 2) in original pixels; boxes likewise
-
-    The division is exact for coordinates where pixel ``i`` spans ``[i, i + 1)`` (the convention of
-    area resampling); for a detector that puts pixel centres at integers the exact inverse is
-    ``(p + 0.5) / scale - 0.5``, a difference below ``0.5 / scale`` pixels of a large image.
-
-    Args:
-        image: ``(H, W)`` or ``(H, W, C)`` array, typically the output of :func:`load_image`.
-        max_side: target length of the longer side, in pixels.
-
-    Returns:
-        ``(small, scale)``. When the image already fits (``max(H, W) <= max_side``) it is returned
-        as is (not copied) with ``scale == 1.0``; otherwise ``scale = max_side / max(H, W) < 1``
-        and ``small`` has shape ``(round(H * scale), round(W * scale), ...)``.
-
-    Raises:
-        ValueError: ``max_side`` is not positive or ``image`` has no pixels.
-    """
-    if max_side <= 0:
-        raise ValueError(f"max_side must be positive, got {max_side}")
-    if image.ndim not in (2, 3) or image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"expected an (H, W) or (H, W, C) image with pixels, got shape {image.shape}")
-    h, w = image.shape[:2]
-    longest = max(h, w)
-    if longest <= max_side:
-        return image, 1.0
-    scale = max_side / longest
-    try:
-        import cv2
-    except ImportError:
-        cv2 = None
-    if cv2 is not None:
-        # fx/fy (not dsize) so OpenCV maps both axes by exactly `scale`; dsize would use per-axis ratios.
-        small = cv2.resize(np.ascontiguousarray(image), None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        if image.ndim == 3 and small.ndim == 2:  # OpenCV drops a trailing channel axis of 1
-            small = small[:, :, None]
-        return small, scale
-    return _downscale_numpy(image, scale), scale
 
 
 # --------------------------------------------------------------------------------------------------
@@ -436,43 +385,6 @@ def _composite(rgba: np.ndarray, background) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.uint8)
 
 
-def _area_weights(n_in: int, n_out: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Source indices and weights, ``(n_out, K)`` each: output pixel j averages ``[j / scale, (j + 1) / scale)``."""
-    start = np.arange(n_out) / scale
-    end = np.minimum((np.arange(n_out) + 1) / scale, n_in)
-    taps = int(np.ceil(1 / scale)) + 1
-    idx = np.floor(start).astype(np.int64)[:, None] + np.arange(taps)[None, :]  # (n_out, K)
-    overlap = np.minimum(end[:, None], idx + 1) - np.maximum(start[:, None], idx)
-    weight = np.clip(overlap, 0, None)
-    weight /= weight.sum(axis=1, keepdims=True)
-    return np.minimum(idx, n_in - 1), weight.astype(np.float32)
-
-
-def _downscale_numpy(image: np.ndarray, scale: float) -> np.ndarray:
-    """Exact area averaging by ``scale`` on both axes: the OpenCV-free twin of ``cv2.INTER_AREA``."""
-    h, w = image.shape[:2]
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    src = image if image.ndim == 3 else image[:, :, None]
-    idx, weight = _area_weights(h, nh, scale)
-    rows = np.zeros((nh, w, src.shape[2]), np.float32)
-    for k in range(idx.shape[1]):
-        rows += weight[:, k, None, None] * src[idx[:, k]]
-    idx, weight = _area_weights(w, nw, scale)
-    out = np.zeros((nh, nw, src.shape[2]), np.float32)
-    for k in range(idx.shape[1]):
-        out += weight[None, :, k, None] * rows[:, idx[:, k]]
-    if image.dtype.kind in "iu":
-        info = np.iinfo(image.dtype)
-        out = np.clip(np.rint(out), info.min, info.max)
-    out = out.astype(image.dtype)
-    return out if image.ndim == 3 else out[:, :, 0]
-
-
-# --------------------------------------------------------------------------------------------------
-# Checks and messages
-
-
-@functools.cache
 def _open_formats() -> tuple[str, ...]:
     Image.init()
     return tuple(f for f in SUPPORTED_FORMATS if f in Image.OPEN)
