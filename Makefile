@@ -21,20 +21,20 @@ demo: venv
 	$(PY) -m arcface demo
 
 test: venv
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src tests bench tools
 	$(PY) -m pytest -q
 
 lint: venv
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src tests bench tools
 
 # Every script in bench/ at its suite size (under 20 minutes on 2 cores), then the README's summary table.
 bench: venv
 	$(PY) bench/_suite.py --readme README.md
 
 # The ArcFace paper's loss comparison on LFW (about an hour on 2 cores; cached in .cache/arcface/loss_table;
-# add ARGS=--fresh to start from nothing).
+# add ARGS=--fresh to start from nothing). A research driver in tools/, not part of the package.
 paper-table: venv
-	$(PY) -m arcface experiment loss-table --jobs 2 --readme README.md $(ARGS)
+	$(PY) -m tools.loss_table --jobs 2 --readme docs/benchmarks.md $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

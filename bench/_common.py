@@ -3,36 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from pathlib import Path
+
+from arcface.runtime.machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict[str, str | int]:
-    """CPU model, core count and library versions, for every result table."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, str | int] = {"cpu": cpu, "cores": os.cpu_count() or 0, "python": platform.python_version()}
+    """CPU model and flags, core count and library versions, for every result table (and torch's threads)."""
+    info = machine_info()
     try:
         import torch
 
-        info["torch"] = torch.__version__
         info["threads"] = torch.get_num_threads()
-    except ImportError:
-        pass
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
     return info

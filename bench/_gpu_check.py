@@ -64,10 +64,10 @@ def train_rate(device: torch.device, bf16: bool, batch: int, warmup: int, iters:
 
 def infer_rate(name: str, device: torch.device, bf16: bool, batch: int, warmup: int, iters: int) -> float:
     if name == "default":
-        from arcface.inference.contract import load_model
+        from arcface.inference.contract import read_model
         from arcface.inference.zoo import resolve_model_path
 
-        model, _ = load_model(resolve_model_path("default"))
+        model, _ = read_model(resolve_model_path("default"))
     else:
         model = arcface.create_model(name)
     fmt = torch.channels_last if bf16 else torch.contiguous_format

@@ -35,7 +35,6 @@ SUITE: dict[str, list[str]] = {
     "detect_speed.py": ["--limit", "200"],
     "detect_rate.py": ["--limit", "1500"],
     "lfw_end_to_end.py": ["--limit", "50", "--pipelines", "baseline_tuned", "mtcnn", "yunet"],
-    "calibrate_default.py": ["--limit", "250"],
     "partial_fc_scale.py": [],
     "identification_scale.py": ["--sizes", "10000", "100000"],
     "gallery_search.py": ["--sizes", "10000", "100000", "--hnsw-max", "100000"],
@@ -157,17 +156,6 @@ def _lfw_end_to_end(d: dict) -> list[list[str]]:
     return rows
 
 
-def _calibrate_default(d: dict) -> list[list[str]]:
-    res = d["results"]
-    if "default" not in res:
-        return []
-    a, b = res["default"], res.get("sface")
-    base = f"{100 * b['test_accuracy']:.2f}% (SFace)" if b else "-"
-    diff = f"{100 * (a['test_accuracy'] - b['test_accuracy']):+.2f} pt" if b else "-"
-    return [["LFW View 1 test accuracy, default model, threshold calibrated on pairsDevTrain "
-             f"(cos > {a['threshold']:.4f})", f"{100 * a['test_accuracy']:.2f}%", base, diff]]
-
-
 def _partial_fc_scale(d: dict) -> list[list[str]]:
     rows = []
     for r in d["results"]:
@@ -212,7 +200,7 @@ def _gallery_search(d: dict) -> list[list[str]]:
 EXTRACT = {
     "train_speed": _train_speed, "embed_speed": _embed_speed, "allocator": _allocator,
     "lfw_end_to_end": _lfw_end_to_end,
-    "detect_speed": _detect_speed, "detect_rate": _detect_rate, "calibrate_default": _calibrate_default,
+    "detect_speed": _detect_speed, "detect_rate": _detect_rate,
     "partial_fc_scale": _partial_fc_scale, "identification_scale": _identification_scale,
     "gallery_search": _gallery_search,
 }  # fmt: skip

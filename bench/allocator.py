@@ -31,9 +31,9 @@ from _common import print_table, save  # noqa: E402
 
 
 def _embedder(backend: str):
-    from arcface.inference.embedder import Embedder
+    from arcface.inference.loader import load_model
 
-    return Embedder.from_pretrained("default", "auto" if backend == "jit" else "bf16", backend, flip=True)
+    return load_model("default", precision="auto" if backend == "jit" else "bf16", backend=backend, flip=True)
 
 
 def child_embed(crops: int, backend: str) -> dict:

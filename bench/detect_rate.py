@@ -14,7 +14,6 @@ LFW is looked up in $ARCFACE_DATA/lfw, $ARCFACE_SHARED/data/lfw or ../shared/dat
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -24,16 +23,15 @@ import cv2
 import numpy as np
 import torch
 
-from arcface._shared import LFW_HINT, find_lfw
 from arcface.align import create_detector
+from arcface.data.locations import LFW_HINT, find_lfw
+from arcface.runtime.workers import process_map
 
 _DETECTOR = None
 
 
-def _init(name: str, options: dict, threads: int) -> None:
+def _init(name: str, options: dict) -> None:
     global _DETECTOR
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
     _DETECTOR = create_detector(name, **options)
 
 
@@ -57,18 +55,19 @@ def _run(path: str) -> tuple[str, int, bool, float]:
 
 def measure(name: str, options: dict, paths: list[str], workers: int, threads: int) -> dict:
     """Run one detector over ``paths``; returns counts, misses and timings."""
-    t0 = time.perf_counter()
     if workers <= 1:
-        _init(name, options, threads)
-        _run(paths[0])  # warm-up, not timed
-        t0 = time.perf_counter()
-        results = [_run(p) for p in paths]
-    else:
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_init, initargs=(name, options, threads)) as pool:
-            pool.map(_run, paths[:workers])  # warm-up
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+    warm = max(1, workers)  # the first results (one per worker) warm the workers up and are not timed
+    stream = process_map(_run, paths[:warm] + paths, workers=workers, initializer=_init, initargs=(name, options),
+                         chunksize=1 if workers > 1 else None, threads_per_worker=threads)  # fmt: skip
+    results = []
+    t0 = time.perf_counter()
+    for i, r in enumerate(stream):
+        if i == warm - 1:
             t0 = time.perf_counter()
-            results = pool.map(_run, paths, chunksize=32)
+        elif i >= warm:
+            results.append(r)
     wall = time.perf_counter() - t0
     found = np.array([r[1] > 0 for r in results])
     det_s = np.array([r[3] for r in results])

@@ -14,9 +14,9 @@ import time
 import numpy as np
 
 from _common import print_table, save
-from arcface._shared import LFW_HINT, data_roots, find_lfw
 from arcface.align import create_detector, norm_crop
-from arcface.inference.zoo import load_backend
+from arcface.data.locations import LFW_HINT, data_roots, find_lfw
+from arcface.inference.loader import load_model
 from arcface.io.images import load_image
 
 
@@ -67,15 +67,15 @@ def main() -> None:
     for label, name in (("embed default (mbf_tflite, torch)", "default"), ("embed SFace (onnxruntime, baseline)",
                                                                            "sface")):
         try:
-            backend = load_backend(name)
+            backend = load_model(name, precision="fp32")
         except FileNotFoundError as e:
             print(f"skipping {label}: {e}")
             continue
-        backend.embed_crops(batch)
+        backend.embed(batch)
         t0 = time.perf_counter()
         reps = 5
         for _ in range(reps):
-            backend.embed_crops(batch)
+            backend.embed(batch)
         eps = reps * len(batch) / (time.perf_counter() - t0)
         emb_rows.append((label, eps))
         results.append({"what": label, "per_sec": eps, "batch": len(batch)})

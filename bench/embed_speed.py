@@ -29,10 +29,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from _common import print_table, save  # noqa: E402
-from arcface.inference.backends import TorchBackend  # noqa: E402
+from arcface.inference.contract import read_model  # noqa: E402
 from arcface.inference.embedder import Embedder  # noqa: E402
-from arcface.inference.zoo import load_backend  # noqa: E402
+from arcface.inference.loader import load_model  # noqa: E402
+from arcface.inference.runners import l2_normalise, preprocess  # noqa: E402
+from arcface.inference.zoo import resolve_model_path  # noqa: E402
 from arcface.models import create_model  # noqa: E402
 
 LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw" / "lfw-deepfunneled"
@@ -44,7 +47,7 @@ def aligned_faces(n: int = 32) -> tuple[np.ndarray, str]:
     if not LFW.is_dir():
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, (n, 112, 112, 3), dtype=np.uint8), "random uint8 (LFW absent)"
-    from arcface._shared import aligned_lfw_sample
+    from arcface.eval.samples import aligned_lfw_sample
 
     crops = aligned_lfw_sample(LFW, n)
     return crops, f"{len(crops)} aligned LFW faces (MTCNN + norm_crop)"
@@ -61,6 +64,17 @@ def bn_init(module: torch.nn.Module, faces: np.ndarray) -> torch.nn.Module:
     with torch.no_grad():
         module(x)
     return module.eval()
+
+
+class _Plain:
+    """The baseline: the module as it is, eager float32, NCHW contiguous, all crops in one pass."""
+
+    def __init__(self, module: torch.nn.Module, contract) -> None:
+        self.module, self.contract = module, contract
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return l2_normalise(self.module(torch.from_numpy(preprocess(crops, self.contract))).numpy())
 
 
 def _time(fn, x) -> float:
@@ -84,7 +98,7 @@ def graph_runners(module: torch.nn.Module, contract, faces: np.ndarray) -> tuple
         runners[label] = emb.embed
     t0 = time.perf_counter()
     emb = Embedder.from_module(copy.deepcopy(module), "bf16", "torch", contract=contract)
-    emb.engine.module = torch.compile(emb.engine.module)
+    emb.runner.module = torch.compile(emb.runner.module)
     emb.embed(faces)  # compiles for the full micro-batch and for the remainder's size
     build["torch.compile bf16 autocast"] = time.perf_counter() - t0
     runners["torch.compile bf16 autocast"] = emb.embed
@@ -93,8 +107,7 @@ def graph_runners(module: torch.nn.Module, contract, faces: np.ndarray) -> tuple
 
 def bench_model(name: str, faces: np.ndarray, reps: int, graph: bool = False) -> tuple[list[list[object]], list[dict]]:
     if name == "default":
-        base = load_backend("default")
-        module, contract = base.module, base.contract
+        module, contract = read_model(resolve_model_path("default"))
     else:
         module = bn_init(create_model(name), faces)
         contract = None
@@ -109,15 +122,15 @@ def bench_model(name: str, faces: np.ndarray, reps: int, graph: bool = False) ->
     ref_module = create_model(name) if name != "default" else None
     if ref_module is not None:
         ref_module.load_state_dict(module.state_dict())
-        baseline = TorchBackend(ref_module.eval(), contract)
+        baseline = _Plain(ref_module.eval(), contract)
     else:
-        baseline = TorchBackend(load_backend("default").module, contract)
-    fns = {"eager fp32 (baseline)": baseline.embed_crops, **runners}
+        baseline = _Plain(read_model(resolve_model_path("default"))[0], contract)
+    fns = {"eager fp32 (baseline)": baseline, **runners}
     build: dict[str, float] = {}
     if graph:
         extra, build = graph_runners(baseline.module, contract, faces)
         fns.update(extra)
-    ref = baseline.embed_crops(faces)
+    ref = baseline(faces)
     assert np.isfinite(ref).all(), f"{name}: non-finite float32 embeddings"
     for fn in fns.values():  # warm-up
         fn(faces)
@@ -153,7 +166,7 @@ def lfw_view1(paths: list[tuple[str, str]]) -> list[list[object]]:
 
     Same code as ``arcface eval lfw`` (cached MTCNN crops, no flip; the embeddings cache keys by the path).
     """
-    from arcface._shared import find_lfw
+    from arcface.data.locations import find_lfw
     from arcface.eval import EvalCache, evaluate_pair_set, read_lfw_pairs
 
     lfw = find_lfw()
@@ -163,7 +176,7 @@ def lfw_view1(paths: list[tuple[str, str]]) -> list[list[object]]:
     cache = EvalCache(Path(__file__).resolve().parents[1] / ".cache" / "arcface")
     rows = []
     for prec, back in paths:
-        emb = Embedder.from_pretrained("default", precision=prec, backend=back)
+        emb = load_model("default", precision=prec, backend=back)
         r = evaluate_pair_set(pairs, emb, cache=cache, workers=2, progress=False)
         rows.append([f"{prec}/{back}", f"{100 * r['accuracy']:.2f}", f"{r['auc']:.4f}", r["fallbacks"]])
     return rows

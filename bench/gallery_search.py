@@ -135,7 +135,7 @@ def _search_part(args: argparse.Namespace, folder: Path) -> tuple[list[list[obje
                 build_s = time.perf_counter() - t  # the index is built from the database on open
                 try:
                     for value in values:
-                        # a search-time knob of the built index (IdentificationIndex reads it on every search)
+                        # a search-time knob of the built index (VectorIndex reads it on every search)
                         setattr(approx._index, attr, value)
                         top, st = _timed_search(approx, queries, args.k)
                         recall = float(np.mean(top == exact_top))

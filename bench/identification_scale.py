@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from _common import print_table, save  # noqa: E402
-from arcface.eval.identification import IdentificationIndex  # noqa: E402
+from arcface.index import VectorIndex  # noqa: E402
 
 
 def _rss_bytes() -> int:
@@ -62,7 +62,7 @@ def _mated_queries(rng: np.random.Generator, gallery: np.ndarray, q: int, cos: f
 
 
 def _latency(
-    index: IdentificationIndex, queries: np.ndarray, k: int, n_single: int, n_batches: int
+    index: VectorIndex, queries: np.ndarray, k: int, n_single: int, n_batches: int
 ) -> tuple[float, float]:
     index.search(queries[:1], k)  # warm-up
     t = time.perf_counter()
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
             gc.collect()
             rss0 = _rss_bytes()
             t = time.perf_counter()
-            index = IdentificationIndex(args.dim, kind, **params[kind])
+            index = VectorIndex(args.dim, kind, **params[kind])
             index.add(gallery)
             build_s = time.perf_counter() - t
             rss_delta = max(0, _rss_bytes() - rss0)

@@ -15,7 +15,7 @@ loading and image decoding through detection, alignment, embedding (flip-test fu
   not the highest score): how much of the sample's accuracy gap is its settings.
 
 Images where a pipeline finds no face use the same fallback (the centre crop of
-:func:`arcface.eval.cache.centre_crop`) and are counted. Fairness: every pipeline runs in a fresh process of its
+:func:`arcface.eval.pipeline.centre_crop`) and are counted. Fairness: every pipeline runs in a fresh process of its
 own (one process at a time, so none inherits another's thread pools), with the same thread budget
 (``--threads``: torch and OpenCV both), and all files are read once beforehand so the page cache is equally
 warm. Besides wall time the table gives each pipeline's process CPU time; with one thread it came out within 2%
@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, save  # noqa: E402
-from arcface._shared import LFW_HINT, data_roots, find_lfw  # noqa: E402
+from arcface.data.locations import LFW_HINT, data_roots, find_lfw  # noqa: E402
 from arcface.eval import EvalCache, PairSet, evaluate_pair_set, read_lfw_pairs  # noqa: E402
 from arcface.eval.verification import pair_scores, verification_report  # noqa: E402
 
@@ -78,10 +78,10 @@ def subset(pairs: PairSet, limit: int) -> PairSet:
 
 
 def run_ours(pairs: PairSet, detector: str, flip: bool) -> dict:
-    from arcface.inference.embedder import Embedder
+    from arcface.inference.loader import load_model
 
     c0, t0 = time.process_time(), time.perf_counter()
-    embedder = Embedder.from_pretrained("default", "auto", flip=flip)
+    embedder = load_model("default", flip=flip)
     t_setup = time.perf_counter() - t0
     r = evaluate_pair_set(pairs, embedder, cache=EvalCache(None), detector=detector, workers=1, progress=False)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -97,8 +97,8 @@ def run_ours(pairs: PairSet, detector: str, flip: bool) -> dict:
 def run_baseline(pairs: PairSet, flip: bool, tuned: bool = False) -> dict:
     import cv2
 
-    from arcface.align.detection import rank_faces
-    from arcface.eval.cache import centre_crop
+    from arcface.align.face import rank_faces
+    from arcface.eval.pipeline import centre_crop
     from arcface.inference.zoo import find_sface
 
     c0, t0 = time.process_time(), time.perf_counter()

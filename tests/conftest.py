@@ -1,14 +1,25 @@
-"""Shared fixtures. Tests that need ../shared skip where it is absent, but fail under CI."""
+"""Shared fixtures. Tests that need ../shared skip where it is absent, but fail under CI.
+
+Every test that reads ../shared carries the ``shared`` marker, set here at collection: a test is marked when its
+function, one of its fixtures, or a module-level helper either of them calls (transitively) uses
+:func:`require_shared` or the ``shared`` fixture. So ``pytest -m "not shared"`` is a complete offline suite. As a
+check of that rule, :func:`require_shared` fails a test that reaches it without the marker.
+"""
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import os
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+_CURRENT: dict[str, pytest.Item] = {}
 
 
 def shared_root() -> Path:
@@ -18,6 +29,9 @@ def shared_root() -> Path:
 
 def require_shared(rel: str) -> Path:
     """Return ``shared_root()/rel``; skip the test when it is missing (fail under CI=true)."""
+    item = _CURRENT.get("item")
+    if item is not None and item.get_closest_marker("shared") is None:
+        pytest.fail(f"{item.nodeid} reads ../shared but was not marked 'shared' at collection (see conftest.py)")
     path = shared_root() / rel
     if not path.exists():
         msg = f"shared material {path} is absent (set ARCFACE_SHARED or place ../shared)"
@@ -49,6 +63,90 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
     return rc, out, err
 
 
+def plain_fp32(crops, flip: bool = False, model: str = "default"):
+    """A torch model file run as it is (eager float32, NCHW, no fast path): the reference numbers, (N, D) unit rows."""
+    import numpy as np
+
+    from arcface.inference.files import read_model_file
+    from arcface.inference.runners import l2_normalise, preprocess
+    from arcface.inference.zoo import resolve_model_path
+
+    read = read_model_file(resolve_model_path(model))
+    module, contract = read.module.float().eval(), read.contract
+    with torch.inference_mode():
+        out = module(torch.from_numpy(preprocess(crops, contract))).numpy().astype(np.float64)
+        if flip:
+            out += module(torch.from_numpy(preprocess(np.ascontiguousarray(crops[:, :, ::-1]), contract))).numpy()
+    return l2_normalise(out)
+
+
 def photo(lfw: Path, name: str, i: int) -> Path:
     """LFW's i-th photo of ``name`` (1-based, as the pair files count)."""
     return lfw / name / f"{name}_{i:04d}.jpg"
+
+
+# --------------------------------------------------------------------------------------------------
+# The ``shared`` marker, set automatically
+
+
+def _names_used(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
+    }
+
+
+@functools.cache
+def _shared_functions(path: str) -> frozenset[str]:
+    """Names of a test module's functions that reach ``require_shared`` / the ``shared`` fixture, transitively."""
+    tree = ast.parse(Path(path).read_text())
+    funcs = {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    uses = {name: _names_used(f) | {a.arg for a in f.args.args} for name, f in funcs.items()}
+    reach = {"require_shared", "shared"}
+    changed = True
+    while changed:
+        changed = False
+        for name, used in uses.items():
+            if name not in reach and used & reach:
+                reach.add(name)
+                changed = True
+    return frozenset(reach)
+
+
+def _reads_shared(item: pytest.Item) -> bool:
+    fn = getattr(item, "function", None)
+    if fn is None:
+        return False
+    module_file = inspect.getsourcefile(fn)
+    reach = _shared_functions(module_file) | {"shared"}
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    if _names_used(tree) & reach:
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    for name in getattr(item, "fixturenames", ()):
+        if name in reach:
+            return True
+        for fixturedef in (info.name2fixturedefs.get(name, ()) if info else ()):
+            try:
+                src = inspect.getsourcefile(fixturedef.func)
+            except TypeError:
+                continue
+            if src and src.endswith(".py") and fixturedef.func.__name__ in _shared_functions(src):
+                return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _reads_shared(item):
+            item.add_marker(pytest.mark.shared)
+
+
+def pytest_runtest_setup(item):
+    _CURRENT["item"] = item
+
+
+def pytest_runtest_teardown(item):
+    _CURRENT.pop("item", None)

@@ -8,7 +8,7 @@ import pytest
 
 from arcface.align import (
     ARCFACE_TEMPLATE,
-    Detection,
+    Face,
     estimate_norm,
     estimate_similarity,
     invert_affine,
@@ -188,7 +188,7 @@ def test_norm_crop_border_is_zero_and_bilinear():
         norm_crop(photo, lms, image_size=100)
 
 
-# --- NMS, ranking, Detection -----------------------------------------------------------------------
+# --- NMS, ranking, Face ----------------------------------------------------------------------------
 
 
 def _reference_nms(boxes, scores, thr, mode):
@@ -251,7 +251,7 @@ def test_rank_faces_prefers_large_central_faces():
 
 
 def test_detection_is_immutable():
-    det = Detection(box=(1, 2, 3, 4), score=0.5, landmarks=np.arange(10).reshape(5, 2))
+    det = Face(box=(1, 2, 3, 4), score=0.5, landmarks=np.arange(10).reshape(5, 2))
     assert det.box == (1.0, 2.0, 3.0, 4.0) and det.landmarks.dtype == np.float32
     assert det.area == 4.0
     with pytest.raises(AttributeError):
@@ -259,4 +259,4 @@ def test_detection_is_immutable():
     with pytest.raises(ValueError):
         det.landmarks[0, 0] = 5
     with pytest.raises(ValueError):
-        Detection(box=(1, 2, 3), score=0.5, landmarks=np.zeros((5, 2)))
+        Face(box=(1, 2, 3), score=0.5, landmarks=np.zeros((5, 2)))

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from arcface.cli import main
-from arcface.inference.contract import ModelContract
-from arcface.inference.zoo import load_backend
+from arcface.inference.contract import ModelContract, read_contract
+from arcface.inference.zoo import resolve_model_path
 from conftest import photo, require_shared
 from conftest import run_cli as cli
 
@@ -45,7 +45,7 @@ def lfw() -> Path:
 @pytest.fixture(scope="module")
 def threshold_args() -> list[str]:
     """No option when the bundled model is calibrated (the acceptance case), else an explicit stand-in."""
-    if load_backend("default").contract.threshold is not None:
+    if read_contract(resolve_model_path("default")).threshold is not None:
         return []
     warnings.warn(
         f"the bundled model has no calibrated threshold yet; verify tests use --threshold {UNCALIBRATED_STANDIN}",
@@ -83,7 +83,7 @@ def test_verify_same_person_through_the_console(lfw, threshold_args):
 
 
 def test_verify_json_same_and_different(capsys, lfw, threshold_args):
-    contract = load_backend("default").contract
+    contract = read_contract(resolve_model_path("default"))
     rc, out, _ = cli(
         capsys, "verify", photo(lfw, "George_W_Bush", 1), photo(lfw, "George_W_Bush", 2), "--json", *threshold_args
     )

@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from arcface.eval.metrics import calibrate_threshold
 from arcface.inference.contract import (
     CONTRACT_KEY,
     TEMPLATES,
     ContractError,
     ModelContract,
-    calibrate_threshold,
-    load_model,
     read_contract,
+    read_model,
     save_model,
     weights_sha256,
 )
@@ -189,7 +189,7 @@ def test_save_load_round_trip(tmp_path):
     written = save_model(model, c, tmp_path / "m.safetensors")
     assert written.weights_sha256 == weights_sha256(model.state_dict())
     assert written == dataclasses.replace(c, weights_sha256=written.weights_sha256)
-    loaded, c2 = load_model(tmp_path / "m.safetensors")
+    loaded, c2 = read_model(tmp_path / "m.safetensors")
     assert c2 == written and read_contract(tmp_path / "m.safetensors") == written
     assert not loaded.training
     x = torch.randn(2, 3, 56, 56)
@@ -216,24 +216,24 @@ def test_sha_mismatch_is_detected(tmp_path):
     sd[key].view(-1)[0] += 1.0
     save_file(sd, str(path), metadata=meta)  # the weights change, the contract does not
     with pytest.raises(ContractError, match="SHA-256 .* does not match"):
-        load_model(path)
+        read_model(path)
 
 
 def test_files_without_a_contract_or_not_safetensors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
-        load_model(tmp_path / "nope.safetensors")
+        read_model(tmp_path / "nope.safetensors")
     bare = tmp_path / "bare.safetensors"
     save_file({"w": torch.zeros(2)}, str(bare))
     with pytest.raises(ContractError, match="no arcface contract"):
-        load_model(bare)
+        read_model(bare)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
     with pytest.raises(ContractError, match="junk.safetensors.*not a safetensors"):
-        load_model(junk)
+        read_model(junk)
     bad = tmp_path / "bad.safetensors"
     save_file({"w": torch.zeros(2)}, str(bad), metadata={CONTRACT_KEY: "{}"})
     with pytest.raises(ContractError, match="bad.safetensors"):
-        load_model(bad)
+        read_model(bad)
 
 
 def test_calibrate_threshold_toy():

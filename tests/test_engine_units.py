@@ -12,6 +12,7 @@ from torch import nn
 from arcface.engine import checkpoint as ckpt
 from arcface.engine.config import OptimConfig
 from arcface.engine.optim import build_optimizer
+from arcface.models.weights import load_backbone_weights
 from arcface.runtime.amp import resolve_precision
 
 
@@ -61,10 +62,10 @@ def test_checkpoint_listing_and_pruning(tmp_path):
 def test_load_backbone_weights_strips_prefixes(tmp_path):
     sd = {"module.fc.weight": torch.ones(2, 2)}
     torch.save(sd, tmp_path / "backbone.pth")
-    assert list(ckpt.load_backbone_weights(tmp_path / "backbone.pth")) == ["fc.weight"]
+    assert list(load_backbone_weights(tmp_path / "backbone.pth")) == ["fc.weight"]
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pth"):
-        ckpt.load_backbone_weights(tmp_path / "junk.pth")
+        load_backbone_weights(tmp_path / "junk.pth")
 
 
 def test_precision_resolution():

@@ -16,7 +16,8 @@ from arcface.eval.ijb import (
     read_template_pair_label,
     verify_1to1,
 )
-from arcface.eval.templates import l2_normalize, pool_templates, video_template
+from arcface.eval.templates import pool_templates, video_template
+from arcface.inference.runners import l2_normalise
 from conftest import require_shared
 
 # ------------------------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ def _slow_pool(feats, tids, mids, scores=None):
 def test_pool_templates_matches_slow_reference(weighted):
     rng = np.random.default_rng(0)
     n = 60
-    feats = l2_normalize(rng.standard_normal((n, 16)))
+    feats = l2_normalise(rng.standard_normal((n, 16)))
     tids = rng.integers(0, 7, n)
     mids = rng.integers(0, 3, n)  # media ids recur across templates: pooled per (template, media)
     scores = rng.uniform(0.5, 1.0, n).astype(np.float32) if weighted else None
@@ -120,7 +121,7 @@ def test_pool_templates_rejects_mismatch():
 
 def test_video_template():
     rng = np.random.default_rng(1)
-    frames = l2_normalize(rng.standard_normal((9, 32)))
+    frames = l2_normalise(rng.standard_normal((9, 32)))
     v = video_template(frames)
     assert v.shape == (32,) and v.dtype == np.float32
     np.testing.assert_allclose(v, frames.mean(0) / np.linalg.norm(frames.mean(0)), atol=1e-6)
@@ -133,9 +134,9 @@ def test_video_template():
 
 def test_verify_and_identify_on_synthetic_templates():
     rng = np.random.default_rng(2)
-    centres = l2_normalize(rng.standard_normal((6, 64)))
+    centres = l2_normalise(rng.standard_normal((6, 64)))
     tids = np.arange(12)
-    feats = l2_normalize(np.repeat(centres, 2, axis=0) + 0.05 * rng.standard_normal((12, 64)))  # 2 per subject
+    feats = l2_normalise(np.repeat(centres, 2, axis=0) + 0.05 * rng.standard_normal((12, 64)))  # 2 per subject
     subj = np.repeat(np.arange(6), 2)
     t1, t2 = np.array([0, 2, 4, 0, 2]), np.array([1, 3, 5, 3, 5])
     res = verify_1to1(tids, feats, t1, t2, np.array([1, 1, 1, 0, 0]), fars=(0.5, 1e-3))
@@ -163,7 +164,7 @@ LOOSE = (slice(50, 200), slice(50, 200))  # the "loose crop": the central 150x15
 def mini_ijb(tmp_path_factory):
     from PIL import Image
 
-    from arcface.align.detection import create_detector
+    from arcface.align.detectors import create_detector
     from arcface.io.images import load_image
 
     lfw = require_shared("data/lfw/lfw-deepfunneled")
@@ -207,9 +208,9 @@ def mini_ijb(tmp_path_factory):
         (root / "meta" / f"ijbc_1N_gallery_{g}.csv").write_text(header + "\n".join(rows) + "\n")
     (root / "meta" / "ijbc_1N_probe_mixed.csv").write_text(header + "\n".join(probes) + "\n")
 
-    from arcface.inference.zoo import load_backend
+    from arcface.inference.loader import load_model
 
-    backend = load_backend("default")
+    backend = load_model("default", precision="fp32")
     result = evaluate_ijb(root, backend)
     return root, backend, result
 
@@ -222,9 +223,9 @@ def test_mini_ijb_from_lfw(mini_ijb):
     assert one["positives"] == N_PEOPLE and one["negatives"] == N_PEOPLE
     tar = one["tar_at_far"]
     assert tar[1e-1]["tar"] >= 0.9, tar
-    assert tar[1e-1]["far"] <= 0.1
+    assert tar[1e-1]["far_actual"] <= 0.1
     for far in (1e-2, 1e-3, 1e-6):  # 20 negatives cannot measure these
-        assert tar[far]["tar"] is None and tar[far]["note"] == "not enough negatives"
+        assert tar[far]["tar"] is None and tar[far]["note"].startswith("not enough negatives")
     many = res["1:N"]
     assert set(many["per_gallery"]) == {"G1", "G2"}
     g1 = many["per_gallery"]["G1"]

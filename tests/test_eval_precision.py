@@ -11,9 +11,8 @@ import pytest
 
 from arcface.cli import main
 from arcface.eval import EvalCache, PairSet, embed_pair_set
-from arcface.eval.cache import embedding_path
-from arcface.inference.embedder import Embedder
-from arcface.inference.zoo import load_backend
+from arcface.inference.loader import load_model
+from conftest import plain_fp32
 
 
 def _jpegs(n: int, seed: int = 0) -> list[bytes]:
@@ -33,18 +32,16 @@ def _aligned_set(n_pairs: int = 20) -> PairSet:
     return PairSet("synthetic", images, pairs, labels, np.arange(n_pairs) // 2, aligned=True)
 
 
-def test_embedding_path_of_embedders_and_backends():
-    assert embedding_path(load_backend("default")) == ("fp32", "torch")
-    assert embedding_path(Embedder.from_pretrained("default", "fp32")) == ("fp32", "torch")
-    bf = Embedder.from_pretrained("default", "bf16")
-    assert embedding_path(bf) == embedding_path(bf.engine) == ("bf16", "torch")
+def test_the_embedder_says_which_path_runs():
+    assert (lambda e: (e.precision, e.backend))(load_model("default", precision="fp32")) == ("fp32", "torch")
+    assert (lambda e: (e.precision, e.backend))(load_model("default", precision="bf16")) == ("bf16", "torch")
 
 
 def test_cache_key_keeps_fp32_and_bf16_apart(tmp_path):
     pairset = _aligned_set()
     cache = EvalCache(tmp_path / "cache")
-    fp32 = Embedder.from_pretrained("default", "fp32", flip=True)
-    bf16 = Embedder.from_pretrained("default", "bf16", flip=True)
+    fp32 = load_model("default", precision="fp32", flip=True)
+    bf16 = load_model("default", precision="bf16", flip=True)
     a, sa = embed_pair_set(pairset, fp32, cache=cache, progress=False)
     b, sb = embed_pair_set(pairset, bf16, cache=cache, progress=False)
     assert not sa.embeddings_cached and not sb.embeddings_cached  # bf16 did not read fp32's entry
@@ -55,9 +52,10 @@ def test_cache_key_keeps_fp32_and_bf16_apart(tmp_path):
     assert sa2.embeddings_cached and sb2.embeddings_cached
     np.testing.assert_array_equal(a2, a)
     np.testing.assert_array_equal(b2, b)
-    # The fp32 Embedder gives the numbers of the plain float32 backend with flip (the evaluation before).
-    np.testing.assert_allclose(a, load_backend("default", flip=True).embed_crops(
-        np.stack([cv2.imdecode(np.frombuffer(x, np.uint8), cv2.IMREAD_COLOR)[..., ::-1] for x in pairset.images])
+    # The fp32 Embedder gives the numbers of the plain float32 module with flip (the evaluation before).
+    np.testing.assert_allclose(a, plain_fp32(
+        np.stack([cv2.imdecode(np.frombuffer(x, np.uint8), cv2.IMREAD_COLOR)[..., ::-1] for x in pairset.images]),
+        flip=True,
     ), atol=1e-5)  # fmt: skip
 
 
@@ -107,7 +105,7 @@ def test_embed_and_verify_cli_take_precision(tmp_path, capsys):
     with np.load(out) as z:
         paths, emb = list(z["paths"]), z["embeddings"]
     crops = np.stack([cv2.imread(p)[..., ::-1] for p in paths])
-    np.testing.assert_allclose(emb, load_backend("default").embed_crops(crops), atol=1e-5)  # fp32: as before
+    np.testing.assert_allclose(emb, plain_fp32(crops), atol=1e-5)  # fp32: as before
     a, b = (str(folder / f"{i}.png") for i in (0, 1))
     assert main(["verify", a, b, "--aligned", "--precision", "bf16", "--json"]) in (0, 1)
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 
 from arcface.eval.datasets import BinFormatError, read_bin, read_csv_pairs, read_lfw_pairs, restricted_loads
-from arcface.eval.verification import (
-    contiguous_folds,
-    fold_accuracies,
-    recompute_accuracy,
-    roc_metrics,
-    tar_at_far,
-    verification_report,
-)
+from arcface.eval.metrics import DEFAULT_FARS, contiguous_folds, fold_accuracies, roc_metrics, tar_at_far
+from arcface.eval.verification import recompute_accuracy, verification_report
 
 
 def brute_force_threshold(s: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -102,14 +96,16 @@ def test_tar_at_far_and_not_enough_negatives():
     rng = np.random.default_rng(3)
     y = np.r_[np.ones(500, bool), np.zeros(500, bool)]
     s = np.r_[rng.normal(1, 0.3, 500), rng.normal(0, 0.3, 500)]
-    t = tar_at_far(s, y, 1e-2)
+    t = tar_at_far(s[y], s[~y], (1e-2,))[1e-2]
     assert t["far_actual"] <= 0.01 and 0 < t["tar"] <= 1
     assert np.sum(s[~y] > t["threshold"]) == 5
-    t = tar_at_far(s, y, 1e-3)
+    t = tar_at_far(s[y], s[~y], (1e-3,))[1e-3]
     assert t["tar"] is None and "not enough negatives" in t["note"] and "1000" in t["note"]
     r = verification_report(s, y)
-    assert [e["far"] for e in r["tar_at_far"]] == [0.1, 0.01, 0.001]
-    assert r["tar_at_far"][2]["tar"] is None
+    assert [e["far"] for e in r["tar_at_far"]] == list(DEFAULT_FARS)
+    by_far = {e["far"]: e for e in r["tar_at_far"]}
+    assert by_far[1e-3]["tar"] is None
+    assert by_far[1e-2]["tar"] is not None
 
 
 def test_bad_inputs_raise():

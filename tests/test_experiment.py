@@ -1,17 +1,21 @@
-"""`arcface experiment loss-table` end to end on a miniature LFW built from real LFW photos."""
+"""The loss-table experiment (``python -m tools.loss_table``, ``make paper-table``) end to end on a miniature LFW
+built from real LFW photos."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from arcface.cli import main
-from arcface.experiments.loss_table import ROWS, held_out_people, markdown, update_readme
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tools/ is a folder of the repository, not part of the package
+
+from tools.loss_table.__main__ import main  # noqa: E402
+from tools.loss_table.report import markdown, update_readme  # noqa: E402
+from tools.loss_table.setup import ROWS, held_out_people  # noqa: E402
 
 TRAIN = ["Tony_Blair", "Colin_Powell", "Donald_Rumsfeld", "Gerhard_Schroeder"]
 TEST = ["George_W_Bush", "Ariel_Sharon"]
@@ -51,7 +55,7 @@ def experiment(tmp_path_factory):
     readme = tmp / "README.md"
     readme.write_text("# x\n\n<!-- loss-table:begin -->\nold\n<!-- loss-table:end -->\n\nrest\n")
     argv = [
-        "experiment", "loss-table", "--lfw", str(lfw), "--work", str(tmp / "work"), "--out", str(tmp / "out"),
+        "--lfw", str(lfw), "--work", str(tmp / "work"), "--out", str(tmp / "out"),
         "--config", str(cfg_path), "--steps", "3", "--rows", "softmax,arcface_0_5", "--seeds", "2",
         "--seed-rows", "1", "--no-finetune", "--readme", str(readme), "--workers", "1", "--no-progress",
     ]  # fmt: skip

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from arcface import FaceRecognizer
-from arcface.inference.backends import TorchBackend
+from arcface.inference.contract import read_contract
 from arcface.inference.embedder import Embedder
-from arcface.inference.zoo import load_backend
+from arcface.inference.loader import load_model
+from arcface.inference.zoo import resolve_model_path
+from conftest import plain_fp32
 
 
 def _crops(n: int = 3, seed: int = 0) -> np.ndarray:
@@ -26,20 +28,19 @@ def test_recognizer_embeds_through_the_embedder(fp32_rec):
     rec = fp32_rec
     assert isinstance(rec.embedder, Embedder)
     assert (rec.precision, rec.embedder.precision, rec.embedder.backend) == ("fp32", "fp32", "torch")
-    assert rec.backend is rec.embedder.engine  # the public ``backend`` is the engine that runs
-    assert rec.contract.id == load_backend("default").contract.id
+    assert rec.contract.id == read_contract(resolve_model_path("default")).id
     assert "fp32/torch" in repr(rec)
 
 
 def test_fp32_path_gives_the_numbers_of_before(fp32_rec):
-    """Before the Embedder, FaceRecognizer embedded with ``load_backend(model, flip=...)``: same numbers."""
+    """Before the Embedder, FaceRecognizer embedded with the plain float32 module: the same numbers."""
     crops = _crops(4)
-    before = load_backend("default").embed_crops(crops)
+    before = plain_fp32(crops)
     np.testing.assert_allclose(fp32_rec.embed_batch(list(crops), aligned=True), before, atol=1e-5)
     np.testing.assert_allclose(fp32_rec.embed(crops[0], aligned=True), before[0], atol=1e-5)
     flipped = FaceRecognizer(precision="fp32", flip=True)
-    assert flipped.embedder.flip and flipped.backend.flip
-    before_flip = load_backend("default", flip=True).embed_crops(crops)
+    assert flipped.embedder.flip
+    before_flip = plain_fp32(crops, flip=True)
     np.testing.assert_allclose(flipped.embed_batch(list(crops), aligned=True), before_flip, atol=1e-5)
 
 
@@ -52,7 +53,7 @@ def test_auto_takes_bf16_on_a_native_bf16_cpu(monkeypatch):
     assert rec.embedder.min_cosine_checked >= 0.99
     crops = _crops(3)
     got = rec.embed_batch(list(crops), aligned=True)
-    ref = load_backend("default").embed_crops(crops)
+    ref = plain_fp32(crops)
     assert (got * ref).sum(1).min() >= 0.99
     assert FaceRecognizer(precision="bf16").precision == "bf16"
 
@@ -66,16 +67,16 @@ def test_bad_precision_or_backend_names_say_the_choices():
         FaceRecognizer(precision="bf16", backend="onnx")
 
 
-def test_a_ready_backend_or_embedder_is_used_as_is():
+def test_a_ready_embedder_is_used_as_is():
     from arcface.inference.contract import ModelContract
     from arcface.models import create_model
 
     module = create_model("r18", width_mult=0.25, num_features=64)
-    backend = TorchBackend(module, ModelContract("r18", 64, options={"width_mult": 0.25}))
-    rec = FaceRecognizer(backend, precision="bf16")  # precision does not apply to a ready backend
-    assert rec.backend is backend and rec.precision == "fp32"
-    emb = Embedder.from_pretrained("default", "fp32")
-    assert FaceRecognizer(emb).embedder is emb
+    emb = Embedder.from_module(module, "fp32", "torch", contract=ModelContract("r18", 64, options={"width_mult": 0.25}))
+    rec = FaceRecognizer(emb, precision="bf16")  # precision does not apply to a ready embedder
+    assert rec.embedder is emb and rec.precision == "fp32"
+    default = load_model("default", precision="fp32")
+    assert FaceRecognizer(default).embedder is default
 
 
 @pytest.mark.shared
@@ -86,6 +87,6 @@ def test_sface_runs_fp32_on_onnxruntime(shared):
     assert (rec.precision, rec.embedder.backend) == ("fp32", "onnx")
     crops = _crops(2)
     np.testing.assert_allclose(rec.embed_batch(list(crops), aligned=True),
-                               load_backend("sface").embed_crops(crops), atol=1e-5)  # fmt: skip
+                               load_model("sface").embed(crops), atol=1e-5)  # fmt: skip
     with pytest.raises(ValueError, match="ONNX model: only precision fp32"):
         FaceRecognizer("sface", precision="bf16")

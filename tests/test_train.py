@@ -95,7 +95,8 @@ def test_init_from_wrong_model_is_clear(full_run, tmp_path):
         "--set", "model.num_features=32", "--no-progress", check=False,
     )
     assert proc.returncode != 0
-    assert "do not fit model" in proc.stderr and "Traceback" not in proc.stderr
+    assert "is a r18 64-D model" in proc.stderr and "model.num_features" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_bad_config_key_is_one_line(tmp_path):
@@ -144,12 +145,57 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
 def test_eval_hook_keeps_the_best_backbone(tmp_path):
     scores = iter([0.6, 0.9, 0.7])
     cfg = load_config(SMOKE, ["eval.every=4"])
-    t = Trainer(cfg, tmp_path, progress=False, evaluate=lambda model: {"toy": next(scores)})
+    t = Trainer(cfg, tmp_path, progress=False, evaluate=lambda model, contract: {"toy": next(scores)})
     t.train()
     rows = [json.loads(x) for x in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert [(r["step"], r["toy"]) for r in rows] == [(4, 0.6), (8, 0.9), (12, 0.7)]
     assert json.loads((tmp_path / "best.json").read_text())["step"] == 8
-    from arcface.inference.contract import load_model
+    from arcface.inference.contract import read_model
 
-    model, contract = load_model(tmp_path / "best.safetensors")
+    model, contract = read_model(tmp_path / "best.safetensors")
     assert contract.architecture == "r18" and contract.embedding_size == 64
+
+
+def test_fine_tuning_the_default_model_keeps_its_contract(tmp_path):
+    """The contract drives training: the bundled model (RGB, (x - 127.5) / 128) is fine-tuned with its own
+    normalisation, and the saved file keeps its preprocessing, input size and template (new weights, no threshold)."""
+    import numpy as np
+    from PIL import Image
+
+    from arcface.engine.config import config_from_dict
+    from arcface.inference.contract import read_contract, read_model
+    from arcface.inference.zoo import resolve_model_path
+
+    default = resolve_model_path("default")
+    before = read_contract(default)
+    rng = np.random.default_rng(0)
+    for person in range(4):
+        (tmp_path / "faces" / f"p{person}").mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "faces" / f"p{person}" / f"{i}.png")
+    cfg = config_from_dict({
+        "model": {"name": "mbf_tflite", "num_features": 192, "options": {}},
+        "head": {"kind": "arcface", "params": {"s": 64.0, "m": 0.5}},
+        "data": {"kind": "image_folder", "params": {"root": str(tmp_path / "faces"), "image_size": 112},
+                 "batch_size": 4},
+        "optim": {"name": "sgd", "lr": 0.001},
+        "train": {"max_steps": 5, "precision": "fp32", "ckpt_every": 5, "tensorboard": False},
+    })  # fmt: skip
+    trainer = Trainer(cfg, tmp_path / "run", init_from=default, progress=False)
+    # the preprocessing used: the model's own normalisation, not ours
+    transform = trainer.dataset.transform
+    assert (transform.mean, transform.std, transform.color) == (127.5, 128.0, "RGB")
+    image = np.asarray(Image.open(tmp_path / "faces" / "p0" / "0.png"))
+    want = (image.transpose(2, 0, 1).astype(np.float32) - 127.5) / 128.0  # (3, H, W)
+    x = transform(image).numpy()
+    assert np.allclose(x, want, atol=1e-6) or np.allclose(x, want[:, :, ::-1], atol=1e-6)  # (randomly mirrored)
+    trainer.train()
+    module, after = read_model(tmp_path / "run" / "backbone.safetensors")
+    assert (after.mean, after.std, after.color) == (127.5, 128.0, "RGB")
+    assert (after.template, after.template_points, after.input_size) == (
+        before.template, before.template_points, before.input_size,
+    )  # fmt: skip
+    assert (after.architecture, after.embedding_size, after.options) == ("mbf_tflite", 192, {})
+    assert after.weights_sha256 != before.weights_sha256 and after.threshold is None
+    assert "fine-tuned from" in after.source

@@ -10,10 +10,16 @@ import torch
 from torch import nn
 
 from arcface.inference import zoo
-from arcface.inference.backends import OnnxBackend, TorchBackend, preprocess
 from arcface.inference.contract import ContractError, ModelContract, read_contract, weights_sha256
-from arcface.inference.zoo import load_backend
+from arcface.inference.embedder import Embedder
+from arcface.inference.loader import load_model
+from arcface.inference.runners import preprocess
 from arcface.models import create_model
+
+
+def load_backend(*args, **kwargs) -> Embedder:
+    """The model as it is: float32 (the numbers of the module / the ONNX graph)."""
+    return load_model(*args, precision="fp32", **kwargs)
 
 SFACE = "weights/recognition/face_recognition_sface_2021dec_int8bq.ortfix.onnx"
 LFW = "data/lfw/lfw-deepfunneled"
@@ -69,7 +75,7 @@ def _export(module: nn.Module, path, *, dynamic: bool, input_name: str = "input.
 
 def test_default_model():
     backend = load_backend()
-    assert isinstance(backend, TorchBackend)
+    assert backend.module is not None and backend.backend in ("torch", "onnx")
     c = backend.contract
     assert (c.architecture, c.embedding_size, c.input_size, c.color) == ("mbf_tflite", 192, (112, 112), "RGB")
     assert (c.mean, c.std) == (127.5, 128.0)
@@ -77,7 +83,7 @@ def test_default_model():
     assert "pairsDevTrain" in c.calibrated_on and "pairsDevTest accuracy" in c.calibrated_on
     assert load_backend("mobilefacenet").contract == c
     assert weights_sha256(backend.module.state_dict()) == c.weights_sha256
-    emb = backend.embed_crops(_crops())
+    emb = backend.embed(_crops())
     assert emb.shape == (3, 192) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
 
@@ -143,7 +149,7 @@ def test_arcface_torch_backbone_pth(tmp_path):
     )
     assert c.weights_sha256 == weights_sha256(sd) and c.threshold is None
     crops = _crops(2)
-    np.testing.assert_allclose(backend.embed_crops(crops), _torch_embed(module, crops, c), atol=1e-5)
+    np.testing.assert_allclose(backend.embed(crops), _torch_embed(module, crops, c), atol=1e-5)
 
 
 def test_backbone_pth_variants(tmp_path):
@@ -154,7 +160,7 @@ def test_backbone_pth_variants(tmp_path):
     backend = load_backend(path, arch="r18", options={"width_mult": 0.25})
     assert backend.contract.embedding_size == 128 and backend.contract.options == {"width_mult": 0.25}
     crops = _crops(2)
-    np.testing.assert_allclose(backend.embed_crops(crops), _torch_embed(module, crops, backend.contract), atol=1e-5)
+    np.testing.assert_allclose(backend.embed(crops), _torch_embed(module, crops, backend.contract), atol=1e-5)
     pickled = tmp_path / "pickled.pth"
     torch.save({"model": module}, pickled)  # a whole module is a pickle, refused by weights_only loading
     with pytest.raises(ContractError, match="pickled.pth: not a weights-only"):
@@ -166,12 +172,12 @@ def test_insightface_onnx_matches_torch(tmp_path):
     path = tmp_path / "w600k_tiny.onnx"
     _export(module, path, dynamic=True)
     backend = load_backend(path, batch_size=4)
-    assert isinstance(backend, OnnxBackend) and backend.layout == "NCHW"
+    assert backend.backend == "onnx" and backend.runner.layout == "NCHW"
     c = backend.contract
     assert (c.embedding_size, c.input_size, c.color, c.mean, c.std) == (256, (112, 112), "RGB", 127.5, 127.5)
     assert c.options == {"preset": "insightface"} and c.threshold is None
     crops = _crops(6)  # two batches of up to 4
-    got, want = backend.embed_crops(crops), _torch_embed(module, crops, c)
+    got, want = backend.embed(crops), _torch_embed(module, crops, c)
     assert got.shape == (6, 256)
     assert (np.sum(got * want, axis=1) > 0.999).all()
 
@@ -189,9 +195,9 @@ def test_onnx_nhwc_fixed_batch(tmp_path):
     path = tmp_path / "nhwc.onnx"
     _export(NHWC(module), path, dynamic=False, input_name="img", shape=(1, 112, 112, 3))
     backend = load_backend(path)
-    assert backend.layout == "NHWC" and backend.batch_size == 1  # fixed batch of 1: one crop per run
+    assert backend.runner.layout == "NHWC" and backend.batch_size == 1  # fixed batch of 1: one crop per run
     crops = _crops(3)
-    got, want = backend.embed_crops(crops), _torch_embed(module, crops, backend.contract)
+    got, want = backend.embed(crops), _torch_embed(module, crops, backend.contract)
     assert (np.sum(got * want, axis=1) > 0.999).all()
 
 
@@ -216,7 +222,8 @@ def test_sface_missing(monkeypatch, tmp_path):
 
 def test_sface_parity_with_opencv(shared, monkeypatch):
     """SFace: RGB, mean 0, std 1 matches cv2.FaceRecognizerSF on the same crops; and it tells people apart."""
-    cv2 = pytest.importorskip("cv2")
+    import cv2
+
     from arcface.align import create_detector, norm_crop
     from arcface.io.images import load_image
 
@@ -225,7 +232,7 @@ def test_sface_parity_with_opencv(shared, monkeypatch):
     monkeypatch.setenv("ARCFACE_SHARED", str(path.parents[2]))
     monkeypatch.delenv("ARCFACE_DATA", raising=False)
     backend = load_backend("sface")
-    assert backend.path.name in zoo.SFACE_FILES
+    assert backend.runner.path.name in zoo.SFACE_FILES
     c = backend.contract
     assert (c.color, c.mean, c.std, c.embedding_size, c.threshold) == ("RGB", 0.0, 1.0, 128, 0.363)
     assert load_backend(path).contract == c  # "sface" in the file name picks the preset
@@ -237,7 +244,7 @@ def test_sface_parity_with_opencv(shared, monkeypatch):
         rgb = load_image(lfw / name / f"{name}_{i:04d}.jpg")
         crops.append(norm_crop(rgb, detector.detect(rgb)[0].landmarks))
     crops = np.stack(crops)
-    ours = backend.embed_crops(crops)
+    ours = backend.embed(crops)
 
     opencv = cv2.FaceRecognizerSF.create(str(path), "")
     ref = np.stack([opencv.feature(np.ascontiguousarray(crop[:, :, ::-1])).reshape(-1) for crop in crops])  # BGR in
@@ -252,8 +259,8 @@ def test_sface_parity_with_opencv(shared, monkeypatch):
 
     # The alternatives really are wrong: BGR input or insightface normalisation drift from OpenCV.
     for wrong in (dict(color="BGR"), dict(mean=127.5, std=127.5)):
-        other = OnnxBackend(path, ModelContract(**{**_fields(c), **wrong}), session=backend.session)
-        assert (np.sum(other.embed_crops(crops) * ref, axis=1) < 0.99).any()
+        other = Embedder.from_onnx(backend.runner.session, ModelContract(**{**_fields(c), **wrong}), path=path)
+        assert (np.sum(other.embed(crops) * ref, axis=1) < 0.99).any()
 
 
 def _fields(c: ModelContract) -> dict:

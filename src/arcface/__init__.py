@@ -6,27 +6,35 @@ From photo to identity::
 
     rec = arcface.FaceRecognizer()             # bundled MobileFaceNet + MTCNN, calibrated threshold
     rec.verify("a.jpg", "b.jpg")               # Verification(similarity=..., same=..., threshold=...)
+    rec.analyze("group.jpg")                   # [Face(box, score, landmarks, crop, embedding), ...]
+    arcface.load_model("backbone.pth", arch="r50").embed(crops)
+
+The public names are imported on first use (PEP 562), so ``import arcface.data`` (say, in a DataLoader worker)
+does not load OpenCV, the detectors or the inference code.
 """
 
-from arcface.heads import create_head
-from arcface.inference.embedder import Embedder
-from arcface.inference.recognizer import Face, FaceRecognizer, NoFaceError, Verification
-from arcface.io.images import ImageError, load_image
-from arcface.models import create_model
-from arcface.registry import Registry
+from __future__ import annotations
+
+from arcface.registry import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Embedder",
-    "Face",
-    "FaceRecognizer",
-    "ImageError",
-    "NoFaceError",
-    "Registry",
-    "Verification",
-    "__version__",
-    "create_head",
-    "create_model",
-    "load_image",
-]
+#: public name -> the module that defines it
+_EXPORTS = {
+    "Embedder": "arcface.inference.embedder",
+    "Face": "arcface.align.face",
+    "FaceRecognizer": "arcface.inference.recognizer",
+    "ImageError": "arcface.io.images",
+    "NoFaceError": "arcface.inference.recognizer",
+    "Registry": "arcface.registry",
+    "Verification": "arcface.inference.recognizer",
+    "create_head": "arcface.heads",
+    "create_model": "arcface.models",
+    "load_image": "arcface.io.images",
+    "load_model": "arcface.inference.loader",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -7,7 +7,8 @@ list of known names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import importlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T", bound=Callable[..., Any])
@@ -72,3 +73,29 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's ``__getattr__`` and ``__dir__`` that import each public name from its module on first use (PEP 562).
+
+    Args:
+        package: the package's ``__name__``.
+        exports: public name -> the module defining it, absolute or relative to ``package`` (a leading ".").
+
+    Example:
+        >>> __getattr__, __dir__ = lazy_exports(__name__, {"Face": ".face"})
+    """
+    namespace = importlib.import_module(package).__dict__
+
+    def get(name: str) -> Any:
+        if name in exports:
+            module = exports[name]
+            value = getattr(importlib.import_module(module if not module.startswith(".") else package + module), name)
+            namespace[name] = value
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def names() -> list[str]:
+        return sorted(set(namespace) | set(exports))
+
+    return get, names

@@ -1,40 +1,35 @@
 """Face alignment: detect five landmarks, map them onto the template, warp to the crop the models expect.
 
 Alignment (the embedding contract of DESIGN.md):
-    >>> crop = norm_crop(image, landmarks)             # (112, 112, 3) uint8
-    >>> M = estimate_norm(landmarks, image_size=112)   # (2, 3) image -> crop
+    >>> crop(image, landmarks, contract)              # the aligned crop a contract (or CropSpec) asks for
+    >>> norm_crop(image, landmarks)                   # (112, 112, 3) uint8 on the arcface template
+    >>> M = estimate_norm(landmarks, image_size=112)  # (2, 3) image -> crop
     >>> transform_points(invert_affine(M), crop_points)  # crop -> image coordinates
 
 Detection (``DETECTORS``: mtcnn, scrfd, yunet):
     >>> detector = create_detector("mtcnn")
-    >>> faces = detector.detect(image)  # image (H, W, 3) uint8 RGB -> list[Detection], main face first
-    >>> crop = norm_crop(image, faces[0].landmarks)
+    >>> faces = detector.detect(image)  # image (H, W, 3) uint8 RGB -> list[Face], main face first
+    >>> FaceAligner(detector, CropSpec.square(112)).faces(image)   # the same faces with their crops
 """
 
-from arcface.align.detection import DETECTORS, Detection, FaceDetector, create_detector, rank_faces
-from arcface.align.mtcnn import MTCNN
-from arcface.align.nms import nms
-from arcface.align.scrfd import SCRFD
-from arcface.align.template import ARCFACE_TEMPLATE, TEMPLATE_SIZE, template_for_size
-from arcface.align.transform import estimate_norm, estimate_similarity, invert_affine, norm_crop, transform_points
-from arcface.align.yunet import YuNet
+from __future__ import annotations
 
-__all__ = [
-    "ARCFACE_TEMPLATE",
-    "DETECTORS",
-    "MTCNN",
-    "SCRFD",
-    "TEMPLATE_SIZE",
-    "Detection",
-    "FaceDetector",
-    "YuNet",
-    "create_detector",
-    "estimate_norm",
-    "estimate_similarity",
-    "invert_affine",
-    "nms",
-    "norm_crop",
-    "rank_faces",
-    "template_for_size",
-    "transform_points",
-]
+from arcface.registry import lazy_exports
+
+#: public name -> its module (imported on first use: ``arcface.align.face`` and ``.template`` stay free of OpenCV)
+_EXPORTS = {
+    "FaceAligner": ".aligner", "cached_aligner": ".aligner",
+    "DETECTORS": ".detectors", "FaceDetector": ".detection", "create_detector": ".detectors",
+    "Face": ".face", "rank_faces": ".face",
+    "MTCNN": ".mtcnn", "nms": ".nms", "SCRFD": ".scrfd", "YuNet": ".yunet",
+    "ARCFACE_TEMPLATE": ".template", "TEMPLATE_NAME": ".template", "TEMPLATE_SIZE": ".template",
+    "template_for_size": ".template",
+    "CropSpec": ".transform", "check_crop": ".transform", "crop": ".transform", "estimate_norm": ".transform",
+    "estimate_similarity": ".transform", "invert_affine": ".transform", "norm_crop": ".transform",
+    "transform_points": ".transform",
+}  # fmt: skip
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

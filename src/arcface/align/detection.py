@@ -1,4 +1,5 @@
-"""The face-detector interface: ``Detection``, the ``FaceDetector`` base class, the ``DETECTORS`` registry.
+"""The face-detector interface: the ``FaceDetector`` base class and the ``DETECTORS`` registry (filled by the
+detector modules; :mod:`arcface.align.detectors` imports them all and builds one by name).
 
 Coordinates: boxes are (x1, y1, x2, y2) with pixel ``i`` covering ``[i, i + 1)``; landmarks are (x, y) in
 pixel-index coordinates (pixel ``i``'s centre is ``i``), the convention of ``cv2.warpAffine`` and of the
@@ -9,83 +10,20 @@ where "left" is image-left (the subject's right).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
 
+from arcface.align.face import Face, rank_faces
 from arcface.registry import Registry
 
-__all__ = ["DETECTORS", "Detection", "FaceDetector", "create_detector", "rank_faces"]
+__all__ = ["DETECTORS", "FaceDetector"]
 
 DETECTORS: Registry = Registry("detector")
 
-#: Weight of the squared centre offset against the box area in :func:`rank_faces` (insightface's ``max_num``).
-CENTRE_WEIGHT = 2.0
-
-
-@dataclass(frozen=True, eq=False)
-class Detection:
-    """One detected face.
-
-    Attributes:
-        box: (x1, y1, x2, y2) in image pixels.
-        score: detector confidence in [0, 1].
-        landmarks: (5, 2) float32 read-only array of (x, y): left eye, right eye, nose, left mouth corner,
-            right mouth corner (image-left first).
-    """
-
-    box: tuple[float, float, float, float]
-    score: float
-    landmarks: np.ndarray
-
-    def __post_init__(self) -> None:
-        box = tuple(float(v) for v in self.box)
-        if len(box) != 4:
-            raise ValueError(f"box must have 4 values, got {len(box)}")
-        lms = np.array(self.landmarks, dtype=np.float32).reshape(5, 2)
-        lms.setflags(write=False)
-        object.__setattr__(self, "box", box)
-        object.__setattr__(self, "score", float(self.score))
-        object.__setattr__(self, "landmarks", lms)
-
-    @property
-    def area(self) -> float:
-        """Box area in square pixels."""
-        x1, y1, x2, y2 = self.box
-        return max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
-
-    def __repr__(self) -> str:
-        box = ", ".join(f"{v:.1f}" for v in self.box)
-        return f"Detection(box=({box}), score={self.score:.3f})"
-
-
-def rank_faces(boxes: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
-    """Order faces so that the main face comes first: large and near the image centre.
-
-    The rule is insightface's ``max_num`` selection: sort by ``area - 2 * d^2`` descending, where ``area`` is
-    the box area and ``d`` the distance (pixels) from the box centre to the image centre (W / 2, H / 2).
-    Ties keep the input order.
-
-    Args:
-        boxes: (N, 4) boxes (x1, y1, x2, y2).
-        image_shape: (H, W, ...) of the image.
-
-    Returns:
-        (N,) int64 permutation, main face first.
-    """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    h, w = image_shape[:2]
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    dx = (boxes[:, 0] + boxes[:, 2]) / 2 - w / 2
-    dy = (boxes[:, 1] + boxes[:, 3]) / 2 - h / 2
-    value = area - CENTRE_WEIGHT * (dx**2 + dy**2)
-    return np.argsort(-value, kind="stable")
-
 
 class FaceDetector(ABC):
-    """Base of all detectors: input checks, downscaling of huge images, ranking, ``Detection`` objects.
+    """Base of all detectors: input checks, downscaling of huge images, ranking, :class:`~arcface.align.Face` objects.
 
     Subclasses implement :meth:`_detect` on an image whose longer side is at most ``max_side``.
 
@@ -101,14 +39,14 @@ class FaceDetector(ABC):
         self.max_side = max_side
         self.min_score = float(min_score)
 
-    def detect(self, image: np.ndarray) -> list[Detection]:
+    def detect(self, image: np.ndarray) -> list[Face]:
         """Find the faces in an image.
 
         Args:
             image: (H, W, 3) uint8 RGB.
 
         Returns:
-            Detections sorted main face first (see :func:`rank_faces`); an empty list when there is none.
+            Faces sorted main face first (see :func:`~arcface.align.face.rank_faces`); an empty list when there is none.
         """
         image = _check_image(image)
         h, w = image.shape[:2]
@@ -124,7 +62,7 @@ class FaceDetector(ABC):
         keep = scores >= self.min_score
         boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
         order = rank_faces(boxes, (h, w))
-        return [Detection(tuple(boxes[i]), scores[i], landmarks[i]) for i in order]
+        return [Face(tuple(boxes[i]), scores[i], landmarks[i]) for i in order]
 
     __call__ = detect
 
@@ -138,20 +76,6 @@ class FaceDetector(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(max_side={self.max_side})"
-
-
-def create_detector(name: str = "mtcnn", **options: Any) -> FaceDetector:
-    """Build the detector registered as ``name`` (``DETECTORS.names()``: mtcnn, scrfd, yunet).
-
-    Args:
-        name: detector name; "mtcnn" (the default, as the ArcFace paper) needs no extra files.
-        **options: constructor options of the detector, e.g. ``max_side``, ``min_face_size`` (mtcnn),
-            ``model_path`` (scrfd, required).
-
-    Raises:
-        KeyError: for an unknown name (the message lists the known ones).
-    """
-    return DETECTORS.build(name, **options)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

@@ -25,6 +25,9 @@ ARCFACE_TEMPLATE.setflags(write=False)
 #: The crop size the template is defined for.
 TEMPLATE_SIZE = 112
 
+#: The template's name in model contracts.
+TEMPLATE_NAME = "arcface_112"
+
 
 def template_for_size(image_size: int = TEMPLATE_SIZE) -> np.ndarray:
     """The template scaled for a square crop of ``image_size`` pixels, as insightface's ``estimate_norm``.

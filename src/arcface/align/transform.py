@@ -6,12 +6,24 @@ coordinates, the convention of ``cv2.warpAffine``: ``p' = A @ p + t``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 import cv2
 import numpy as np
 
-from arcface.align.template import TEMPLATE_SIZE, template_for_size
+from arcface.align.template import TEMPLATE_NAME, TEMPLATE_SIZE, template_for_size
 
-__all__ = ["estimate_norm", "estimate_similarity", "invert_affine", "norm_crop", "transform_points"]
+__all__ = [
+    "CropSpec",
+    "check_crop",
+    "crop",
+    "estimate_norm",
+    "estimate_similarity",
+    "invert_affine",
+    "norm_crop",
+    "transform_points",
+]
 
 
 def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -127,3 +139,79 @@ def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     if matrix.shape != (2, 3) or points.shape[-1] != 2:
         raise ValueError(f"need a (2, 3) matrix and (..., 2) points, got {matrix.shape} and {points.shape}")
     return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+class _HasCrop(Protocol):
+    """What :func:`crop` reads: a :class:`CropSpec` or a model contract (the same three fields)."""
+
+    input_size: tuple[int, int]
+    template: str
+    template_points: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """What an aligned crop is: its (H, W) and the template its five landmarks go to.
+
+    The same fields as a :class:`~arcface.inference.contract.ModelContract`, so :func:`crop` takes either.
+
+    Attributes:
+        input_size: (H, W) of the crop.
+        template: ``"arcface_112"`` (the one template, scaled to the size by :func:`template_for_size`) or the name
+            of a foreign template whose points are ``template_points``, in the crop's own pixels.
+        template_points: five (x, y) points (used for foreign templates only).
+    """
+
+    input_size: tuple[int, int] = (TEMPLATE_SIZE, TEMPLATE_SIZE)
+    template: str = TEMPLATE_NAME
+    template_points: tuple[tuple[float, float], ...] = ()
+
+    @classmethod
+    def square(cls, size: int) -> CropSpec:
+        """The arcface template on a ``size`` x ``size`` crop (divisible by 112 or 128)."""
+        spec = cls((int(size), int(size)))
+        check_crop(spec)
+        return spec
+
+    @classmethod
+    def of(cls, spec: _HasCrop) -> CropSpec:
+        """The crop a model contract (or any object with the three fields) asks for, checked."""
+        out = cls(tuple(spec.input_size), spec.template, tuple(map(tuple, spec.template_points)))
+        check_crop(out)
+        return out
+
+
+def check_crop(spec: _HasCrop) -> None:
+    """Raise ValueError when this crop cannot be made (a non-square arcface crop, a size the template cannot take)."""
+    h, w = spec.input_size
+    if spec.template == TEMPLATE_NAME:
+        if h != w:
+            raise ValueError(f"the {TEMPLATE_NAME} template needs a square crop, got {h}x{w}")
+        template_for_size(h)  # raises for sizes the template does not scale to
+    elif len(spec.template_points) != 5:
+        raise ValueError(f"template {spec.template!r} needs five points, got {len(spec.template_points)}")
+
+
+def crop(image: np.ndarray, landmarks: np.ndarray, spec: _HasCrop) -> np.ndarray:
+    """The aligned crop a model contract (or a :class:`CropSpec`) asks for: its template, its input size.
+
+    The one crop function of the project: the face pipeline, the evaluation, IJB templates and ``arcface align``
+    all cut their crops here.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        landmarks: (5, 2) landmarks in ``image`` coordinates.
+        spec: a contract or a :class:`CropSpec`.
+
+    Returns:
+        (h, w, 3) uint8 crop, (h, w) = ``spec.input_size``.
+    """
+    h, w = spec.input_size
+    if spec.template == TEMPLATE_NAME:
+        return norm_crop(image, landmarks, image_size=h)
+    # A foreign template: its points are given in the crop's own pixels.
+    matrix = estimate_similarity(np.asarray(landmarks, np.float64), np.asarray(spec.template_points, np.float64))
+    return cv2.warpAffine(
+        np.ascontiguousarray(image), matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )  # fmt: skip

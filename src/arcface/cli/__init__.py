@@ -18,19 +18,22 @@ from arcface.cli import (
     _detect,
     _embed,
     _eval,
-    _experiment,
     _export,
     _gallery,
     _serve,
     _train,
     _verify,
 )
+from arcface.cli._args import CliError
+from arcface.engine.config import ConfigError
+from arcface.engine.trainer import TrainingDiverged
+from arcface.inference.recognizer import NoFaceError
+from arcface.io.images import ImageError
+from arcface.runtime.workers import WorkerDied
 
-_COMMANDS = (_train, _demo, _convert, _export, _detect, _align, _embed, _verify, _eval, _gallery, _serve, _experiment)
+__all__ = ["CliError", "build_parser", "main"]
 
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit status 1."""
+_COMMANDS = (_train, _demo, _convert, _export, _detect, _align, _embed, _verify, _eval, _gallery, _serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,13 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("arcface: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # the known failure kinds: one line, no traceback
-        from arcface.engine.config import ConfigError
-        from arcface.engine.trainer import TrainingDiverged
-        from arcface.inference.recognizer import NoFaceError
-        from arcface.io.images import ImageError
-
         known = (
-            CliError, ConfigError, TrainingDiverged, ImageError, NoFaceError,
+            CliError, ConfigError, TrainingDiverged, ImageError, NoFaceError, WorkerDied,
             FileNotFoundError, ValueError, KeyError, OSError,
         )  # fmt: skip
         if isinstance(e, known) and not args.verbose:

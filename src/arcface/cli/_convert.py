@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+
+import numpy as np
+
+from arcface.inference.convert_tflite import convert_tflite, parity
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,12 +36,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_tflite(args: argparse.Namespace) -> int:
     """Convert, save, print the contract and (when possible) a parity line."""
-    import importlib.util
-
-    import numpy as np
-
-    from arcface.inference.convert_tflite import convert_tflite, parity
-
     model, contract = convert_tflite(args.src, args.out)
     print(f"wrote {args.out}")
     print(contract.summary())

@@ -12,9 +12,21 @@ Without LFW it says how to get it (and which checksums to expect) and trains on 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from pathlib import Path
+
+from arcface.cli._eval import format_table
+from arcface.data.locations import LFW_HINT, find_lfw
+from arcface.engine.config import config_from_dict
+from arcface.engine.trainer import Trainer
+from arcface.eval.datasets import read_lfw_pairs
+from arcface.eval.pipeline import EvalCache
+from arcface.eval.verification import evaluate_pair_set
+from arcface.inference.loader import load_model
+from arcface.inference.recognizer import FaceRecognizer
+from arcface.io.files import write_bytes_atomic
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,26 +56,9 @@ def lfw_list_file(lfw: Path, min_images: int, out: Path) -> tuple[Path, int, int
     return out, n_people, len(lines)
 
 
-def read_pairs(path: Path, root: Path) -> list[tuple[Path, Path, bool]]:
-    """LFW pairs (format in ../shared/README.md) as (image A, image B, same person)."""
-    out = []
-    for line in path.read_text().splitlines()[1:]:
-        f = line.split("\t")
-        if len(f) == 3:
-            a, b, same = (f[0], int(f[1])), (f[0], int(f[2])), True
-        elif len(f) == 4:
-            a, b, same = (f[0], int(f[1])), (f[2], int(f[3])), False
-        else:
-            continue
-        out.append(tuple(root / n / f"{n}_{i:04d}.jpg" for n, i in (a, b)) + (same,))
-    return out
-
-
 def verification_table(lfw: Path, n_pairs: int) -> None:
     """Verify ``n_pairs`` LFW View 1 test pairs (half same, half different) and print the table."""
-    from arcface.inference.recognizer import FaceRecognizer
-
-    pairs = read_pairs(lfw / "pairsDevTest.txt", lfw / "lfw-deepfunneled")
+    pairs = read_lfw_pairs(lfw / "pairsDevTest.txt", lfw / "lfw-deepfunneled").image_pairs()
     same = [p for p in pairs if p[2]][: n_pairs // 2]
     diff = [p for p in pairs if not p[2]][: n_pairs - n_pairs // 2]
     rec = FaceRecognizer()
@@ -83,12 +78,6 @@ def verification_table(lfw: Path, n_pairs: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Verify a few LFW pairs, then train for ``--steps`` and print a loss table."""
-    import json
-
-    from arcface._shared import LFW_HINT, find_lfw
-    from arcface.engine.config import config_from_dict
-    from arcface.engine.trainer import Trainer
-
     work = Path(args.out)
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -96,15 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if lfw is not None and args.pairs > 0:
         verification_table(lfw, args.pairs)
     if lfw is not None and not args.no_eval:
-        from arcface.cli import main as cli_main
-
         print(f"LFW View 2 (10 folds, 6,000 pairs of {lfw / 'pairs.txt'}), default model, flip-test fusion:")
-        status = cli_main([
-            "eval", "lfw", "--data", str(lfw / "lfw-deepfunneled"), "--pairs", str(lfw / "pairs.txt"),
-            "--model", "default", "--workers", "2", "--json", str(work / "lfw_view2.json"),
-        ])
-        if status:
-            return status
+        pairset = read_lfw_pairs(lfw / "pairs.txt", lfw / "lfw-deepfunneled")
+        report = evaluate_pair_set(pairset, load_model("default", flip=True), cache=EvalCache(), workers=2)
+        print(format_table({"model_name": "default", **report}))
+        write_bytes_atomic(work / "lfw_view2.json", (json.dumps(report) + "\n").encode())
     if lfw is None:
         print(LFW_HINT)
     if not args.train and lfw is not None:

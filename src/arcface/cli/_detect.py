@@ -10,10 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+import cv2
 import numpy as np
 
-from arcface.cli._batch import EXIT_NO_FACE, EXIT_OK, add_detector_args
+from arcface.batch.align import encode_image
+from arcface.cli._args import EXIT_NO_FACE, EXIT_OK, CliError, add_detector_args, make_detector
+from arcface.io.files import write_bytes_atomic
+from arcface.io.images import load_image
 
 MAIN_COLOUR = (0, 200, 0)  # RGB
 OTHER_COLOUR = (255, 140, 0)
@@ -38,11 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the photo, detect, print (and draw)."""
-    from arcface.cli._batch import check_image_suffix, make_detector
-    from arcface.io.images import load_image
-
     if args.draw:
-        check_image_suffix(args.draw)
+        suffix = Path(args.draw).suffix.lower()
+        if not suffix or not cv2.haveImageWriter(f"x{suffix}"):
+            raise CliError(f"{args.draw}: cannot write an image of type {suffix or '(no suffix)'}; use .png or .jpg")
     detector = make_detector(args)
     rgb = load_image(args.image)
     faces = detector.detect(rgb)
@@ -85,8 +89,6 @@ def draw_faces(rgb: np.ndarray, faces) -> np.ndarray:
     Returns:
         (H, W, 3) uint8 RGB.
     """
-    import cv2
-
     out = np.ascontiguousarray(rgb).copy()
     thick = max(1, round(max(out.shape[:2]) / 400))
     for i, f in enumerate(faces):
@@ -104,7 +106,4 @@ def draw_faces(rgb: np.ndarray, faces) -> np.ndarray:
 
 
 def _draw_file(rgb: np.ndarray, faces, path: str) -> None:
-    from arcface.cli._batch import encode_image
-    from arcface.io.files import write_bytes_atomic
-
     write_bytes_atomic(path, encode_image(draw_faces(rgb, faces), path))

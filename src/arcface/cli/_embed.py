@@ -20,11 +20,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from arcface.cli._batch import EXIT_ERROR, EXIT_OK, add_detector_args
-from arcface.cli._eval import add_embedder_args
+from arcface.batch.failures import Failure, failure_of
+from arcface.cli._args import (
+    EXIT_ERROR,
+    EXIT_OK,
+    CliError,
+    add_detector_args,
+    add_model_args,
+    collect_sources,
+    print_failures,
+    recognizer_from_args,
+)
+from arcface.inference.recognizer import FaceRecognizer, NoFaceError
+from arcface.io.files import atomic_path
+from arcface.io.images import ImageError
+from arcface.runtime.progress import progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,11 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", metavar="SRC", help="an image, a folder (recursive), or a .txt/.lst file of paths")
     p.add_argument("--out", required=True, metavar="F.npz", help="the .npz file to write")
-    p.add_argument("--model", default="default", help="default, sface, or a .safetensors/.onnx model file")
-    p.add_argument("--arch", default=None, help="backbone name for a .pth state dict (r50, mbf, ...)")
+    add_model_args(p)
     p.add_argument("--aligned", action="store_true", help="the images are aligned crops (no detection)")
-    p.add_argument("--flip", action="store_true", help="flip-test fusion (image + mirror image)")
-    add_embedder_args(p)
     p.add_argument("--batch-size", type=int, default=64, help="crops per forward pass (default 64)")
     add_detector_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -50,24 +61,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Detect, align and embed each image; write the npz; print a summary."""
-    from arcface.cli import CliError
-    from arcface.cli._batch import Failure, collect_sources, detector_options, failure_of, print_failures
-    from arcface.inference.recognizer import FaceRecognizer, NoFaceError
-    from arcface.io.images import ImageError
-    from arcface.runtime.progress import progress
-
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be positive, got {args.batch_size}")
     if not args.out.lower().endswith(".npz"):
         raise CliError(f"--out {args.out}: the output must be an .npz file")
     sources = collect_sources(args.src)
-    name, options = detector_options(args)
-    max_side = options.pop("max_side")
-    model_options = {"batch_size": args.batch_size, **({"arch": args.arch} if args.arch else {})}
-    rec = FaceRecognizer(
-        args.model, name, flip=args.flip, precision=args.precision, backend=args.backend, max_side=max_side,
-        detector_options=options, model_options=model_options,
-    )  # fmt: skip
+    rec = recognizer_from_args(args, batch_size=args.batch_size)
 
     paths: list[str] = []
     chunks: list[np.ndarray] = []
@@ -106,28 +105,12 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _main_crop(rec, path, *, aligned: bool) -> np.ndarray:
+def _main_crop(rec: FaceRecognizer, path, *, aligned: bool) -> np.ndarray:
     """The aligned crop of the main face of ``path`` (the image itself with ``aligned``)."""
-    from arcface.inference.recognizer import NoFaceError
-    from arcface.io.images import load_image
-
-    if aligned:
-        rgb = load_image(path)
-        h, w = rec.contract.input_size
-        if rgb.shape[:2] != (h, w):
-            raise ValueError(f"{path}: --aligned needs a {w}x{h} aligned crop, got {rgb.shape[1]}x{rgb.shape[0]}")
-        return rgb
-    crops = rec.align(path)
-    if not crops:
-        raise NoFaceError(str(path))
-    return crops[0]
+    return rec.aligned_crop(path) if aligned else rec.main_crop(path)
 
 
 def _save(out: str, rec, paths: list[str], embeddings: np.ndarray, failures, args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from arcface.io.files import atomic_path
-
     errors = np.array([[f.path, f.reason, f.message] for f in failures], dtype=str).reshape(-1, 3)
     options = {"flip": bool(args.flip), "aligned": bool(args.aligned), "detector": args.detector}
     Path(out).parent.mkdir(parents=True, exist_ok=True)

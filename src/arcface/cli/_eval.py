@@ -12,7 +12,7 @@ detection. Crops
 and embeddings are cached under ``--cache`` (default ``.cache/arcface``), keyed by the image file and detector
 (crops) and the model contract, flip, precision and backend (embeddings), so a second run only reads the cache.
 Images where no face is found fall back to a centre crop; their count is in the table and the JSON (see
-:mod:`arcface.eval.cache`). The JSON holds the whole report, per-pair ``scores``, ``labels`` and ``folds``
+:mod:`arcface.eval.pipeline`). The JSON holds the whole report, per-pair ``scores``, ``labels`` and ``folds``
 included (see :mod:`arcface.eval.verification`).
 """
 
@@ -21,10 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
-from arcface.cli._batch import add_detector_args
-from arcface.inference.embedder import BACKENDS, PRECISIONS
+from arcface.cli._args import CliError, add_detector_args, add_model_args, detector_options
+from arcface.eval.datasets import read_bin, read_csv_pairs, read_lfw_pairs
+from arcface.eval.pipeline import EvalCache
+from arcface.eval.plots import plot_roc
+from arcface.eval.verification import evaluate_pair_set
+from arcface.inference.loader import load_model
+from arcface.io.files import write_bytes_atomic
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,45 +56,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default", help="default, sface, or a .safetensors/.pth/.onnx model file")
-    p.add_argument("--arch", default=None, help="backbone name for a .pth state dict (r50, mbf, ...)")
+    add_model_args(p, flip=True)
     p.add_argument("--json", default=None, metavar="OUT", help="write the report (with per-pair scores) here")
     p.add_argument("--plot", default=None, metavar="ROC.png", help="write the ROC curve as a PNG")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
-                   help="flip-test fusion, image + mirror image (default on, as the papers)")  # fmt: skip
     add_detector_args(p)
     p.add_argument("--workers", type=int, default=1, help="detection processes (default 1)")
     p.add_argument("--cache", default=".cache/arcface", metavar="DIR", help="crops/embeddings cache folder")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--batch-size", type=int, default=64, help="crops per forward pass (default 64)")
-    add_embedder_args(p)
     p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def add_embedder_args(p: argparse.ArgumentParser) -> None:
-    """``--precision`` and ``--backend`` of the Embedder (``eval``, ``embed``, ``verify``)."""
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="embedding precision (default auto: bf16 where the CPU runs it natively and it keeps "
-                        "cosine >= 0.99 to fp32, else fp32)")  # fmt: skip
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="embedding backend: torch (eager), jit (frozen TorchScript graph), onnx (onnxruntime); "
-                        "default auto (jit where bf16 is native; ONNX models always run in onnxruntime)")  # fmt: skip
-
-
 def run(args: argparse.Namespace) -> int:
     """Read the set, embed it (cached), run the protocol, print the table, write JSON and plot."""
-    from pathlib import Path
-
-    from arcface.cli import CliError
-    from arcface.cli._batch import detector_options
-    from arcface.eval.cache import EvalCache
-    from arcface.eval.datasets import read_bin, read_csv_pairs, read_lfw_pairs
-    from arcface.eval.verification import evaluate_pair_set
-    from arcface.inference.embedder import Embedder
-    from arcface.io.files import write_bytes_atomic
-
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
     if args.batch_size < 1:
@@ -112,25 +94,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         pairset = read_csv_pairs(data, args.root, aligned=args.aligned)
     det_name, det_options = detector_options(args)
-    model_options: dict[str, Any] = {"batch_size": args.batch_size, **({"arch": args.arch} if args.arch else {})}
     # ValueError (one line from the CLI) for a path the model cannot run, e.g. sface with --precision bf16
-    embedder = Embedder.from_pretrained(
-        args.model, args.precision, args.backend, flip=args.flip, device=args.device, **model_options
-    )
+    embedder = load_model(
+        args.model, precision=args.precision, backend=args.backend, flip=args.flip, device=args.device,
+        batch_size=args.batch_size, arch=args.arch,
+    )  # fmt: skip
     cache = EvalCache(None if args.no_cache else args.cache)
     report = evaluate_pair_set(
         pairset, embedder, cache=cache, detector=det_name, detector_options=det_options,
         workers=args.workers, progress=not args.no_progress,
     )  # fmt: skip
-    report = {"model_name": str(args.model), "precision": embedder.precision, "backend": embedder.backend, **report}
+    report = {"model_name": str(args.model), **report}
     print(format_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(args.json, (json.dumps(report) + "\n").encode())
         print(f"report: {args.json}")
     if args.plot:
-        from arcface.eval.plots import plot_roc
-
         plot_roc({f"{args.model} on {pairset.name}": report}, args.plot, title=f"ROC, {pairset.name}")
         print(f"ROC plot: {args.plot}")
     if report["fallbacks"]:
@@ -160,9 +140,13 @@ def format_table(report: dict[str, Any]) -> str:
         f"AUC           {report['auc']:.5f}",
         f"EER           {100 * report['eer']:.2f}%  (at cos {report['eer_threshold']:.4f})",
     ]
-    for t in report["tar_at_far"]:
-        value = f"{100 * t['tar']:.2f}%  (at cos {t['threshold']:.4f})" if t["tar"] is not None else t["note"]
-        lines.append(f"TAR@FAR={t['far']:g}".ljust(14) + value)
+    measured = [t for t in report["tar_at_far"] if t["tar"] is not None]
+    for t in sorted(measured, key=lambda t: -t["far"]):
+        lines.append(f"TAR@FAR={t['far']:g}".ljust(14) + f"{100 * t['tar']:.2f}%  (at cos {t['threshold']:.4f})")
+    unmeasured = [t["far"] for t in report["tar_at_far"] if t["tar"] is None]
+    if unmeasured:
+        lines.append(f"TAR@FAR<={max(unmeasured):g}".ljust(14)
+                     + f"not enough negatives ({report['different']} different pairs; a FAR needs 1/FAR)")  # fmt: skip
     lines += [
         f"no face       {report['fallbacks']} of {report['images']} images (centre crop used)",
         f"time          detect+align {secs['align']:.1f} s, embed {secs['embed']:.1f} s, "

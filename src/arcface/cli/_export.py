@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
+from arcface.inference.export import export_onnx
+from arcface.inference.loader import load_model
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``export`` subcommand."""
@@ -17,18 +22,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, export it, print the contract and the parity line."""
-    import torch
-
-    from arcface.inference.backends import TorchBackend
-    from arcface.inference.export import export_onnx
-    from arcface.inference.zoo import load_backend
-
-    backend = load_backend(args.model, arch=args.arch)
-    if not isinstance(backend, TorchBackend):
+    model = load_model(args.model, arch=args.arch, precision="fp32", backend="auto")
+    if model.module is None:
         raise ValueError(f"{args.model}: only PyTorch models (.safetensors, .pth, default) can be exported")
+    c = model.contract
     torch.set_grad_enabled(False)
-    report = export_onnx(backend.module, backend.contract, args.out, opset=args.opset)
-    print(f"wrote {args.out} ({backend.contract.architecture}, {backend.contract.embedding_size}-D, "
-          f"input (B, 3, {backend.contract.input_size[0]}, {backend.contract.input_size[1]}), dynamic batch)")
+    report = export_onnx(model.module, c, args.out, opset=args.opset)
+    print(f"wrote {args.out} ({c.architecture}, {c.embedding_size}-D, "
+          f"input (B, 3, {c.input_size[0]}, {c.input_size[1]}), dynamic batch)")  # fmt: skip
     print(report)
     return 0

@@ -18,11 +18,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
-from arcface.cli._batch import EXIT_ERROR, EXIT_NO_FACE, EXIT_OK, add_detector_args
+from arcface.batch.failures import Failure, failure_of
+from arcface.cli._args import (
+    EXIT_ERROR,
+    EXIT_NO_FACE,
+    EXIT_OK,
+    CliError,
+    add_detector_args,
+    add_model_args,
+    print_failures,
+    recognizer_from_args,
+)
+from arcface.gallery import Gallery
+from arcface.index import INDEX_KINDS
+from arcface.inference.recognizer import NoFaceError
+from arcface.io.files import find_images, is_image_name
+from arcface.io.images import ImageError
+from arcface.runtime.progress import progress
 
 DEFAULT_GALLERY = ".arcface-gallery"
 
@@ -31,13 +48,11 @@ def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
     default = os.environ.get("ARCFACE_GALLERY") or DEFAULT_GALLERY
     p.add_argument("--gallery", default=default, metavar="DIR", help=f"the gallery folder (default {default})")
     if model:
-        p.add_argument("--model", default="default", help="default, sface, or a .safetensors/.onnx model file")
-        p.add_argument("--arch", default=None, help="backbone name for a .pth state dict (r50, mbf, ...)")
+        add_model_args(p)
         p.add_argument(
-            "--index", choices=("exact", "hnsw", "ivf"), default="exact",
+            "--index", choices=INDEX_KINDS, default="exact",
             help="search index: exact (default) or approximate for large galleries",
         )  # fmt: skip
-        p.add_argument("--flip", action="store_true", help="flip-test fusion (image + mirror)")
         add_detector_args(p)
 
 
@@ -86,37 +101,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _quiet_faiss() -> None:
     """FAISS logs which SIMD build it loaded at INFO; not news for a CLI user."""
-    import logging
-
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-
-
-def _recognizer(args: argparse.Namespace):
-    from arcface.cli._batch import detector_options
-    from arcface.inference.recognizer import FaceRecognizer
-
-    name, options = detector_options(args)
-    max_side = options.pop("max_side")
-    return FaceRecognizer(
-        args.model,
-        name,
-        flip=args.flip,
-        max_side=max_side,
-        detector_options=options,
-        model_options={"arch": args.arch} if args.arch else None,
-    )
 
 
 def run_enroll(args: argparse.Namespace) -> int:
     """Enrol the main face of every photo of each person folder."""
     _quiet_faiss()
-    from arcface.cli import CliError
-    from arcface.cli._batch import Failure, failure_of, print_failures
-    from arcface.gallery import Gallery
-    from arcface.inference.recognizer import NoFaceError
-    from arcface.io.files import find_images, is_image_name
-    from arcface.io.images import ImageError
-    from arcface.runtime.progress import progress
 
     root = Path(args.dir)
     if not root.is_dir():
@@ -130,7 +120,7 @@ def run_enroll(args: argparse.Namespace) -> int:
     if not photos:
         raise CliError(f"{root}: no person sub-folder with images")
 
-    rec = _recognizer(args)
+    rec = recognizer_from_args(args)
     failures: list[Failure] = []
     enrolled = skipped = 0
     new_people: list[str] = []
@@ -161,13 +151,11 @@ def run_enroll(args: argparse.Namespace) -> int:
                     flush(current, items)
                 current, items = person, []
             try:
-                found = rec.align(path)
-                if not found:
-                    raise NoFaceError(str(path))
+                crop = rec.main_crop(path)
             except (ImageError, NoFaceError, ValueError, OSError) as e:
                 failures.append(failure_of(str(path), e))
                 continue
-            items.append((f"{person.name}/{path.relative_to(person).as_posix()}", found[0]))
+            items.append((f"{person.name}/{path.relative_to(person).as_posix()}", crop))
         if current is not None:
             flush(current, items)
         total_people, total_faces = gallery.count_identities(), gallery.count()
@@ -189,15 +177,11 @@ def run_enroll(args: argparse.Namespace) -> int:
 def run_search(args: argparse.Namespace) -> int:
     """Print the identities most similar to the main face of a photo."""
     _quiet_faiss()
-    from arcface.cli import CliError
-    from arcface.gallery import Gallery
-    from arcface.inference.recognizer import NoFaceError
-
     if args.k < 1 or args.top < 1:
         raise CliError(f"-k and --top must be positive, got {args.k} and {args.top}")
     if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
         raise CliError(f"--threshold is a cosine in [-1, 1], got {args.threshold}")
-    rec = _recognizer(args)
+    rec = recognizer_from_args(args)
     threshold = args.threshold if args.threshold is not None else rec.threshold
     with Gallery.open(args.gallery, rec.contract, index=args.index, create=False) as gallery:
         try:
@@ -238,8 +222,6 @@ def run_search(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     """Print the identities of the gallery."""
     _quiet_faiss()
-    from arcface.gallery import Gallery
-
     with Gallery.open(args.gallery, create=False) as gallery:
         people = gallery.list_identities()
         contract = gallery.contract
@@ -263,8 +245,6 @@ def run_list(args: argparse.Namespace) -> int:
 def run_remove(args: argparse.Namespace) -> int:
     """Remove an identity (or one face)."""
     _quiet_faiss()
-    from arcface.gallery import Gallery
-
     with Gallery.open(args.gallery, create=False) as gallery:
         if args.face:
             gallery.remove_face(args.id)

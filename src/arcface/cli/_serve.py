@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from arcface.cli._args import CliError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``serve`` subcommand."""
@@ -33,13 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the settings, build the app, serve until interrupted."""
-    from arcface.cli import CliError
-
-    try:
+    try:  # FastAPI and uvicorn are optional (the [all] extra): only the service needs them
         import uvicorn
 
-        from arcface.serve import create_app
-        from arcface.serve.settings import Settings
+        from arcface.serve import create_app  # needs FastAPI (optional)
+        from arcface.serve.settings import Settings  # the service's settings, with it
     except ImportError as e:
         msg = f"the service needs FastAPI and uvicorn ({e.name} is missing): pip install 'arcface[all]'"
         raise CliError(msg) from None

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from arcface.engine.config import load_config
+from arcface.engine.distributed import cleanup, init_distributed
+from arcface.engine.trainer import Trainer
+from arcface.eval.hook import build_evaluator
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``train`` subcommand."""
@@ -27,15 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, join torchrun's process group if any, train, clean up."""
-    from arcface.engine.config import load_config
-    from arcface.engine.distributed import cleanup, init_distributed
-    from arcface.engine.trainer import Trainer
-
     cfg = load_config(args.config, args.overrides)
     evaluate = None
     if cfg.eval.every > 0 and cfg.eval.sets:
-        from arcface.eval.hook import build_evaluator
-
         evaluate = build_evaluator(cfg)
     dist = init_distributed(cfg.train.device)
     try:

@@ -12,8 +12,8 @@ import argparse
 import json
 import sys
 
-from arcface.cli._batch import EXIT_NO_FACE, EXIT_OK, add_detector_args
-from arcface.cli._eval import add_embedder_args
+from arcface.cli._args import EXIT_NO_FACE, EXIT_OK, CliError, add_detector_args, add_model_args, recognizer_from_args
+from arcface.inference.recognizer import NoFaceError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,14 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("a", metavar="A", help="first photo")
     p.add_argument("b", metavar="B", help="second photo")
-    p.add_argument("--model", default="default", help="default, sface, or a .safetensors/.onnx model file")
-    p.add_argument("--arch", default=None, help="backbone name for a .pth state dict (r50, mbf, ...)")
+    add_model_args(p)
     p.add_argument(
         "--threshold", type=float, default=None, metavar="T",
         help="cosine threshold (default: the model's calibrated one)",
     )  # fmt: skip
-    p.add_argument("--flip", action="store_true", help="flip-test fusion (image + mirror image)")
-    add_embedder_args(p)
     p.add_argument("--aligned", action="store_true", help="A and B are already aligned crops (no detection)")
     add_detector_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -42,25 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Embed the main face of each photo and compare them."""
-    from arcface.cli import CliError
-    from arcface.cli._batch import detector_options
-    from arcface.inference.recognizer import FaceRecognizer, NoFaceError
-
     if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
         raise CliError(f"--threshold is a cosine in [-1, 1], got {args.threshold}")
-    name, options = detector_options(args)
-    max_side = options.pop("max_side")
-    rec = FaceRecognizer(
-        args.model,
-        name,
-        flip=args.flip,
-        precision=args.precision,
-        backend=args.backend,
-        threshold=args.threshold,
-        max_side=max_side,
-        detector_options=options,
-        model_options={"arch": args.arch} if args.arch else None,
-    )
+    rec = recognizer_from_args(args, threshold=args.threshold)
     if rec.threshold is None:
         raise CliError(
             f"model {args.model} ({rec.contract.architecture}, contract {rec.contract.id}) has no calibrated "

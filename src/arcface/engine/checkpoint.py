@@ -1,4 +1,4 @@
-"""Atomic checkpoints and backbone weight files.
+"""Atomic training checkpoints (backbone weight files: :mod:`arcface.models.weights`).
 
 A checkpoint is written to a temporary file in the same directory, flushed to disk, then renamed
 over its final name, so a crash never leaves a half-written checkpoint and the previous one stays.
@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from arcface.models.weights import torch_load_safely
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
 
@@ -101,46 +103,4 @@ def prune_checkpoints(out_dir: str | Path, keep_last: int) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a training checkpoint safely (``weights_only=True``) onto the CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a torn or foreign file: say which, do not show a pickle traceback
-        raise ValueError(f"checkpoint {path} could not be read: {e}") from None
-
-
-def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in sd.items():
-        for prefix in ("module.", "_orig_mod.", "backbone."):
-            if k.startswith(prefix):
-                k = k[len(prefix) :]
-        out[k] = v
-    return out
-
-
-def load_backbone_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Backbone weights from our checkpoint, a ``.safetensors`` file or an arcface_torch ``backbone.pth``.
-
-    Returns a state dict with DDP/compile prefixes removed, ready for ``load_state_dict(strict=True)``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return _strip_prefixes(load_file(str(path)))
-    obj = load_checkpoint(path)
-
-    def is_state_dict(o: Any) -> bool:
-        return isinstance(o, dict) and len(o) > 0 and all(isinstance(v, torch.Tensor) for v in o.values())
-
-    if not is_state_dict(obj) and isinstance(obj, dict):
-        # our training checkpoints keep the backbone under "model"; other tools use these keys
-        obj = next((obj[k] for k in ("model", "state_dict", "backbone") if is_state_dict(obj.get(k))), obj)
-    if not is_state_dict(obj):
-        what = f"keys {list(obj)[:5]}" if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{path} holds no state dict of tensors ({what})")
-    return _strip_prefixes(obj)
+    return torch_load_safely(path, "checkpoint")

@@ -16,6 +16,8 @@ from typing import Any, Union
 
 import yaml
 
+from arcface.engine.optim import OPTIMIZERS, SCHEDULES
+
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the offending key."""
@@ -277,10 +279,13 @@ def validate(cfg: Config) -> None:
             cfg.head.init in ("random", "class_means"),
             f"head.init: unknown initialisation {cfg.head.init!r} (random, class_means)",
         ),
-        (cfg.optim.name in ("sgd", "adamw"), f"optim.name: unknown optimiser {cfg.optim.name!r} (sgd, adamw)"),
         (
-            cfg.schedule.name in ("step", "poly", "constant"),
-            f"schedule.name: unknown schedule {cfg.schedule.name!r} (step, poly, constant)",
+            cfg.optim.name in OPTIMIZERS,
+            f"optim.name: unknown optimiser {cfg.optim.name!r} ({', '.join(OPTIMIZERS.names())})",
+        ),
+        (
+            cfg.schedule.name in SCHEDULES,
+            f"schedule.name: unknown schedule {cfg.schedule.name!r} ({', '.join(SCHEDULES.names())})",
         ),
         (
             cfg.train.precision in ("auto", "fp32", "bf16", "fp16"),
@@ -294,6 +299,3 @@ def validate(cfg: Config) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
-    for i, s in enumerate(cfg.eval.sets):
-        if s.kind not in ("bin", "pairs"):
-            raise ConfigError(f"eval.sets[{i}].kind: unknown {s.kind!r} (bin, pairs)")

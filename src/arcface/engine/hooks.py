@@ -12,14 +12,28 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from arcface.runtime.progress import Progress
 
-if TYPE_CHECKING:
-    from arcface.engine.trainer import Trainer
-
 log = logging.getLogger(__name__)
+
+
+class Trainer(Protocol):
+    """What a hook sees of :class:`arcface.engine.trainer.Trainer` (hooks do not import the trainer)."""
+
+    step: int
+    max_steps: int
+    samples_per_step: int
+    out_dir: Path
+    dist: Any
+    contract: Any
+    epoch: int
+    bare_model: Any
+
+    def save_checkpoint(self, keep_last: int = 2) -> Path | None: ...
+
+    def save_backbone(self, path: str | Path) -> None: ...
 
 
 class Hook:
@@ -139,7 +153,7 @@ class CheckpointHook(Hook):
 
 
 class EvalHook(Hook):
-    """Runs ``evaluate(model) -> {set name: accuracy}`` every ``every`` steps; keeps the best backbone.
+    """Runs ``evaluate(model, contract) -> {set name: accuracy}`` every ``every`` steps; keeps the best backbone.
 
     The best model (highest mean accuracy over the sets) is written to ``DIR/best.safetensors`` and
     its scores to ``DIR/best.json``; every result is appended to ``DIR/eval.jsonl``.
@@ -158,7 +172,7 @@ class EvalHook(Hook):
     def _run(self, trainer: Trainer) -> None:
         if not trainer.dist.is_main:
             return
-        scores = self.evaluate(trainer.bare_model)
+        scores = self.evaluate(trainer.bare_model, trainer.contract)
         mean = sum(scores.values()) / max(1, len(scores))
         rec = {"step": trainer.step, "mean": mean, **scores}
         with (trainer.out_dir / "eval.jsonl").open("a") as f:

@@ -11,14 +11,17 @@ instead of O(num_local * D). Dense gradients go through ``torch.optim.SGD`` unch
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
-from arcface.engine.config import OptimConfig, ScheduleConfig
+from arcface.registry import Registry
 
 __all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
     "DenseGradAdamW",
     "RowSparseSGD",
     "build_optimizer",
@@ -184,44 +187,67 @@ def clip_grad_norm_(
     return total
 
 
-def build_optimizer(cfg: OptimConfig, model: nn.Module, head: nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum, weight decay; row-sparse aware) or AdamW over the backbone and the head.
+#: Optimisers by ``optim.name``: ``factory(param_groups, cfg) -> torch.optim.Optimizer``.
+OPTIMIZERS: Registry[Callable[[list[dict], Any], torch.optim.Optimizer]] = Registry("optimiser")
+#: Learning-rate schedules by ``schedule.name``: ``factor(cfg, step after warm-up, steps after warm-up) -> float``.
+SCHEDULES: Registry[Callable[[Any, int, int], float]] = Registry("schedule")
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(groups: list[dict], cfg: Any) -> torch.optim.Optimizer:
+    return RowSparseSGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(groups: list[dict], cfg: Any) -> torch.optim.Optimizer:
+    return DenseGradAdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+@SCHEDULES.register("constant")
+def _constant(cfg: Any, step: int, span: int) -> float:
+    return 1.0
+
+
+@SCHEDULES.register("step")
+def _step(cfg: Any, step: int, span: int) -> float:
+    return cfg.gamma ** bisect.bisect_right(sorted(cfg.milestones), step + cfg.warmup_steps)
+
+
+@SCHEDULES.register("poly")
+def _poly(cfg: Any, step: int, span: int) -> float:
+    return (1.0 - min(1.0, step / max(1, span))) ** cfg.power
+
+
+def build_optimizer(cfg: Any, model: nn.Module, head: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser ``cfg.name`` of :data:`OPTIMIZERS` (an ``OptimConfig``) over the backbone and the head.
 
     SGD is :class:`RowSparseSGD`: ``torch.optim.SGD`` for dense gradients, a lazy row update for
     Partial FC's sampled centres. AdamW is :class:`DenseGradAdamW` (sparse centre gradients are
     densified first).
+
+    Raises:
+        KeyError: an unknown name (the message lists the known ones).
     """
     groups = param_groups([(model, 1.0), (head, cfg.head_lr_mult)], cfg.weight_decay, cfg.no_decay_1d)
     for g in groups:
         g["lr"] = cfg.lr * g["lr_mult"]
-    if cfg.name == "sgd":
-        return RowSparseSGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.name == "adamw":
-        return DenseGradAdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    raise ValueError(f"optim.name: unknown optimiser {cfg.name!r}")
+    return OPTIMIZERS.get(cfg.name)(groups, cfg)
 
 
-def lr_factor(cfg: ScheduleConfig, step: int, total_steps: int) -> float:
-    """The multiplier of the base lr at optimiser step ``step`` (0-based) of ``total_steps``.
+def lr_factor(cfg: Any, step: int, total_steps: int) -> float:
+    """The multiplier of the base lr at optimiser step ``step`` (0-based) of ``total_steps`` (a ``ScheduleConfig``).
 
-    Linear warm-up over ``warmup_steps`` (reaching 1.0 at the last warm-up step), then the schedule.
+    Linear warm-up over ``warmup_steps`` (reaching 1.0 at the last warm-up step), then the schedule ``cfg.name`` of
+    :data:`SCHEDULES`.
     """
     warm = cfg.warmup_steps
     if step < warm:
         return (step + 1) / warm
-    if cfg.name == "constant":
-        return 1.0
-    if cfg.name == "step":
-        return cfg.gamma ** bisect.bisect_right(sorted(cfg.milestones), step)
-    if cfg.name == "poly":
-        span = max(1, total_steps - warm)
-        t = min(1.0, (step - warm) / span)
-        return (1.0 - t) ** cfg.power
-    raise ValueError(f"schedule.name: unknown schedule {cfg.name!r}")
+    return SCHEDULES.get(cfg.name)(cfg, step - warm, total_steps - warm)
 
 
 def build_scheduler(
-    cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, total_steps: int
+    cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR stepped once per optimiser step (not per micro-batch)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, total_steps))

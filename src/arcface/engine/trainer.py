@@ -9,6 +9,7 @@ hooks (:mod:`arcface.engine.hooks`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import zlib
@@ -17,15 +18,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as tdist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from arcface.align.template import TEMPLATE_NAME, template_for_size
+from arcface.data import build_dataset
+from arcface.data.sampler import ResumableDistributedSampler
+from arcface.data.transforms import TrainTransform
 from arcface.engine import checkpoint as ckpt
 from arcface.engine.config import Config, ConfigError
 from arcface.engine.distributed import DistInfo, barrier
 from arcface.engine.hooks import CheckpointHook, EvalHook, Hook, LoggerHook, ensure_dir
 from arcface.engine.optim import build_optimizer, build_scheduler, clip_grad_norm_
+from arcface.heads import create_head
+from arcface.heads.partial_fc import PartialFC
+from arcface.inference.contract import TEMPLATES, ContractError, ModelContract, read_contract, save_model
+from arcface.models import create_model
+from arcface.models.weights import load_backbone_weights
 from arcface.runtime.amp import autocast, resolve_precision
+from arcface.runtime.memory import retain_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +99,8 @@ def build_classifier(cfg: Config, num_classes: int, dist: DistInfo) -> nn.Module
     Partial FC at sample_rate 1.0 in one process computes exactly the full head; more than one rank
     always uses it, since it shards the class centres across ranks.
     """
-    from arcface.heads import create_head
-
     h = cfg.head
     if h.partial_fc or h.sample_rate < 1.0 or dist.world_size > 1:
-        from arcface.heads.partial_fc import PartialFC
-
         return _bad_kwargs(
             "head.params",
             PartialFC,
@@ -122,7 +130,8 @@ class Trainer:
             schedules, scaler, sampler position and RNG states).
         init_from: backbone weights to fine-tune from (ours or an arcface_torch ``backbone.pth``);
             only the backbone is loaded, with ``strict=True``.
-        evaluate: ``model -> {set: accuracy}`` for the periodic evaluation hook.
+        evaluate: ``(model, contract) -> {set: accuracy}`` for the periodic evaluation hook (the contract says how
+            the model is fed).
         progress: show a progress bar on rank 0.
     """
 
@@ -135,14 +144,10 @@ class Trainer:
         max_steps: int | None = None,
         resume: bool = False,
         init_from: str | Path | None = None,
-        evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+        evaluate: Callable[[nn.Module, ModelContract], dict[str, float]] | None = None,
         progress: bool = True,
         extra_hooks: list[Hook] | None = None,
     ) -> None:
-        from arcface.data import build_dataset
-        from arcface.data.sampler import ResumableDistributedSampler
-        from arcface.models import create_model
-
         self.cfg = cfg
         self.dist = dist or DistInfo()
         self.device = self.dist.device
@@ -152,19 +157,19 @@ class Trainer:
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.step = 0
         if self.device.type == "cpu":
-            from arcface.runtime.memory import retain_freed_memory
-
             retain_freed_memory()  # CPU steps reuse freed activation buffers (bench/allocator.py: +16% mbf samples/s)
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
-        self.dataset = _bad_kwargs("data.params", build_dataset, cfg.data.kind, **cfg.data.params)
+        self.contract = model_contract(cfg, init_from)  # drives the input normalisation and the saved file
+        transform = TrainTransform.for_contract(self.contract)
+        self.dataset = _bad_kwargs("data.params", build_dataset, cfg.data.kind, transform=transform, **cfg.data.params)
         num_classes = int(self.dataset.num_classes)
 
         model = _bad_kwargs(
             "model.options", create_model, cfg.model.name, num_features=cfg.model.num_features, **cfg.model.options
         )
         if init_from is not None:
-            sd = ckpt.load_backbone_weights(init_from)
+            sd = load_backbone_weights(init_from)
             try:
                 model.load_state_dict(sd, strict=True)
             except RuntimeError as e:
@@ -215,8 +220,6 @@ class Trainer:
         """Set each class centre to the normalised mean embedding of the class's images (``head.init:
         class_means``), so fine-tuning a trained backbone starts from a head that already fits it instead of
         pushing random-centre gradients into the backbone. Classes without images keep their random centre."""
-        from arcface.heads.partial_fc import PartialFC
-
         head = self.head
         start, n = (head.class_start, head.num_local) if isinstance(head, PartialFC) else (0, head.num_classes)
         if int(getattr(head, "rows_per_class", 1)) != 1:
@@ -364,8 +367,6 @@ class Trainer:
     def _gather(self, obj: Any) -> list[Any]:
         if self.dist.world_size == 1:
             return [obj]
-        import torch.distributed as tdist
-
         out: list[Any] = [None] * self.dist.world_size
         tdist.all_gather_object(out, obj)
         return out
@@ -435,24 +436,58 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     def save_backbone(self, path: str | Path) -> None:
-        """Write the backbone as safetensors with its embedding contract (rank 0 only)."""
+        """Write the backbone as safetensors with its embedding contract (rank 0 only).
+
+        The contract is :attr:`contract` (the model's own when fine-tuning one) with the new weights: the weights'
+        SHA-256 is recomputed, and a calibrated threshold is dropped (it belonged to the old weights).
+        """
         if not self.dist.is_main:
             return
-        from arcface.inference.contract import TEMPLATES, ModelContract, save_model
-
-        opts = dict(self.cfg.model.options)
-        size = opts.get("input_size", 112)
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        ratio = size[1] / 112.0  # the 112x112 template scaled to the crop, as norm_crop does
-        contract = ModelContract(
-            architecture=self.cfg.model.name,
-            embedding_size=self.cfg.model.num_features,
-            options=opts,
-            input_size=size,
-            template_points=tuple((x * ratio, y * ratio) for x, y in TEMPLATES["arcface_112"]),
-            source=f"arcface trainer: {self.step} steps, head {self.cfg.head.kind} {self.cfg.head.params}",
+        contract = dataclasses.replace(
+            self.contract,
+            threshold=None,
+            calibrated_on=None,
+            source=f"arcface trainer: {self.step} steps, head {self.cfg.head.kind} {self.cfg.head.params}"
+            + (f"; fine-tuned from {self.contract.source}" if self.contract.source else ""),
         )
         save_model(self.bare_model, contract, path)
+
+
+def model_contract(cfg: Config, init_from: str | Path | None = None) -> ModelContract:
+    """The contract of the model a config trains: the ``--init-from`` model file's own when it carries one (fine-tuning
+    keeps the model's normalisation, colour order, input size and template), else ours (RGB, ``(x - 127.5) / 127.5``,
+    the arcface template at the model's ``input_size``).
+
+    Raises:
+        ConfigError: the init model's architecture, options or embedding size differ from the config's.
+    """
+    opts = dict(cfg.model.options)
+    if init_from is not None and Path(init_from).suffix == ".safetensors":
+        try:
+            base = read_contract(init_from)
+        except ContractError:
+            base = None  # plain safetensors weights without a contract: ours applies
+        if base is not None:
+            ours = (cfg.model.name, cfg.model.num_features, opts)
+            theirs = (base.architecture, base.embedding_size, base.options)
+            if ours != theirs:
+                raise ConfigError(
+                    f"--init-from {init_from} is a {theirs[0]} {theirs[1]}-D model with options {theirs[2]}; "
+                    f"the config trains {ours[0]} {ours[1]}-D with options {ours[2]} (set model.name, "
+                    "model.num_features and model.options to match)"
+                )
+            return base
+    size = opts.get("input_size", 112)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    try:
+        points = tuple(map(tuple, template_for_size(size[1]).tolist()))
+    except ValueError:  # a size the template does not scale to (64x64 crops of the 112 template): scale it
+        ratio = size[1] / 112.0
+        points = tuple((x * ratio, y * ratio) for x, y in TEMPLATES[TEMPLATE_NAME])
+    return ModelContract(
+        architecture=cfg.model.name, embedding_size=cfg.model.num_features, options=opts, input_size=size,
+        template_points=points,
+    )  # fmt: skip
 
 
 def finite_or_none(x: float) -> float | None:

@@ -27,10 +27,11 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from arcface.eval.verification import contiguous_folds
+from arcface.eval.metrics import contiguous_folds
 
 __all__ = [
     "BinFormatError",
@@ -67,6 +68,10 @@ class PairSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def image_pairs(self) -> list[tuple[Any, Any, bool]]:
+        """Each pair as (image A, image B, same person)."""
+        return [(self.images[a], self.images[b], bool(y)) for (a, b), y in zip(self.pairs.tolist(), self.labels)]
 
 
 class BinFormatError(ValueError):

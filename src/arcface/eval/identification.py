@@ -1,8 +1,5 @@
-"""1:N identification: a FAISS gallery index, MegaFace-style CMC, open-set TPIR@FPIR, and TAR@FAR from a numpy ROC.
+"""1:N identification: MegaFace-style CMC and open-set TPIR@FPIR over a :class:`~arcface.index.VectorIndex`.
 
-    >>> index = IdentificationIndex(512, kind="hnsw")          # or "exact" (IndexFlatIP), "ivf"
-    >>> index.add(gallery, ids)                               # (N, 512) unit rows, (N,) int64
-    >>> scores, found = index.search(queries, k=10)           # (Q, 10) cosine, (Q, 10) ids (-1: none)
     >>> evaluate_identification(probes, probe_ids, None, None, distractors)["cmc"]
     {1: 0.98, 5: 0.99, 10: 1.0}
 
@@ -16,240 +13,20 @@ Protocols of :func:`evaluate_identification`:
   position holding the probe's identity.
 
 Verification numbers (``tar_at_far``) use genuine = the mated pair scores and impostors = probe x distractor scores.
-The ROC is written with numpy (no scikit-learn): at FAR f the threshold is the score of the ``floor(f * n_neg) + 1``-th
-highest impostor, so at most ``f * n_neg`` impostors pass (strictly above it); where ``f * n_neg < 1`` the FAR cannot
-be measured and the value is ``None`` ("not enough negatives").
+The TAR@FAR rule is :func:`arcface.eval.metrics.tar_at_far`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "DEFAULT_FARS",
-    "IdentificationIndex",
-    "cmc_from_ranks",
-    "evaluate_identification",
-    "open_set_identification",
-    "tar_at_far",
-]
+from arcface.eval.metrics import DEFAULT_FARS, cmc_from_ranks, tar_at_far, threshold_at_far
+from arcface.index import VectorIndex
 
-#: FAR values reported by default: 1e-6 ... 1e-1.
-DEFAULT_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-
-_KINDS = ("exact", "hnsw", "ivf")
-
-
-# --------------------------------------------------------------------------------------------------
-# ROC
-
-
-def tar_at_far(
-    genuine: np.ndarray, impostor: np.ndarray, fars: Iterable[float] = DEFAULT_FARS
-) -> dict[float, dict[str, Any]]:
-    """True accept rate at fixed false accept rates, from the empirical ROC.
-
-    Args:
-        genuine: (P,) scores of same-identity pairs.
-        impostor: (N,) scores of different-identity pairs.
-        fars: target false accept rates in (0, 1].
-
-    Returns:
-        ``{far: {"tar": float | None, "threshold": float | None, "far": measured FAR | None}}``; ``tar`` is None
-        with ``"note": "not enough negatives"`` where ``far * N < 1``.
-
-    Raises:
-        ValueError: empty score sets or a FAR outside (0, 1].
-    """
-    genuine = np.asarray(genuine, dtype=np.float64).ravel()
-    impostor = np.asarray(impostor, dtype=np.float64).ravel()
-    if genuine.size == 0 or impostor.size == 0:
-        raise ValueError(f"need genuine and impostor scores, got {genuine.size} and {impostor.size}")
-    n_neg = impostor.size
-    neg_desc = -np.sort(-impostor)  # (N,) highest first
-    out: dict[float, dict[str, Any]] = {}
-    for far in fars:
-        far = float(far)
-        if not 0.0 < far <= 1.0:
-            raise ValueError(f"FAR must be in (0, 1], got {far}")
-        allowed = math.floor(far * n_neg + 1e-9)  # impostors that may pass
-        if allowed < 1:
-            out[far] = {"tar": None, "threshold": None, "far": None, "note": "not enough negatives"}
-            continue
-        if allowed >= n_neg:
-            threshold = float(neg_desc[-1]) - 1e-12
-        else:
-            threshold = float(neg_desc[allowed])  # pass = strictly above the (allowed+1)-th highest
-        out[far] = {
-            "tar": float(np.mean(genuine > threshold)),
-            "threshold": threshold,
-            "far": float(np.mean(impostor > threshold)),
-        }
-    return out
-
-
-def cmc_from_ranks(ranks: np.ndarray, at: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
-    """Cumulative match characteristic: the share of trials whose 1-based rank is <= r.
-
-    Args:
-        ranks: (T,) 1-based ranks of the correct match (``np.inf`` or any value > max(at) for "not found").
-        at: the ranks to report.
-
-    Returns:
-        ``{r: share}``.
-    """
-    ranks = np.asarray(ranks, dtype=np.float64)
-    if ranks.size == 0:
-        raise ValueError("no trials")
-    return {int(r): float(np.mean(ranks <= r)) for r in at}
-
-
-# --------------------------------------------------------------------------------------------------
-# Index
-
-
-class IdentificationIndex:
-    """A gallery of unit embeddings searched by inner product (= cosine) through FAISS.
-
-    Args:
-        dim: D, the embedding length.
-        kind: ``"exact"`` (``IndexFlatIP``), ``"hnsw"`` (``IndexHNSWFlat``, inner-product metric) or ``"ivf"``
-            (``IndexIVFFlat`` over a flat inner-product quantizer, trained on the first ``add``).
-        m: HNSW neighbours per node.
-        ef_construction: HNSW build beam width.
-        ef_search: HNSW search beam width (at least ``k`` is used).
-        nlist: IVF cells; lowered to ``n_train // 39`` when the training sample is smaller (FAISS wants ~39
-            points per centroid).
-        nprobe: IVF cells visited per query.
-        train_size: most vectors sampled from the first ``add`` to train the IVF quantizer.
-        seed: sampling seed of the IVF training set.
-
-    Ids are int64 labels kept beside the index (position -> id), so every kind accepts arbitrary ids.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        kind: str = "exact",
-        *,
-        m: int = 32,
-        ef_construction: int = 40,
-        ef_search: int = 64,
-        nlist: int = 1024,
-        nprobe: int = 16,
-        train_size: int = 50_000,
-        seed: int = 0,
-    ) -> None:
-        import faiss
-
-        if kind not in _KINDS:
-            raise ValueError(f"unknown index kind {kind!r}; expected one of {_KINDS}")
-        if dim < 1:
-            raise ValueError(f"dim must be positive, got {dim}")
-        self.dim = int(dim)
-        self.kind = kind
-        self.nlist = int(nlist)
-        self.nprobe = int(nprobe)
-        self.ef_search = int(ef_search)
-        self.train_size = int(train_size)
-        self.seed = int(seed)
-        self._ids = np.zeros(0, dtype=np.int64)
-        if kind == "exact":
-            self.index = faiss.IndexFlatIP(self.dim)
-        elif kind == "hnsw":
-            self.index = faiss.IndexHNSWFlat(self.dim, int(m), faiss.METRIC_INNER_PRODUCT)
-            self.index.hnsw.efConstruction = int(ef_construction)
-        else:
-            self.index = None  # built at the first add, when the training sample fixes nlist
-
-    def __len__(self) -> int:
-        return int(self._ids.size)
-
-    def __repr__(self) -> str:
-        return f"IdentificationIndex(dim={self.dim}, kind={self.kind!r}, size={len(self)})"
-
-    def add(self, embeddings: np.ndarray, ids: np.ndarray | None = None) -> None:
-        """Add gallery rows.
-
-        Args:
-            embeddings: (N, D) float32 unit rows.
-            ids: (N,) int labels; default the running positions ``len(self) .. len(self) + N - 1``.
-        """
-        x = _as_matrix(embeddings, self.dim)
-        if ids is None:
-            ids = np.arange(len(self), len(self) + x.shape[0], dtype=np.int64)
-        ids = np.asarray(ids, dtype=np.int64).ravel()
-        if ids.shape[0] != x.shape[0]:
-            raise ValueError(f"{x.shape[0]} embeddings but {ids.shape[0]} ids")
-        if x.shape[0] == 0:
-            return
-        if self.index is None:
-            self.index = self._train_ivf(x)
-        self.index.add(x)
-        self._ids = np.concatenate([self._ids, ids])
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` best gallery rows of each query.
-
-        Args:
-            queries: (Q, D) float32 unit rows.
-            k: results per query.
-
-        Returns:
-            scores (Q, k) float32 inner products, highest first (``-inf`` where fewer than k were found) and
-            ids (Q, k) int64 (-1 there).
-        """
-        q = _as_matrix(queries, self.dim)
-        k = int(k)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if len(self) == 0:
-            return np.full((q.shape[0], k), -np.inf, np.float32), np.full((q.shape[0], k), -1, np.int64)
-        if self.kind == "hnsw":
-            self.index.hnsw.efSearch = max(self.ef_search, k)
-        elif self.kind == "ivf":
-            self.index.nprobe = self.nprobe
-        scores, pos = self.index.search(q, k)  # (Q, k), (Q, k) positions, -1 = none
-        found = pos >= 0
-        ids = np.where(found, self._ids[np.where(found, pos, 0)], -1)
-        scores = np.where(found, scores, -np.inf).astype(np.float32)
-        return scores, ids.astype(np.int64)
-
-    @property
-    def nbytes(self) -> int:
-        """Size of the serialised FAISS index in bytes (vectors + graph / lists), plus the id array."""
-        import faiss
-
-        if self.index is None:
-            return 0
-        return int(faiss.serialize_index(self.index).nbytes) + int(self._ids.nbytes)
-
-    def _train_ivf(self, x: np.ndarray):
-        import faiss
-
-        rng = np.random.default_rng(self.seed)
-        n_train = min(x.shape[0], self.train_size)
-        sample = x if n_train == x.shape[0] else x[np.sort(rng.choice(x.shape[0], n_train, replace=False))]
-        nlist = max(1, min(self.nlist, n_train // 39))
-        quantizer = faiss.IndexFlatIP(self.dim)
-        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = self.seed
-        index.train(np.ascontiguousarray(sample))
-        self._quantizer = quantizer  # FAISS does not own it: keep it alive with the index
-        self.nlist = nlist
-        return index
-
-
-def _as_matrix(x: np.ndarray, dim: int) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[1] != dim:
-        raise ValueError(f"expected (N, {dim}) embeddings, got {x.shape}")
-    return x
-
+__all__ = ["evaluate_identification", "open_set_identification"]
 
 # --------------------------------------------------------------------------------------------------
 # Closed-set (MegaFace) evaluation
@@ -284,7 +61,7 @@ def evaluate_identification(
             where there are no distractors).
         index: ``"exact"``, ``"hnsw"`` or ``"ivf"``: how the distractors (``"megaface"``) or gallery + distractors
             (``"gallery"``) are searched. An approximate index is also run exactly and its recall reported.
-        index_params: extra :class:`IdentificationIndex` arguments.
+        index_params: extra :class:`VectorIndex` arguments.
         protocol: ``"megaface"`` (one mated gallery image + all distractors per trial) or ``"gallery"`` (the
             whole gallery + distractors; rank of the first row with the probe's identity).
         max_impostor_pairs: beyond this many probe x distractor pairs the impostor scores of the verification part
@@ -383,7 +160,7 @@ def _search(
 ) -> tuple[np.ndarray, np.ndarray]:
     if x.shape[0] == 0:
         return np.zeros((queries.shape[0], 0), np.float32), np.zeros((queries.shape[0], 0), np.int64)
-    idx = IdentificationIndex(x.shape[1], kind, **params)
+    idx = VectorIndex(x.shape[1], kind, **params)
     idx.add(x, ids)
     return idx.search(queries, k)
 
@@ -460,13 +237,8 @@ def open_set_identification(
     cmc = cmc_from_ranks(rank[mated], ranks)
     top1 = sims.max(axis=1)
     top1_right = hit[:, 0]
-    nonmated_top = np.sort(top1[~mated])[::-1]
     tpir: dict[float, float | None] = {}
     for f in fpirs:
-        allowed = math.floor(float(f) * nonmated_top.size + 1e-9)
-        if nonmated_top.size == 0 or allowed < 1:
-            tpir[float(f)] = None
-            continue
-        thr = nonmated_top[allowed] if allowed < nonmated_top.size else nonmated_top[-1] - 1e-12
-        tpir[float(f)] = float(np.mean(top1_right[mated] & (top1[mated] > thr)))
+        thr = threshold_at_far(top1[~mated], f)  # the non-mated searches' top scores are the impostors
+        tpir[float(f)] = None if thr is None else float(np.mean(top1_right[mated] & (top1[mated] > thr)))
     return {"cmc": cmc, "tpir_at_fpir": tpir, "mated": int(mated.sum()), "non_mated": int((~mated).sum())}

@@ -17,8 +17,8 @@ joined on ``img_name`` (they are row-aligned in the public release, which the jo
 are unique. IJB-B ships ``ijbb_1N_gallery_S1.csv`` / ``_S2.csv`` and ``ijbb_1N_probe_mixed.csv``: pass
 ``galleries=("S1", "S2")``.
 
-Pipeline of :func:`evaluate_ijb`: norm_crop with the given landmarks (no detection) -> backend (flip fusion if the
-backend has it) -> optional detector-score weighting -> media then template pooling -> L2-normalise; 1:1 TAR@FAR at
+Pipeline of :func:`evaluate_ijb`: the contract's crop with the given landmarks (no detection) -> embedder (flip
+fusion if it has it) -> optional detector-score weighting -> media then template pooling -> L2-normalise; 1:1 TAR@FAR at
 1e-6..1e-1 over the template pairs; 1:N CMC and TPIR@FPIR per gallery, averaged over the galleries.
 """
 
@@ -29,15 +29,14 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from arcface.eval.identification import DEFAULT_FARS, open_set_identification, tar_at_far
+from arcface.eval.identification import open_set_identification
+from arcface.eval.metrics import DEFAULT_FARS, tar_at_far
 from arcface.eval.templates import embed_aligned, pool_templates
-
-if TYPE_CHECKING:
-    from arcface.inference.backends import Backend
+from arcface.inference.embedder import Embedder
 
 __all__ = [
     "IJBProtocol",
@@ -307,7 +306,7 @@ def identify_1n(
 
 def evaluate_ijb(
     root: str | os.PathLike | IJBProtocol,
-    backend: Backend,
+    embedder: Embedder,
     *,
     name: str = "ijbc",
     use_detector_score: bool = True,
@@ -323,7 +322,7 @@ def evaluate_ijb(
 
     Args:
         root: the benchmark folder, or an already loaded :class:`IJBProtocol`.
-        backend: embedding backend (``load_backend(..., flip=True)`` for flip-test fusion).
+        embedder: the model (``load_model(..., flip=True)`` for flip-test fusion).
         name: file prefix ("ijbc", "ijbb").
         use_detector_score: weight each image feature by its detector score before pooling.
         fars: 1:1 false accept rates.
@@ -340,7 +339,7 @@ def evaluate_ijb(
     """
     proto = root if isinstance(root, IJBProtocol) else load_ijb(root, name, galleries=galleries)
     if features is None:
-        features = embed_aligned(proto.image_paths, proto.landmarks, backend, batch_size=batch_size,
+        features = embed_aligned(proto.image_paths, proto.landmarks, embedder, batch_size=batch_size,
                                  progress=progress)
     tids, tfeats = pool_templates(features, proto.template_ids, proto.media_ids,
                                   proto.scores if use_detector_score else None)

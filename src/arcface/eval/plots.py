@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from arcface.eval.verification import roc_curve
+from arcface.eval.metrics import roc_curve
 
 __all__ = ["plot_roc"]
 

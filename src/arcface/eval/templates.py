@@ -6,7 +6,7 @@ feature is the "feature centre": image features (optionally weighted by the dete
 the media features are averaged per template, and the result is L2-normalised. Averaging media first keeps a long
 video from outweighing the photos of the same template.
 
-    >>> feats = embed_aligned(images, landmarks, backend)                # (N, D) unit rows
+    >>> feats = embed_aligned(images, landmarks, embedder)               # (N, D) unit rows
     >>> tids, tfeats = pool_templates(feats, template_ids, media_ids)    # (T,), (T, D) unit rows
     >>> video_template(frame_feats)                                      # (D,) unit vector
 """
@@ -14,21 +14,15 @@ video from outweighing the photos of the same template.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from arcface.inference.backends import Backend
-    from arcface.io.images import ImageSource
+from arcface.align.transform import crop
+from arcface.inference.embedder import Embedder
+from arcface.inference.runners import l2_normalise
+from arcface.io.images import ImageSource, load_image
 
-__all__ = ["embed_aligned", "l2_normalize", "pool_templates", "video_template"]
-
-
-def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
-    """``x / ||x||`` along ``axis`` (rows of zeros stay zero), float32."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
+__all__ = ["embed_aligned", "pool_templates", "video_template"]
 
 
 def video_template(frame_features: np.ndarray) -> np.ndarray:
@@ -46,7 +40,7 @@ def video_template(frame_features: np.ndarray) -> np.ndarray:
     frames = np.asarray(frame_features, dtype=np.float32)
     if frames.ndim != 2 or frames.shape[0] == 0:
         raise ValueError(f"expected (F, D) frame features with F >= 1, got {frames.shape}")
-    return l2_normalize(frames.mean(axis=0))
+    return l2_normalise(frames.mean(axis=0))
 
 
 def pool_templates(
@@ -90,57 +84,38 @@ def pool_templates(
     template_sum = np.zeros((templates.shape[0], feats.shape[1]), np.float64)
     np.add.at(template_sum, tgroup, media_feat)
     template_feat = template_sum / np.bincount(tgroup, minlength=templates.shape[0])[:, None]
-    return templates, l2_normalize(template_feat)
+    return templates, l2_normalise(template_feat)
 
 
 def embed_aligned(
     images: Sequence[ImageSource],
     landmarks: np.ndarray,
-    backend: Backend,
+    embedder: Embedder,
     *,
     batch_size: int = 128,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Embed faces whose 5 landmarks are known (no detection): norm_crop each image, run the backend in batches.
+    """Embed faces whose 5 landmarks are known (no detection): crop each image, embed in batches.
 
     Args:
         images: N images (paths, arrays, ... as :func:`arcface.io.images.load_image` reads them), e.g.
             the IJB loose crops.
         landmarks: (N, 5, 2) landmarks in each image's pixels (eyes, nose, mouth corners, image-left first).
-        backend: an embedding backend (:func:`arcface.inference.zoo.load_backend`; its ``flip`` option gives
-            flip-test fusion).
+        embedder: the model (:func:`arcface.load_model`; its ``flip`` gives flip-test fusion).
         batch_size: images loaded and embedded at once (bounds memory).
         progress: called as ``progress(done, total)`` after each batch.
 
     Returns:
         (N, D) float32 unit rows.
     """
-    from arcface.io.images import load_image
-
     lms = np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2)
     if lms.shape[0] != len(images):
         raise ValueError(f"{len(images)} images but {lms.shape[0]} landmark sets")
-    out = np.zeros((len(images), backend.embedding_size), np.float32)
+    out = np.zeros((len(images), embedder.embedding_size), np.float32)
     for s in range(0, len(images), batch_size):
-        crops = [_crop(load_image(img), lm, backend) for img, lm in
-                 zip(images[s : s + batch_size], lms[s : s + batch_size])]
-        out[s : s + len(crops)] = backend.embed_crops(np.stack(crops))
+        crops = [crop(load_image(img), lm, embedder.contract) for img, lm in
+                 zip(images[s : s + batch_size], lms[s : s + batch_size])]  # fmt: skip
+        out[s : s + len(crops)] = embedder.embed(np.stack(crops))
         if progress is not None:
             progress(s + len(crops), len(images))
     return out
-
-
-def _crop(rgb: np.ndarray, landmarks: np.ndarray, backend: Backend) -> np.ndarray:
-    """The aligned crop of the backend's contract (its template and input size), as FaceRecognizer cuts it."""
-    contract = backend.contract
-    h, w = contract.input_size
-    if contract.template == "arcface_112":
-        from arcface.align.transform import norm_crop
-
-        return norm_crop(rgb, landmarks, image_size=h)
-    import cv2
-
-    from arcface.align.transform import estimate_similarity
-
-    matrix = estimate_similarity(np.asarray(landmarks, np.float64), np.asarray(contract.template_points))
-    return cv2.warpAffine(rgb, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)

@@ -7,15 +7,9 @@ per pair (``folds``), :func:`verification_report` computes:
   that maximises accuracy on the *other* folds is applied to fold k; the figure is the mean and (population,
   ``np.std``) standard deviation of the fold accuracies. The per-fold thresholds are reported as cosines and
   as squared L2 distances of unit embeddings (``2 - 2 cos``).
-* **Threshold search** (exact, no grid): a pair is "same" when ``score > threshold``. Candidates are the
-  midpoints between consecutive *distinct* sorted scores, plus one just below the lowest score and the
-  highest score itself; among equally accurate candidates the **lowest** wins (the rule of
-  :func:`arcface.inference.contract.calibrate_threshold`, which does the search).
-* **ROC** over all pairs, its **AUC** (trapezoid, ties counted as half), the **EER** (where the false-accept
-  rate equals the false-reject rate, linearly interpolated on the ROC) and **TAR at FAR** 1e-1, 1e-2, 1e-3:
-  the threshold is the (k+1)-th highest negative score with ``k = floor(FAR * negatives)``, so at most k
-  negatives are accepted. A FAR needs at least ``1 / FAR`` negative pairs; with fewer the entry says
-  ``"not enough negatives"`` instead of giving a number.
+* the threshold search, ROC, AUC, EER and TAR at each FAR of :data:`~arcface.eval.metrics.DEFAULT_FARS` as
+  :mod:`arcface.eval.metrics` defines them (a FAR needs at least ``1 / FAR`` negative pairs; with fewer the
+  entry says ``"not enough negatives"`` instead of giving a number).
 
 The report is a plain JSON-ready dict that keeps ``scores``, ``labels`` and ``folds``, so anyone can recompute
 the figure (:func:`recompute_accuracy`).
@@ -27,198 +21,18 @@ the figure (:func:`recompute_accuracy`).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from arcface.inference.contract import calibrate_threshold
+from arcface.eval.datasets import PairSet
+from arcface.eval.metrics import DEFAULT_FARS, check_scores, contiguous_folds, fold_accuracies, roc_metrics
+from arcface.eval.pipeline import EvalCache, embed_pair_set
+from arcface.inference.embedder import Embedder
 
-if TYPE_CHECKING:
-    from arcface.eval.cache import EvalCache
-    from arcface.eval.datasets import PairSet
-    from arcface.inference.backends import Backend
-
-__all__ = [
-    "DEFAULT_FARS",
-    "best_threshold",
-    "contiguous_folds",
-    "evaluate_pair_set",
-    "fold_accuracies",
-    "pair_scores",
-    "recompute_accuracy",
-    "roc_curve",
-    "roc_metrics",
-    "tar_at_far",
-    "verification_report",
-]
-
-#: False-accept rates of the TAR@FAR columns.
-DEFAULT_FARS = (1e-1, 1e-2, 1e-3)
-
-
-def contiguous_folds(n: int, n_folds: int = 10) -> np.ndarray:
-    """Fold index of each of ``n`` pairs in ``n_folds`` contiguous, near-equal blocks.
-
-    The split of insightface's ``KFold(n_splits=10, shuffle=False)``: the first ``n % n_folds`` folds get
-    one pair more.
-
-    Returns:
-        (n,) int64 in ``0..n_folds-1``, non-decreasing.
-
-    Raises:
-        ValueError: fewer pairs than folds, or ``n_folds < 2``.
-    """
-    if n_folds < 2:
-        raise ValueError(f"need at least 2 folds, got {n_folds}")
-    if n < n_folds:
-        raise ValueError(f"{n} pairs cannot be split into {n_folds} folds")
-    sizes = np.full(n_folds, n // n_folds)
-    sizes[: n % n_folds] += 1
-    return np.repeat(np.arange(n_folds), sizes)
-
-
-def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    """The cosine threshold that maximises accuracy of ``score > threshold`` (exact search; lowest on ties).
-
-    Args:
-        scores: (N,) similarities.
-        labels: (N,) bool, True for same-identity pairs.
-    """
-    return calibrate_threshold(scores, labels)[0]
-
-
-def _check(scores, labels, folds=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    y = np.asarray(labels).reshape(-1)
-    if y.dtype != np.bool_:
-        if not np.isin(y, (0, 1)).all():
-            raise ValueError("labels must be booleans (or 0/1)")
-        y = y.astype(bool)
-    if s.size == 0 or s.size != y.size:
-        raise ValueError(f"need one label per score and at least one pair (got {s.size} scores, {y.size} labels)")
-    if not np.isfinite(s).all():
-        raise ValueError("scores must be finite")
-    f = None
-    if folds is not None:
-        f = np.asarray(folds).reshape(-1)
-        if f.size != s.size or not np.issubdtype(f.dtype, np.integer):
-            raise ValueError(f"folds must be one integer per pair (got {f.size} for {s.size} pairs)")
-        if np.unique(f).size < 2:
-            raise ValueError("need at least 2 folds")
-        f = f.astype(np.int64)
-    return s, y, f
-
-
-def fold_accuracies(
-    scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray, folds: Sequence[int] | np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """K-fold verification: threshold from the other folds, accuracy on this one.
-
-    Args:
-        scores: (N,) cosine similarities.
-        labels: (N,) True for same-identity pairs.
-        folds: (N,) fold index of each pair (any K >= 2 distinct values, visited in sorted order).
-
-    Returns:
-        ``(accuracies, thresholds)``, each (K,) float64: the accuracy on fold k and the cosine threshold
-        chosen on the other folds.
-    """
-    s, y, f = _check(scores, labels, folds)
-    accs, thrs = [], []
-    for k in np.unique(f):
-        test = f == k
-        thr = best_threshold(s[~test], y[~test])
-        accs.append(float(np.mean((s[test] > thr) == y[test])))
-        thrs.append(thr)
-    return np.asarray(accs), np.asarray(thrs)
-
-
-def roc_curve(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> dict[str, np.ndarray]:
-    """The ROC of ``score > threshold`` over every distinct threshold.
-
-    Returns:
-        ``{"far": (M,), "tar": (M,), "thresholds": (M,)}``, M = distinct scores + 1, starting at (0, 0) with
-        threshold ``+inf`` and ending at (1, 1); ``far`` is the false-accept rate (negatives accepted),
-        ``tar`` the true-accept rate (positives accepted), both non-decreasing.
-
-    Raises:
-        ValueError: no positive or no negative pair.
-    """
-    s, y, _ = _check(scores, labels)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"an ROC needs both kinds of pairs (got {n_pos} same, {n_neg} different)")
-    order = np.argsort(-s, kind="stable")
-    s, y = s[order], y[order]
-    last = np.r_[s[1:] != s[:-1], True]  # last index of each run of equal scores
-    tp = np.cumsum(y)[last]
-    fp = np.cumsum(~y)[last]
-    thresholds = np.r_[np.inf, s[last]]  # accept score >= threshold (ties accepted together)
-    return {"far": np.r_[0.0, fp / n_neg], "tar": np.r_[0.0, tp / n_pos], "thresholds": thresholds}
-
-
-def tar_at_far(
-    scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray, far: float
-) -> dict[str, float | None | str]:
-    """The true-accept rate at a false-accept rate of at most ``far``.
-
-    The threshold is the (k+1)-th highest negative score, ``k = floor(far * negatives)``; pairs with a score
-    strictly above it are accepted, so at most k negatives are.
-
-    Returns:
-        ``{"far": far, "tar": ..., "threshold": ..., "far_actual": ...}``, or with ``tar`` None and a ``note``
-        when there are fewer than ``1 / far`` negative pairs.
-    """
-    s, y, _ = _check(scores, labels)
-    neg = np.sort(s[~y])[::-1]
-    pos = s[y]
-    need = math.ceil(1.0 / far - 1e-9)
-    if neg.size < need or pos.size == 0:
-        what = f"{neg.size} negative pairs" if pos.size else "no positive pairs"
-        return {"far": far, "tar": None, "threshold": None, "far_actual": None,
-                "note": f"not enough negatives: FAR {far:g} needs >= {need} negative pairs, have {what}"}  # fmt: skip
-    k = int(math.floor(far * neg.size + 1e-9))
-    thr = float(neg[k]) if k < neg.size else float(np.nextafter(neg[-1], -np.inf))
-    return {
-        "far": far,
-        "tar": float(np.mean(pos > thr)),
-        "threshold": thr,
-        "far_actual": float(np.mean(neg > thr)),
-    }
-
-
-def roc_metrics(
-    scores: Sequence[float] | np.ndarray,
-    labels: Sequence[bool] | np.ndarray,
-    fars: Sequence[float] = DEFAULT_FARS,
-) -> dict[str, object]:
-    """AUC, EER (with its threshold) and TAR at each FAR of ``fars``.
-
-    Returns:
-        ``{"auc", "eer", "eer_threshold", "tar_at_far": [tar_at_far(...) per FAR]}``.
-    """
-    roc = roc_curve(scores, labels)
-    far, tar, thr = roc["far"], roc["tar"], roc["thresholds"]
-    auc = float(np.trapezoid(tar, far)) if hasattr(np, "trapezoid") else float(np.trapz(tar, far))
-    frr = 1.0 - tar
-    diff = far - frr  # goes from -1 (far 0, frr 1) to +1
-    i = int(np.argmax(diff >= 0))  # first point where far >= frr
-    if i == 0 or diff[i] == 0:
-        eer, eer_thr = float(far[i]), float(thr[i])
-    else:  # interpolate between points i-1 and i
-        t = -diff[i - 1] / (diff[i] - diff[i - 1])
-        eer = float(far[i - 1] + t * (far[i] - far[i - 1]))
-        eer_thr = float(thr[i]) if not np.isfinite(thr[i - 1]) else float(thr[i - 1] + t * (thr[i] - thr[i - 1]))
-    return {
-        "auc": auc,
-        "eer": eer,
-        "eer_threshold": eer_thr,
-        "tar_at_far": [tar_at_far(scores, labels, f) for f in fars],
-    }
-
+__all__ = ["evaluate_pair_set", "pair_scores", "recompute_accuracy", "verification_report"]
 
 def verification_report(
     scores: Sequence[float] | np.ndarray,
@@ -244,7 +58,7 @@ def verification_report(
         ``auc``, ``eer``, ``eer_threshold``, ``tar_at_far``, counts (``pairs``, ``same``, ``different``,
         ``folds_n``) and the inputs ``scores``, ``labels``, ``folds`` as lists.
     """
-    s, y, f = _check(scores, labels, folds)
+    s, y, f = check_scores(scores, labels, folds)
     if f is None:
         f = contiguous_folds(s.size, n_folds)
     accs, thrs = fold_accuracies(s, y, f)
@@ -289,7 +103,7 @@ def pair_scores(embeddings: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
 def evaluate_pair_set(
     pairset: PairSet,
-    backend: Backend,
+    embedder: Embedder,
     *,
     cache: EvalCache | None = None,
     detector: str = "mtcnn",
@@ -302,8 +116,8 @@ def evaluate_pair_set(
 
     Args:
         pairset: the pairs (see :mod:`arcface.eval.datasets`).
-        backend: the model; ``backend.flip`` is the flip-test fusion.
-        cache: crops and embeddings cache (:class:`arcface.eval.cache.EvalCache`); None for none.
+        embedder: the model; ``embedder.flip`` is the flip-test fusion.
+        cache: crops and embeddings cache (:class:`arcface.eval.pipeline.EvalCache`); None for none.
         detector: detector name for unaligned images.
         detector_options: detector options.
         workers: detection processes.
@@ -312,25 +126,26 @@ def evaluate_pair_set(
 
     Returns:
         :func:`verification_report` plus ``set``, ``source``, ``model`` (architecture, contract id, embedding
-        size), ``flip``, ``detector``, ``aligned``, ``images``, ``fallbacks`` (count and images where no face
-        was found), ``cache`` (what was reused) and ``seconds`` (``align``, ``embed``, ``protocol``).
+        size), ``flip``, ``precision`` and ``backend`` (the path that ran), ``detector``, ``aligned``,
+        ``images``, ``fallbacks`` (count and images where no face was found), ``cache`` (what was reused) and
+        ``seconds`` (``align``, ``embed``, ``protocol``).
     """
-    from arcface.eval.cache import embed_pair_set
-
     emb, stats = embed_pair_set(
-        pairset, backend, cache=cache, detector=detector, detector_options=detector_options,
+        pairset, embedder, cache=cache, detector=detector, detector_options=detector_options,
         workers=workers, progress=progress,
     )  # fmt: skip
     t0 = time.perf_counter()
     scores = pair_scores(emb, pairset.pairs)
     report = verification_report(scores, pairset.labels, pairset.folds, fars=fars)
     t_protocol = time.perf_counter() - t0
-    c = backend.contract
+    c = embedder.contract
     head = {
         "set": pairset.name,
         "source": pairset.source,
         "model": {"architecture": c.architecture, "contract": c.id, "embedding_size": c.embedding_size},
-        "flip": bool(backend.flip),
+        "flip": bool(embedder.flip),
+        "precision": embedder.precision,
+        "backend": embedder.backend,
         "detector": None if pairset.aligned else detector,
         "aligned": bool(pairset.aligned),
         "images": stats.images,

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from arcface.eval.identification import IdentificationIndex
+from arcface.index import INDEX_KINDS, VectorIndex
 from arcface.inference.contract import ModelContract
 
 __all__ = ["DB_NAME", "FaceRecord", "Gallery", "GalleryContractError", "GalleryError", "Identity", "Match"]
@@ -57,7 +57,6 @@ logger = logging.getLogger(__name__)
 DB_NAME = "gallery.sqlite3"
 SCHEMA_VERSION = 1
 AGGREGATES = ("max", "mean_top")
-INDEX_KINDS = ("exact", "hnsw", "ivf")
 _CACHE_MAGIC = b"ARCFACE-GALLERY-INDEX 1\n"
 _MASK_REBUILD_SHARE = 0.25
 
@@ -154,9 +153,9 @@ class Gallery:
         directory: the gallery folder.
         contract: the model contract; required to create a gallery, checked against the bound one otherwise.
         index: ``"exact"`` (default, ``IndexFlatIP``), ``"hnsw"`` or ``"ivf"`` (approximate, for large galleries;
-            see :class:`~arcface.eval.identification.IdentificationIndex`).
+            see :class:`~arcface.index.VectorIndex`).
         create: create the gallery when the folder has none (else :class:`FileNotFoundError`).
-        index_params: extra :class:`IdentificationIndex` arguments (``m``, ``ef_search``, ``nlist``, ``nprobe``...).
+        index_params: extra :class:`~arcface.index.VectorIndex` arguments (``m``, ``ef_search``, ``nlist``...).
         cache: keep the index cache file (read on open, written on close).
 
     Raises:
@@ -568,8 +567,8 @@ class Gallery:
             logger.debug("gallery %s changed on disk: reloading the index", self.directory)
             self._load_index(use_cache=False)
 
-    def _new_index(self) -> IdentificationIndex:
-        return IdentificationIndex(self.dim, self.index_kind, **self._index_params)
+    def _new_index(self) -> VectorIndex:
+        return VectorIndex(self.dim, self.index_kind, **self._index_params)
 
     def _load_index(self, *, use_cache: bool = True) -> None:
         """The index from the cache when it is current and intact, else rebuilt (one consistent snapshot)."""
@@ -649,13 +648,11 @@ class Gallery:
         return self.directory / f"index.{self.index_kind}.faiss"
 
     def _write_cache(self) -> None:
-        import faiss
-
-        if self._index.index is None:  # an IVF index before its first add
+        body = self._index.to_bytes()
+        if not body:  # an IVF index before its first add
             self._cache_path().unlink(missing_ok=True)
             return
-        body = faiss.serialize_index(self._index.index).tobytes()
-        ids = self._index._ids.astype("<i8").tobytes()  # position -> face id (IdentificationIndex's labels)
+        ids = self._index.ids.astype("<i8").tobytes()  # position -> face id
         header = {
             "generation": self._gen,
             "contract_id": self.contract.id,
@@ -679,8 +676,6 @@ class Gallery:
 
     def _read_cache(self, generation: int) -> bool:
         """Load the cached index when it is intact and current; False (and a log line) otherwise."""
-        import faiss
-
         path = self._cache_path()
         if not path.is_file():
             return False
@@ -704,17 +699,12 @@ class Gallery:
             masked = {int(i) for i in header["masked"]}
             if set(ids.tolist()) - masked != set(self._face_identity):
                 raise ValueError("its face ids differ from the database's")
-            raw = faiss.deserialize_index(np.frombuffer(body, np.uint8).copy())
-            if raw.ntotal != ids.size or raw.d != self.dim:
-                raise ValueError("index size or dimension differs")
+            index = VectorIndex.from_bytes(body, ids, self.index_kind, **self._index_params)
+            if index.dim != self.dim:
+                raise ValueError("index dimension differs")
         except (ValueError, KeyError, TypeError, RuntimeError, OSError) as e:
             logger.warning("gallery index cache %s is unusable (%s): rebuilding it from the database", path, e)
             return False
-        index = self._new_index()
-        index.index = raw
-        index._ids = ids  # IdentificationIndex keeps position -> label beside the FAISS index
-        if self.index_kind == "ivf":
-            index.nlist = int(raw.nlist)
         self._index = index
         self._masked = masked
         self._trained_size = int(header["trained_size"])

@@ -15,9 +15,10 @@ from typing import Any
 
 from torch import nn
 
-from arcface.registry import Registry
-
-HEADS: Registry = Registry("head")
+# Importing the modules registers their heads (no other side effect).
+from arcface.heads import adaptive, classic  # noqa: F401
+from arcface.heads.auxiliary import AUX_LOSSES
+from arcface.heads.base import HEADS, MarginHead
 
 
 def create_head(kind: str, embedding_size: int, num_classes: int, **params: Any) -> nn.Module:
@@ -35,10 +36,5 @@ def create_head(kind: str, embedding_size: int, num_classes: int, **params: Any)
     """
     return HEADS.build(kind, embedding_size=embedding_size, num_classes=num_classes, **params)
 
-
-# Importing the modules registers their heads (no other side effect).
-from arcface.heads import adaptive, classic  # noqa: E402, F401
-from arcface.heads.auxiliary import AUX_LOSSES  # noqa: E402
-from arcface.heads.base import MarginHead  # noqa: E402
 
 __all__ = ["AUX_LOSSES", "HEADS", "MarginHead", "create_head"]

@@ -30,8 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from arcface.heads import HEADS
-from arcface.heads.base import MarginHead, _compute_dtype
+from arcface.heads.base import HEADS, MarginHead, _compute_dtype
 from arcface.heads.classic import ArcFaceHead, _check_scale
 from arcface.heads.margins import (
     adaface_logits,

@@ -33,6 +33,10 @@ from torch import Tensor, nn
 
 from arcface.heads.auxiliary import AuxInputs, parse_aux
 from arcface.heads.margins import gather_target
+from arcface.registry import Registry
+
+#: Every head kind, registered by the modules that define them (classic, adaptive).
+HEADS: Registry = Registry("head")
 
 __all__ = ["MarginHead"]
 

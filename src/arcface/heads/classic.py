@@ -23,8 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from arcface.heads import HEADS
-from arcface.heads.base import MarginHead, _compute_dtype, _no_autocast
+from arcface.heads.base import HEADS, MarginHead, _compute_dtype, _no_autocast
 from arcface.heads.margins import (
     arcface_logits,
     combined_logits,

@@ -23,25 +23,24 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from arcface.align.template import ARCFACE_TEMPLATE
+from arcface.align.template import ARCFACE_TEMPLATE, TEMPLATE_NAME
+from arcface.models import create_model
 
 __all__ = [
     "CONTRACT_KEY",
     "TEMPLATES",
     "ContractError",
     "ModelContract",
-    "calibrate_threshold",
-    "load_model",
     "read_contract",
+    "read_model",
     "save_model",
     "weights_sha256",
 ]
@@ -53,7 +52,7 @@ CONTRACT_VERSION = 1
 
 # Templates by name, as (x, y) tuples; the points themselves live in arcface.align.template only.
 TEMPLATES: dict[str, tuple[tuple[float, float], ...]] = {
-    "arcface_112": tuple((float(x), float(y)) for x, y in ARCFACE_TEMPLATE.tolist()),
+    TEMPLATE_NAME: tuple((float(x), float(y)) for x, y in ARCFACE_TEMPLATE.tolist()),
 }
 
 _COLORS = ("RGB", "BGR")
@@ -101,7 +100,7 @@ class ModelContract:
         mean: subtracted from 0..255 pixel values.
         std: the difference is divided by it: ``(x - mean) / std``.
         layout: tensor layout of the ORIGINAL model the weights come from ("NHWC" for a TFLite
-            graph). Informational: every module :func:`load_model` builds takes NCHW.
+            graph). Informational: every module :func:`read_model` builds takes NCHW.
         template: name of the alignment template (a key of ``TEMPLATES`` for ours).
         template_points: its five (x, y) points in the ``input_size`` crop.
         weights_sha256: :func:`weights_sha256` of the weights ("" until :func:`save_model` fills it).
@@ -121,8 +120,8 @@ class ModelContract:
     mean: float = 127.5
     std: float = 127.5
     layout: str = "NCHW"
-    template: str = "arcface_112"
-    template_points: tuple[tuple[float, float], ...] = TEMPLATES["arcface_112"]
+    template: str = TEMPLATE_NAME
+    template_points: tuple[tuple[float, float], ...] = TEMPLATES[TEMPLATE_NAME]
     weights_sha256: str = ""
     threshold: float | None = None
     calibrated_on: str | None = None
@@ -254,8 +253,6 @@ class ModelContract:
 
 
 def _build(contract: ModelContract) -> nn.Module:
-    from arcface.models import create_model
-
     try:
         return create_model(contract.architecture, num_features=contract.embedding_size, **contract.options)
     except KeyError as e:
@@ -269,7 +266,7 @@ def save_model(module: nn.Module, contract: ModelContract, path: str | Path) -> 
 
     The weights SHA-256 is computed here and replaces the contract's; the module must have the
     state-dict layout that ``create_model(contract.architecture, ...)`` builds, so that
-    :func:`load_model` can load it strictly.
+    :func:`read_model` can load it strictly.
 
     Returns:
         The contract as written (with ``weights_sha256`` filled in).
@@ -338,8 +335,8 @@ def read_contract(path: str | Path) -> ModelContract:
     return _read_contract(Path(path))
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelContract]:
-    """Load a model file written by :func:`save_model` (or by the trainer) and verify its weights.
+def read_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelContract]:
+    """Read a model file written by :func:`save_model` (or by the trainer) and verify its weights.
 
     The module is rebuilt with ``create_model(contract.architecture,
     num_features=contract.embedding_size, **contract.options)``, loaded with ``strict=True`` and put in
@@ -377,51 +374,3 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         first = str(e).splitlines()[0]
         raise ContractError(f"{path}: weights do not fit {contract.architecture}: {first}") from None
     return module.to(device).eval(), contract
-
-
-def calibrate_threshold(
-    scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray
-) -> tuple[float, float]:
-    """The cosine threshold that maximises verification accuracy on labelled pairs.
-
-    A pair is predicted "same" when ``score > threshold``. Candidates are the midpoints between
-    consecutive distinct sorted scores, plus one just below the lowest score (all "same") and the
-    highest score itself (all "different"); among equally accurate candidates the lowest wins.
-
-    Args:
-        scores: (N,) similarity of each pair (cosine of L2-normalised embeddings).
-        labels: (N,) True for a same-identity pair.
-
-    Returns:
-        (threshold, accuracy) with accuracy the fraction of pairs classified correctly.
-
-    Raises:
-        ValueError: empty input, lengths that differ, or non-finite scores.
-    """
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    y = np.asarray(labels).astype(bool).reshape(-1)
-    if s.size == 0 or s.size != y.size:
-        raise ValueError(f"calibrate_threshold: need as many labels as scores (got {s.size} and {y.size}), N > 0")
-    if not np.isfinite(s).all():
-        raise ValueError("calibrate_threshold: scores must be finite")
-    order = np.argsort(s, kind="stable")
-    s, y = s[order], y[order]
-    n = s.size
-    # Cut i (0..n) predicts "same" for s[i:], "different" for s[:i]: correct = negatives below + positives above.
-    neg_below = np.concatenate([[0], np.cumsum(~y)])  # (n + 1,)
-    pos_above = y.sum() - np.concatenate([[0], np.cumsum(y)])  # (n + 1,)
-    correct = neg_below + pos_above
-    # Only cuts between distinct scores (and the two ends) are realisable by a threshold.
-    valid = np.ones(n + 1, dtype=bool)
-    valid[1:n] = s[1:] > s[:-1]
-    correct = np.where(valid, correct, -1)
-    i = int(np.argmax(correct))
-    if i == 0:
-        threshold = float(np.nextafter(s[0], -np.inf))
-    elif i == n:
-        threshold = float(s[-1])
-    else:
-        threshold = float((s[i - 1] + s[i]) / 2)
-        if not s[i - 1] <= threshold < s[i]:  # adjacent floats: the midpoint rounded up
-            threshold = float(s[i - 1])
-    return threshold, float(correct[i] / n)

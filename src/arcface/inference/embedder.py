@@ -1,10 +1,13 @@
-"""Fast CPU embedding: one model, the quickest execution path whose accuracy holds on this machine.
+"""The one inference engine: aligned crops in, L2-normalised embeddings out, by the fastest verified path.
 
-    >>> emb = Embedder.from_module(create_model("r50"), precision="auto")
-    >>> emb.embed(crops)  # (N, 112, 112, 3) uint8 RGB -> (N, D) float32, unit rows
-    >>> emb.embed(crops, flip=True)  # flip-test fusion: f(x) + f(hflip(x)), then normalised
+    >>> emb = load_model("default")                      # arcface.inference.loader: name or file -> Embedder
+    >>> emb = Embedder.from_module(create_model("r50"))  # or a torch backbone in memory
+    >>> emb.embed(crops)               # (N, 112, 112, 3) uint8 RGB -> (N, D) float32, unit rows
+    >>> emb.embed(crops, flip=True)    # flip-test fusion: f(x) + f(hflip(x)), then normalised
 
-Paths (``precision`` x ``backend``):
+Everything that embeds (the face pipeline, evaluation, the gallery and the service, the batch jobs) talks to an
+Embedder; what runs inside it is a :mod:`runner <arcface.inference.runners>`. Paths (``precision`` x ``backend``)
+for torch models on the CPU:
 
 =========  ===========  ===========================================================================
 precision  backend      what runs
@@ -17,8 +20,7 @@ bf16       jit          the same graph with bfloat16 weights and activations (ne
 fp32       onnx         the module exported to ONNX (``export_onnx``), run by onnxruntime
 =========  ===========  ===========================================================================
 
-Every torch path runs at most :data:`MICRO_BATCH` crops per forward pass and turns on the process's allocator
-setting (:func:`arcface.runtime.memory.retain_freed_memory`).
+ONNX files run float32 in onnxruntime; torch models on another device ("cuda") run float32 eagerly.
 
 ``precision="auto"`` is a small decision table, then one accuracy check:
 
@@ -30,54 +32,37 @@ setting (:func:`arcface.runtime.memory.retain_freed_memory`).
 
 The chosen path is run once on a calibration batch (real aligned faces if the caller passes
 ``calibration=``; otherwise a fixed synthetic batch) next to eager float32; if any embedding's cosine
-to float32 falls below ``min_cosine`` (0.99) it falls back to float32 on the same backend family.
-``backend="auto"`` with an explicit precision means torch; with ``precision="auto"`` it follows the table
-(where the ONNX export fails under rule 2: torch float32). int8 (onnxruntime static quantisation) fell below
-cosine 0.99 and is not offered; ``torch.compile`` was measured no faster than the frozen graph and costs
-10-16 s per model to build. Measured numbers: ``bench/embed_speed.py`` (``--graph`` for jit.freeze and
-torch.compile side by side).
+to float32 falls below ``min_cosine`` (0.99) it falls back to float32 on the same backend family. The cosines
+are computed in float64 from the raw outputs, so an output whose float32 norm overflows (an untrained
+network's) cannot fake a disagreement. ``backend="auto"`` with an explicit precision means torch; with
+``precision="auto"`` it follows the table (where the ONNX export fails under rule 2: torch float32). int8
+(onnxruntime static quantisation) fell below cosine 0.99 and is not offered; ``torch.compile`` was measured no
+faster than the frozen graph and costs 10-16 s per model to build. Measured numbers: ``bench/embed_speed.py``
+(``--graph`` for jit.freeze and torch.compile side by side).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
-from arcface.inference.backends import Backend, OnnxBackend, TorchBackend, preprocess
+from arcface.inference.contract import ModelContract, weights_sha256
+from arcface.inference.export import export_onnx
+from arcface.inference.runners import EagerRunner, FrozenRunner, OnnxRunner, Runner, l2_normalise, open_session
+from arcface.runtime import amp
 
-if TYPE_CHECKING:
-    from torch import nn
-
-    from arcface.inference.contract import ModelContract  # imports arcface.align (OpenCV): not at import time
-
-__all__ = ["PRECISIONS", "BACKENDS", "Embedder", "check_names", "resolve_auto"]
+__all__ = ["BACKENDS", "MIN_COSINE", "PRECISIONS", "Embedder", "check_names", "resolve_auto"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 BACKENDS = ("auto", "torch", "jit", "onnx")
 MIN_COSINE = 0.99
-
-
-def _default_contract(module: nn.Module) -> ModelContract:
-    """Our contract (RGB, (x - 127.5) / 127.5, 112x112) with the embedding size read from a forward pass."""
-    import torch
-
-    from arcface.inference.contract import ModelContract, weights_sha256
-
-    with torch.inference_mode():
-        dim = int(module(torch.zeros(1, 3, 112, 112)).reshape(1, -1).shape[1])
-    return ModelContract(
-        architecture=type(module).__name__.lower(),
-        embedding_size=dim,
-        weights_sha256=weights_sha256(module.state_dict()),
-        source="Embedder.from_module (our contract assumed)",
-    )
 
 
 def check_names(precision: str, backend: str) -> None:
@@ -91,12 +76,10 @@ def check_names(precision: str, backend: str) -> None:
 def resolve_auto(precision: str, backend: str) -> tuple[str, str]:
     """The decision table of the module docstring: (precision, backend) before the accuracy check."""
     check_names(precision, backend)
-    from arcface.runtime.amp import cpu_has_native_bf16
-
     if precision == "bf16" and backend == "onnx":
         raise ValueError("bf16 runs on the torch backend only")
     if precision == "auto":
-        if backend in ("auto", "torch", "jit") and cpu_has_native_bf16():
+        if backend in ("auto", "torch", "jit") and amp.cpu_has_native_bf16():
             return "bf16", "jit" if backend == "auto" else backend
         if backend == "auto":
             backend = "onnx" if _has_onnxruntime() else "torch"
@@ -108,10 +91,22 @@ def resolve_auto(precision: str, backend: str) -> tuple[str, str]:
 
 def _has_onnxruntime() -> bool:
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401  (optional dependency: is it installed?)
     except ImportError:
         return False
     return True
+
+
+def _default_contract(module: nn.Module) -> ModelContract:
+    """Our contract (RGB, (x - 127.5) / 127.5, 112x112) with the embedding size read from a forward pass."""
+    with torch.inference_mode():
+        dim = int(module(torch.zeros(1, 3, 112, 112)).reshape(1, -1).shape[1])
+    return ModelContract(
+        architecture=type(module).__name__.lower(),
+        embedding_size=dim,
+        weights_sha256=weights_sha256(module.state_dict()),
+        source="Embedder.from_module (our contract assumed)",
+    )
 
 
 def _synthetic_crops(n: int = 8, size: tuple[int, int] = (112, 112)) -> np.ndarray:
@@ -124,135 +119,73 @@ def _synthetic_crops(n: int = 8, size: tuple[int, int] = (112, 112)) -> np.ndarr
     return np.clip(big, 0, 255).astype(np.uint8)
 
 
-def _quiet_session(path: Path, threads: int | None):
-    """An onnxruntime session whose idle worker threads do not spin.
-
-    By default onnxruntime's intra-op threads busy-wait after each run; on a 2-core machine that steals
-    the cores from whatever runs next (torch, the detector) and halved the next path's throughput in
-    ``bench/embed_speed.py``.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = int(threads or 0)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-#: Most crops per forward pass of the fast torch paths: bounds activation memory whatever the batch. With the
-#: allocator setting (arcface.runtime.memory) 16 was 1-7% quicker per crop than 32 or 64 (bench/allocator.py);
-#: without it, larger passes allocate activations past glibc's mmap threshold and page-fault them every pass.
-MICRO_BATCH = 16
-
-
-class _FastTorch(TorchBackend):
-    """TorchBackend with channels_last, optional bfloat16 autocast and cache-sized forward passes."""
-
-    def __init__(self, module: nn.Module, contract: ModelContract, precision: str, batch_size: int) -> None:
-        import torch
-
-        from arcface.runtime.memory import retain_freed_memory
-
-        super().__init__(module, contract, batch_size=batch_size)
-        self.module = self.module.to(memory_format=torch.channels_last)
-        self.precision = precision
-        retain_freed_memory()  # reuse freed activations instead of page-faulting them afresh every pass
-
-    def _run(self, x):
-        """One pass of at most MICRO_BATCH crops: (n, 3, H, W) NHWC-strided float32 -> (n, D)."""
-        import torch
-
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
-        with ctx:
-            return self.module(x)
-
-    def _forward(self, crops: np.ndarray) -> np.ndarray:
-        import torch
-
-        x = torch.from_numpy(preprocess(crops, self.contract, "NHWC")).permute(0, 3, 1, 2)  # (n, 3, H, W) NHWC-strided
-        with torch.inference_mode():
-            parts = [self._run(x[i : i + MICRO_BATCH]).float() for i in range(0, len(x), MICRO_BATCH)]  # (<=16, D)
-        return torch.cat(parts).numpy()
-
-
-class _FrozenTorch(_FastTorch):
-    """A traced, frozen TorchScript graph of the module (``torch.jit.freeze`` + ``optimize_for_inference``: BN
-    folded into the convolutions), channels_last, its weights and activations in float32 or bfloat16.
-
-    The trace is of a (MICRO_BATCH, 3, H, W) input; the contract fixes H and W, and the batch size is free.
-    """
-
-    def __init__(self, module: nn.Module, contract: ModelContract, precision: str, batch_size: int) -> None:
-        import copy
-
-        import torch
-
-        super().__init__(module, contract, precision, batch_size)
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        h, w = contract.input_size
-        example = torch.zeros(MICRO_BATCH, 3, h, w, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
-        graph_module = copy.deepcopy(self.module).eval().to(dtype=self.dtype)
-        with torch.no_grad(), warnings.catch_warnings():
-            # Shapes computed from the input size (TF-style "same" padding) become constants: H, W are fixed.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            # TorchScript is deprecated from PyTorch 2.13 on; where it is gone, "auto" falls back to autocast.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            traced = torch.jit.trace(graph_module, example)
-            self.graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-            for _ in range(2):  # the profiling executor specialises the graph on its first runs
-                self.graph(example)
-
-    def _run(self, x):
-        return self.graph(x.to(self.dtype))
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest row-wise cosine of two (N, D) raw output arrays, in float64 (no overflow, no rounding games)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = np.maximum(np.abs(a).max(axis=1, keepdims=True), 1e-300)  # scale first: squares of huge outputs stay finite
+    a, b = a / scale, b / np.maximum(np.abs(b).max(axis=1, keepdims=True), 1e-300)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
+    return float(cos.min())
 
 
 class Embedder:
-    """Aligned crops in, L2-normalised float32 embeddings out, by the fastest verified path.
+    """Aligned crops in, L2-normalised float32 embeddings out.
 
-    Build with :meth:`from_module`, :meth:`from_pretrained` or (a ready backend, run as it is)
-    :meth:`from_backend`. Attributes: ``precision`` and ``backend`` (the path actually used), ``contract``,
-    ``flip`` (flip-test fusion default of :meth:`embed`), ``engine`` (the :class:`Backend` that runs),
-    ``min_cosine_checked`` (cosine of the chosen path to float32 on the calibration batch; 1.0 for float32
-    itself, None for a model run as it is, e.g. a foreign ONNX file).
+    Build one with :func:`arcface.inference.loader.load_model` (a model name or file), :meth:`from_module` (a torch
+    backbone) or :meth:`from_onnx` (an ONNX session).
 
-    It has a backend's interface too (``embed_crops``, ``contract``, ``embedding_size``, ``input_size``,
-    ``flip``), so the evaluation and ``FaceRecognizer`` take either.
+    Args:
+        runner: what runs the forward pass.
+        precision: "fp32" or "bf16", the precision that runs.
+        backend: "torch", "jit" or "onnx", the backend that runs.
+        min_cosine_checked: the chosen path's least cosine to float32 on the calibration batch (1.0 for float32
+            itself, None where nothing was checked, e.g. a foreign ONNX file).
+        flip: flip-test fusion default of :meth:`embed`.
+        batch_size: most crops per runner call.
+
+    Attributes:
+        contract: the model's contract (embeddings of equal ``contract.id`` are comparable).
+        module: the torch backbone (float32, eval mode) for torch models, else None (e.g. for export).
     """
 
-    def __init__(self, engine: Backend, precision: str, backend: str, min_cosine_checked: float | None) -> None:
-        self._engine = engine
+    def __init__(
+        self,
+        runner: Runner,
+        precision: str,
+        backend: str,
+        *,
+        min_cosine_checked: float | None = None,
+        flip: bool = False,
+        batch_size: int = 64,
+        module: nn.Module | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.runner = runner
         self.precision = precision
         self.backend = backend
         self.min_cosine_checked = min_cosine_checked
-        self._tmpdir: tempfile.TemporaryDirectory | None = None
-
-    @property
-    def engine(self) -> Backend:
-        """The backend that runs the chosen path (its ``embed_crops`` gives the same numbers as :meth:`embed`)."""
-        return self._engine
+        self.flip = bool(flip)
+        self.batch_size = min(int(batch_size), runner.max_batch)
+        self.module = module
+        self._keep: Any = None  # a resource that lives as long as the embedder (the temporary ONNX export)
 
     @property
     def contract(self) -> ModelContract:
-        return self._engine.contract
+        return self.runner.contract
 
     @property
     def embedding_size(self) -> int:
-        return self._engine.embedding_size
+        """D, the length of one embedding."""
+        return self.contract.embedding_size
 
     @property
     def input_size(self) -> tuple[int, int]:
         """(H, W) of the crops it takes."""
-        return self._engine.input_size
+        return self.contract.input_size
 
-    @property
-    def flip(self) -> bool:
-        """Flip-test fusion of :meth:`embed` when its ``flip`` is None: ``f(x) + f(hflip(x))``, then normalised."""
-        return self._engine.flip
-
-    @flip.setter
-    def flip(self, value: bool) -> None:
-        self._engine.flip = bool(value)
+    # ----------------------------------------------------------------------------------------------
+    # Building
 
     @classmethod
     def from_module(
@@ -267,11 +200,12 @@ class Embedder:
         batch_size: int = 64,
         threads: int | None = None,
         flip: bool = False,
+        device: str = "cpu",
     ) -> Embedder:
         """Wrap a backbone taking (B, 3, H, W) float input.
 
         Args:
-            module: the backbone (put in eval mode on the CPU; it is not copied, channels_last is applied in place).
+            module: the backbone (put in eval mode on ``device``; it is not copied, channels_last is applied in place).
             precision: "auto", "fp32" or "bf16".
             backend: "auto", "torch", "jit" or "onnx".
             contract: how to feed it; None assumes ours (RGB, (x - 127.5) / 127.5, 112x112).
@@ -280,15 +214,25 @@ class Embedder:
             batch_size: most crops per forward pass.
             threads: torch/onnxruntime threads (None: leave torch's setting, onnxruntime's default).
             flip: flip-test fusion default of :meth:`embed` (the accuracy check runs without it).
+            device: "cpu", or another torch device, where the module runs float32 eagerly.
 
         Raises:
-            ValueError: an unknown precision or backend name, or bf16 asked of the onnx backend.
+            ValueError: an unknown precision or backend name, bf16 asked of the onnx backend, or a fast path asked
+                of a module on another device.
         """
-        import torch
-
-        prec, back = resolve_auto(precision, backend)  # before any work: a bad name fails fast
-        module = module.eval().cpu()
-        contract = contract or _default_contract(module)
+        check_names(precision, backend)  # before any work: a bad name fails fast
+        module = module.eval()
+        contract = contract or _default_contract(module.cpu() if device == "cpu" else module)
+        if torch.device(device).type != "cpu":
+            if precision not in ("auto", "fp32") or backend not in ("auto", "torch"):
+                raise ValueError(
+                    f"on device {device} the model runs as it is: only precision fp32 on backend torch, "
+                    f"got {precision}/{backend}"
+                )
+            runner = EagerRunner(module, contract, "fp32", device, batch_size)
+            return cls(runner, "fp32", "torch", flip=flip, batch_size=batch_size, module=module)
+        prec, back = resolve_auto(precision, backend)
+        module = module.cpu()
         auto = precision == "auto"
         if threads:
             torch.set_num_threads(int(threads))
@@ -305,8 +249,8 @@ class Embedder:
         checked = 1.0 if prec == "fp32" else None
         if auto and (prec, back) != ("fp32", "torch"):
             crops = calibration if calibration is not None else _synthetic_crops(8, contract.input_size)
-            ref = TorchBackend(module, contract, batch_size=batch_size).embed_crops(crops)
-            checked = float((emb.embed(crops) * ref).sum(1).min())
+            reference = EagerRunner(module, contract, "fp32", "cpu", batch_size)
+            checked = _min_cosine(emb.runner(crops), reference(crops))
             if checked < min_cosine:
                 warnings.warn(
                     f"{prec}/{back} keeps cosine {checked:.4f} < {min_cosine} to float32; using float32",
@@ -319,104 +263,92 @@ class Embedder:
         return emb
 
     @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike = "default",
-        precision: str = "auto",
-        backend: str = "auto",
-        *,
-        flip: bool = False,
-        device: str = "cpu",
-        batch_size: int = 64,
-        arch: str | None = None,
-        options: dict | None = None,
-        preset: str | None = None,
-        contract: ModelContract | None = None,
-        providers: Sequence[str] | None = None,
-        **kwargs,
-    ) -> Embedder:
-        """A zoo model (see :func:`arcface.inference.zoo.load_backend`) on the fastest verified path.
-
-        Torch models on the CPU go through :meth:`from_module` with their own contract (``kwargs`` as there:
-        ``calibration``, ``min_cosine``, ``threads``). Models the Embedder cannot speed up run float32 on their
-        own backend, as :func:`load_backend` builds them: ONNX files (onnxruntime; ``precision`` must be "auto"
-        or "fp32", ``backend`` "auto" or "onnx") and torch models on another device ("cuda"; backend "torch").
-
-        Args:
-            name_or_path: model name or file.
-            precision: "auto", "fp32" or "bf16".
-            backend: "auto", "torch", "jit" or "onnx".
-            flip: flip-test fusion default of :meth:`embed`.
-            device, batch_size, arch, options, preset, contract, providers: as :func:`load_backend`.
-
-        Raises:
-            ValueError: an unknown precision or backend name, or one the model cannot run (the message says which).
-            FileNotFoundError: as :func:`load_backend`.
-        """
-        from arcface.inference.zoo import load_backend
-
-        check_names(precision, backend)  # before loading anything
-        loaded = load_backend(
-            name_or_path, arch=arch, options=options, preset=preset, contract=contract, device=device,
-            providers=providers, batch_size=batch_size, flip=flip,
-        )  # fmt: skip
-        if isinstance(loaded, TorchBackend):
-            if loaded.device.type == "cpu":
-                return cls.from_module(
-                    loaded.module, precision, backend, contract=loaded.contract, batch_size=batch_size, flip=flip,
-                    **kwargs,
-                )  # fmt: skip
-            if precision not in ("auto", "fp32") or backend not in ("auto", "torch"):
-                raise ValueError(
-                    f"on device {device} the model runs as it is: only precision fp32 on backend torch, "
-                    f"got {precision}/{backend}"
-                )
-            return cls(loaded, "fp32", "torch", None)
-        if precision not in ("auto", "fp32") or backend not in ("auto", "onnx"):
-            raise ValueError(
-                f"{name_or_path} is an ONNX model: only precision fp32 on backend onnx, got {precision}/{backend}"
-            )
-        return cls(loaded, "fp32", "onnx", None)
-
-    @classmethod
-    def from_backend(cls, engine: Backend) -> Embedder:
-        """A ready backend, run as it is (float32 unless it says otherwise, e.g. a bf16 engine of an Embedder)."""
-        if isinstance(engine, Embedder):
-            return engine
-        if not isinstance(engine, Backend):
-            raise TypeError(f"expected an arcface Backend or Embedder, got {type(engine).__name__}")
-        kind = "onnx" if isinstance(engine, OnnxBackend) else "torch"
-        return cls(engine, str(getattr(engine, "precision", "fp32")), kind, None)
-
-    @classmethod
     def _build(
         cls, module: nn.Module, contract: ModelContract, precision: str, backend: str, batch_size: int, threads
     ) -> Embedder:
         if backend == "torch":
-            return cls(_FastTorch(module, contract, precision, batch_size), precision, "torch", None)
-        if backend == "jit":
-            return cls(_FrozenTorch(module, contract, precision, batch_size), precision, "jit", None)
-        from arcface.inference.export import export_onnx
+            runner: Runner = EagerRunner(module, contract, precision, "cpu", batch_size)
+        elif backend == "jit":
+            runner = FrozenRunner(module, contract, precision, batch_size)
+        else:
+            tmp = tempfile.TemporaryDirectory(prefix="arcface-embedder-")
+            path = Path(tmp.name) / "model.onnx"
+            export_onnx(module, contract, path, check=False)
+            runner = OnnxRunner(open_session(path, threads=threads), contract, path, batch_size)
+            emb = cls(runner, precision, backend, batch_size=batch_size, module=module)
+            emb._keep = tmp  # the file lives as long as the embedder
+            return emb
+        return cls(runner, precision, backend, batch_size=batch_size, module=module)
 
-        tmp = tempfile.TemporaryDirectory(prefix="arcface-embedder-")
-        path = Path(tmp.name) / "model.onnx"
-        export_onnx(module, contract, path, check=False)
-        engine = OnnxBackend(path, contract, batch_size=batch_size, session=_quiet_session(path, threads))
-        emb = cls(engine, precision, "onnx", None)
-        emb._tmpdir = tmp  # the file lives as long as the embedder
-        return emb
+    @classmethod
+    def from_onnx(
+        cls,
+        session: Any,
+        contract: ModelContract,
+        *,
+        path: str | Path = "<onnx>",
+        precision: str = "auto",
+        backend: str = "auto",
+        flip: bool = False,
+        batch_size: int = 64,
+    ) -> Embedder:
+        """An ONNX model in onnxruntime, run float32 as it is.
+
+        Raises:
+            ValueError: a precision other than auto/fp32 or a backend other than auto/onnx.
+        """
+        check_names(precision, backend)
+        if precision not in ("auto", "fp32") or backend not in ("auto", "onnx"):
+            raise ValueError(f"{path} is an ONNX model: only precision fp32 on backend onnx, got {precision}/{backend}")
+        runner = OnnxRunner(session, contract, path, batch_size)
+        return cls(runner, "fp32", "onnx", flip=flip, batch_size=batch_size)
+
+    # ----------------------------------------------------------------------------------------------
+    # Embedding
 
     def embed(self, batch: np.ndarray | Sequence[np.ndarray], flip: bool | None = None) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB aligned crops -> (N, D) float32, unit L2 rows.
 
         Args:
-            batch: the crops (a sequence of (H, W, 3) crops, or one crop as N = 1, also do).
+            batch: the crops (a sequence of (H, W, 3) crops, or one crop as N = 1, also do), (H, W) the contract's
+                ``input_size``.
             flip: flip-test fusion, ``f(x) + f(hflip(x))`` then normalised (DESIGN.md); None uses :attr:`flip`.
-        """
-        return self._engine.embed_crops(batch, flip=flip)
 
-    embed_crops = embed
+        Raises:
+            ValueError: crops of the wrong shape or dtype.
+        """
+        crops = self._check(batch)
+        flip = self.flip if flip is None else bool(flip)
+        if len(crops) == 0:
+            return np.zeros((0, self.embedding_size), np.float32)
+        out = []
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start : start + self.batch_size]
+            emb = self.runner(chunk).astype(np.float64)  # (n, D) raw
+            if flip:
+                emb = emb + self.runner(np.ascontiguousarray(chunk[:, :, ::-1]))
+            out.append(emb)
+        emb = np.concatenate(out).reshape(len(crops), -1)
+        if emb.shape[1] != self.embedding_size:
+            raise ValueError(f"model gave {emb.shape[1]}-D embeddings but its contract says {self.embedding_size}-D")
+        return l2_normalise(emb)
+
     __call__ = embed
+
+    def _check(self, crops: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        h, w = self.input_size
+        if not isinstance(crops, np.ndarray):
+            items = [np.asarray(c) for c in crops]
+            if any(c.shape != items[0].shape for c in items):
+                raise ValueError(f"crops must all be ({h}, {w}, 3), got shapes {sorted({c.shape for c in items})}")
+            crops = np.stack(items) if items else np.zeros((0, h, w, 3), np.uint8)
+        if crops.ndim == 3:
+            crops = crops[None]
+        if crops.ndim != 4 or crops.shape[1:] != (h, w, 3) or crops.dtype != np.uint8:
+            raise ValueError(
+                f"crops must be (N, {h}, {w}, 3) uint8 RGB aligned faces, got shape {crops.shape} dtype {crops.dtype}"
+            )
+        return crops
 
     def __repr__(self) -> str:
         c = self.contract

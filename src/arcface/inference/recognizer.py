@@ -1,7 +1,8 @@
-"""From photo to identity: detect, align, embed, compare, verify.
+"""The face pipeline, from photo to identity: detect, align, embed, compare, verify.
 
     >>> rec = FaceRecognizer()                      # bundled MobileFaceNet + MTCNN
-    >>> faces = rec.detect("group.jpg")             # list[Face], main face first
+    >>> faces = rec.analyze("group.jpg")            # list[Face] main face first, each with .crop and .embedding
+    >>> faces = rec.detect("group.jpg")             # list[Face] (boxes and landmarks only)
     >>> crops = rec.align("group.jpg")              # list of (112, 112, 3) uint8 RGB, same order
     >>> emb = rec.embed("me.jpg")                   # (D,) float32, unit norm, of the main face
     >>> rec.verify("me.jpg", "me_too.jpg")          # Verification(similarity=0.71, same=True, threshold=0.43)
@@ -17,20 +18,21 @@ The "main face" of a photo is the first of :meth:`FaceRecognizer.detect`: large 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from arcface.align.aligner import FaceAligner
+from arcface.align.detection import FaceDetector
+from arcface.align.face import Face
+from arcface.inference.contract import ModelContract
+from arcface.inference.embedder import Embedder
+from arcface.inference.loader import load_model
 from arcface.io.images import ImageSource, load_image
-
-if TYPE_CHECKING:
-    from arcface.align.detection import Detection, FaceDetector
-    from arcface.inference.backends import Backend
-    from arcface.inference.contract import ModelContract
-    from arcface.inference.embedder import Embedder
 
 __all__ = ["DEFAULT_FLIP", "Face", "FaceRecognizer", "NoFaceError", "Verification"]
 
@@ -53,41 +55,6 @@ class NoFaceError(ValueError):
 
     def __reduce__(self):
         return (type(self), (self.source,))
-
-
-@dataclass(frozen=True, eq=False)
-class Face:
-    """One face found in an image.
-
-    Attributes:
-        box: (x1, y1, x2, y2) in image pixels.
-        score: detector confidence in [0, 1].
-        landmarks: (5, 2) float32 read-only (x, y): left eye, right eye, nose tip, left and right mouth
-            corners (image-left first), in pixel-index coordinates.
-    """
-
-    box: tuple[float, float, float, float]
-    score: float
-    landmarks: np.ndarray
-
-    def __post_init__(self) -> None:
-        box = tuple(float(v) for v in self.box)
-        if len(box) != 4:
-            raise ValueError(f"box must have 4 values, got {len(box)}")
-        lms = np.array(self.landmarks, dtype=np.float32).reshape(5, 2)
-        lms.setflags(write=False)
-        object.__setattr__(self, "box", box)
-        object.__setattr__(self, "score", float(self.score))
-        object.__setattr__(self, "landmarks", lms)
-
-    @classmethod
-    def from_detection(cls, detection: Detection) -> Face:
-        """The public twin of an ``arcface.align.Detection``."""
-        return cls(detection.box, detection.score, detection.landmarks)
-
-    def __repr__(self) -> str:
-        box = ", ".join(f"{v:.1f}" for v in self.box)
-        return f"Face(box=({box}), score={self.score:.3f})"
 
 
 @dataclass(frozen=True)
@@ -116,33 +83,31 @@ class Verification:
 
 
 class FaceRecognizer:
-    """Face detection, alignment and embedding with one model and one detector.
+    """The face pipeline: one detector and one model, detection once per photo.
 
-    Embeddings are computed by an :class:`~arcface.inference.embedder.Embedder` (:attr:`embedder`): with the
-    default ``precision="auto"`` a CPU with native bfloat16 runs the model in bf16 autocast (checked against
-    float32 at cosine >= 0.99 when built), other CPUs in float32. Models the Embedder cannot speed up (ONNX
-    files such as SFace, a model on "cuda") run float32 on their own backend.
+    Embeddings are computed by an :class:`~arcface.inference.embedder.Embedder` (:attr:`embedder`, built by
+    :func:`~arcface.inference.loader.load_model`): with the default ``precision="auto"`` the fastest path whose
+    accuracy holds on this CPU (see :mod:`arcface.inference.embedder`). Crops are cut by a
+    :class:`~arcface.align.aligner.FaceAligner` (:attr:`aligner`) to the model contract's template and size.
 
     Args:
         model: a model name ("default", "mobilefacenet", "sface"), a model file (``.safetensors``, ``.pth`` with
-            ``model_options={"arch": ...}``, ``.onnx``), a ready :class:`~arcface.inference.embedder.Embedder`,
-            or a ready :class:`~arcface.inference.backends.Backend` (both used as they are; ``flip``, ``device``,
-            ``precision``, ``backend`` and ``model_options`` then do not apply).
+            ``model_options={"arch": ...}``, ``.onnx``), or a ready :class:`~arcface.inference.embedder.Embedder`
+            (used as it is; ``flip``, ``device``, ``precision``, ``backend`` and ``model_options`` then do not apply).
         detector: a detector name ("mtcnn", "yunet", "scrfd") or a ``FaceDetector`` instance.
         flip: flip-test fusion (embedding of the crop plus of its mirror image, then normalised).
         precision: the Embedder's precision, "auto", "fp32" or "bf16".
-        backend: the Embedder's backend, "auto", "torch" or "onnx".
+        backend: the Embedder's backend, "auto", "torch", "jit" or "onnx".
         threshold: cosine threshold of :meth:`verify`; None uses the model contract's calibrated one.
         device: torch device of the model (and of MTCNN).
         max_side: photos with a longer side are downscaled for detection (landmarks map back, the crop is cut
             from the full-resolution photo).
         detector_options: extra arguments of the detector (e.g. ``{"min_face_size": 40}``).
-        model_options: extra arguments of :func:`arcface.inference.zoo.load_backend` (``arch``, ``preset``,
-            ``providers``, ``batch_size``, ...) and of :meth:`Embedder.from_module` (``calibration``,
-            ``min_cosine``, ``threads``).
+        model_options: extra arguments of :func:`~arcface.inference.loader.load_model` (``arch``, ``options``,
+            ``preset``, ``providers``, ``batch_size``, ``calibration``, ``min_cosine``, ``threads``).
 
     Raises:
-        FileNotFoundError: unknown model name or missing file (see ``load_backend``).
+        FileNotFoundError: unknown model name or missing file (see ``load_model``).
         KeyError: unknown detector name.
         ValueError: a contract whose crop this pipeline cannot make (non-square input, unknown template size);
             an unknown precision or backend name, or one the model cannot run.
@@ -150,7 +115,7 @@ class FaceRecognizer:
 
     def __init__(
         self,
-        model: str | os.PathLike | Backend | Embedder = "default",
+        model: str | os.PathLike | Embedder = "default",
         detector: str | FaceDetector = "mtcnn",
         *,
         flip: bool = DEFAULT_FLIP,
@@ -162,35 +127,29 @@ class FaceRecognizer:
         detector_options: Mapping[str, Any] | None = None,
         model_options: Mapping[str, Any] | None = None,
     ) -> None:
-        from arcface.align.detection import FaceDetector, create_detector
-        from arcface.inference.backends import Backend
-        from arcface.inference.embedder import Embedder
-
-        if isinstance(model, (Backend, Embedder)):
-            self.embedder = Embedder.from_backend(model)
-        else:
-            self.embedder = Embedder.from_pretrained(
-                model, precision, backend, flip=flip, device=device, **dict(model_options or {})
-            )
-        self._check_template(self.embedder.contract)
-        if isinstance(detector, FaceDetector):
-            self.detector = detector
-        else:
-            options = {"max_side": max_side, **dict(detector_options or {})}
-            if detector == "mtcnn":
-                options.setdefault("device", device)
-            self.detector = create_detector(detector, **options)
         if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold}")
+        if isinstance(model, Embedder):
+            self.embedder = model
+        else:
+            self.embedder = load_model(
+                model, precision=precision, backend=backend, flip=flip, device=device, **dict(model_options or {})
+            )
+        options = dict(detector_options or {})
+        if not isinstance(detector, FaceDetector):
+            options = {"max_side": max_side, **options}
+            if detector == "mtcnn":
+                options.setdefault("device", device)
+        self.aligner = FaceAligner(detector, self.embedder.contract, options)
         self._threshold = None if threshold is None else float(threshold)
 
     # ----------------------------------------------------------------------------------------------
     # Properties
 
     @property
-    def backend(self) -> Backend:
-        """The embedding backend that runs (the Embedder's engine; its ``embed_crops`` gives the same numbers)."""
-        return self.embedder.engine
+    def detector(self) -> FaceDetector:
+        """The face detector."""
+        return self.aligner.detector
 
     @property
     def precision(self) -> str:
@@ -215,19 +174,35 @@ class FaceRecognizer:
     # ----------------------------------------------------------------------------------------------
     # Pipeline
 
-    def detect(self, image: ImageSource) -> list[Face]:
-        """Find the faces in an image, main face first.
+    def analyze(self, image: ImageSource, *, max_faces: int | None = None) -> list[Face]:
+        """Detect once, then crop and embed the faces found: the whole pipeline for one photo.
 
         Args:
             image: path, bytes, PIL image, or (H, W, 3) uint8 RGB / (H, W) grey array.
+            max_faces: crop and embed only the first ``max_faces`` faces (main face first; None: all). Every face
+                found is returned; the others have ``crop`` and ``embedding`` None (their count is still known).
 
         Returns:
-            Faces (possibly none) with boxes and landmarks in the image's pixel coordinates.
+            Faces (possibly none), main face first, with boxes and landmarks in the image's pixel coordinates and,
+            for the first ``max_faces``, their aligned ``crop`` and (D,) unit ``embedding``.
 
         Raises:
             ImageError: the input is not a readable image.
         """
-        return self._detect(self._load(image))
+        faces = self.aligner.faces(load_image(image), max_faces)
+        done = [f for f in faces if f.crop is not None]
+        if not done:
+            return faces
+        emb = self.embedder.embed(np.stack([f.crop for f in done]))  # (n, D)
+        return [dataclasses.replace(f, embedding=emb[i]) if i < len(done) else f for i, f in enumerate(faces)]
+
+    def detect(self, image: ImageSource) -> list[Face]:
+        """Find the faces in an image, main face first (boxes and landmarks; no crop, no embedding).
+
+        Raises:
+            ImageError: the input is not a readable image.
+        """
+        return self.aligner.detector.detect(load_image(image))
 
     def align(self, image: ImageSource) -> list[np.ndarray]:
         """Aligned crops of every face, in :meth:`detect` order.
@@ -235,8 +210,7 @@ class FaceRecognizer:
         Returns:
             List of (H, W, 3) uint8 RGB crops, (H, W) the contract's ``input_size`` (112x112).
         """
-        rgb = self._load(image)
-        return [self._crop(rgb, f.landmarks) for f in self._detect(rgb)]
+        return [f.crop for f in self.aligner.faces(load_image(image))]
 
     def embed(self, image: ImageSource, *, aligned: bool = False) -> np.ndarray:
         """The embedding of the main face.
@@ -260,7 +234,10 @@ class FaceRecognizer:
         Returns:
             (N, D) float32 of unit rows; N = 0 when there is no face.
         """
-        return self.embedder.embed(self.align(image))
+        faces = self.analyze(image)
+        if not faces:
+            return np.zeros((0, self.embedding_size), np.float32)
+        return np.stack([f.embedding for f in faces])
 
     def embed_batch(self, images: Iterable[ImageSource], *, aligned: bool = False) -> np.ndarray:
         """Embeddings of the main face of each image, run through the model in batches.
@@ -276,7 +253,7 @@ class FaceRecognizer:
             NoFaceError: for the first image without a face.
             ImageError: for the first unreadable image.
         """
-        crops = [self._aligned(img) if aligned else self._main_crop(img) for img in images]
+        crops = [self.aligned_crop(img) if aligned else self.main_crop(img) for img in images]
         return self.embedder.embed(crops)
 
     def compare(self, a: ImageSource | np.ndarray, b: ImageSource | np.ndarray, *, aligned: bool = False) -> float:
@@ -318,58 +295,33 @@ class FaceRecognizer:
     def __repr__(self) -> str:
         return f"FaceRecognizer(model={self.embedder!r}, detector={self.detector!r}, threshold={self.threshold})"
 
-    # ----------------------------------------------------------------------------------------------
-    # Helpers
+    def main_crop(self, image: ImageSource) -> np.ndarray:
+        """The aligned crop of the main face of a photo, (H, W, 3) uint8 RGB.
 
-    @staticmethod
-    def _check_template(contract: ModelContract) -> None:
-        from arcface.align.template import template_for_size
-
-        h, w = contract.input_size
-        if contract.template == "arcface_112":
-            if h != w:
-                raise ValueError(f"contract {contract.id}: the arcface_112 template needs a square crop, got {h}x{w}")
-            template_for_size(h)  # raises for sizes the template does not scale to
-
-    def _load(self, image: ImageSource) -> np.ndarray:
-        return load_image(image)
-
-    def _detect(self, rgb: np.ndarray) -> list[Face]:
-        return [Face.from_detection(d) for d in self.detector.detect(rgb)]
-
-    def _crop(self, rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-        """The aligned crop the contract asks for: its template, its input size."""
-        contract = self.contract
-        h, w = contract.input_size
-        if contract.template == "arcface_112":
-            from arcface.align.transform import norm_crop
-
-            return norm_crop(rgb, landmarks, image_size=h)
-        # A foreign template: its points are given in the crop's own pixels.
-        import cv2
-
-        from arcface.align.transform import estimate_similarity
-
-        matrix = estimate_similarity(np.asarray(landmarks, np.float64), np.asarray(contract.template_points))
-        return cv2.warpAffine(
-            rgb, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
-        )
-
-    def _main_crop(self, image: ImageSource) -> np.ndarray:
-        rgb = self._load(image)
-        faces = self._detect(rgb)
+        Raises:
+            NoFaceError: no face in the photo. ImageError: unreadable input.
+        """
+        faces = self.aligner.faces(load_image(image), max_faces=1)
         if not faces:
             raise NoFaceError(_name(image))
-        return self._crop(rgb, faces[0].landmarks)
+        return faces[0].crop
 
-    def _aligned(self, image: ImageSource) -> np.ndarray:
-        rgb = self._load(image)
+    def aligned_crop(self, image: ImageSource) -> np.ndarray:
+        """An already aligned crop, loaded and checked to be of the contract's input size.
+
+        Raises:
+            ValueError: another size. ImageError: unreadable input.
+        """
+        rgb = load_image(image)
         h, w = self.contract.input_size
         if rgb.shape[:2] != (h, w):
             raise ValueError(
                 f"{_name(image)}: aligned=True needs a {w}x{h} aligned crop, got {rgb.shape[1]}x{rgb.shape[0]}"
             )
         return rgb
+
+    # ----------------------------------------------------------------------------------------------
+    # Helpers
 
     def _embedding_of(self, x: ImageSource | np.ndarray, aligned: bool) -> np.ndarray:
         if isinstance(x, np.ndarray) and x.ndim == 1:

@@ -1,6 +1,6 @@
 """Bottom helpers every layer may use: mixed precision (:mod:`.amp`), the CPU allocator setting
 (:mod:`.memory`) and progress reports (:mod:`.progress`).
 
-Nothing here imports another part of arcface. Import the submodules directly; this package imports none of
-them, so ``import arcface.runtime.progress`` does not pull in torch.
+Nothing here imports another part of arcface (the bottom layer, with :mod:`arcface.io`). This package imports none
+of its submodules: import them directly.
 """

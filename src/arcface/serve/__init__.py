@@ -17,7 +17,7 @@ __all__ = ["Settings", "SettingsError", "create_app"]
 
 def __getattr__(name: str) -> Any:
     if name == "create_app":
-        from arcface.serve.app import create_app
+        from arcface.serve.app import create_app  # FastAPI is optional (the [all] extra): imported on first use
 
         return create_app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

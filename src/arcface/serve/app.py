@@ -49,9 +49,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from arcface.align.face import Face
 from arcface.gallery import Gallery
 from arcface.gallery.store import GalleryContractError
-from arcface.inference.recognizer import Face, FaceRecognizer, NoFaceError
+from arcface.inference.recognizer import FaceRecognizer, NoFaceError
 from arcface.io.images import ImageError, image_from_upload
 from arcface.serve import schemas
 from arcface.serve.settings import Settings, SettingsError
@@ -145,16 +146,12 @@ class _Engine:
         except NoFaceError:
             raise NoFaceError(name) from None
 
-    def enroll(self, data: bytes, name: str) -> tuple[np.ndarray, list[Face]]:
-        """(D,) embedding of the main face of an upload and every face found (main face first)."""
-        rgb = self.decode(data, name)
-        faces = self.recognizer.detect(rgb)
+    def enroll(self, data: bytes, name: str) -> list[Face]:
+        """Every face of an upload, main face first, the main one with its embedding (detection runs once)."""
+        faces = self.recognizer.analyze(self.decode(data, name), max_faces=1)
         if not faces:
             raise NoFaceError(name)
-        try:
-            return self.recognizer.embed(rgb), faces
-        except NoFaceError:
-            raise NoFaceError(name) from None
+        return faces
 
     def close(self) -> None:
         """Stop the pool (queued jobs are cancelled)."""
@@ -345,9 +342,9 @@ def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gal
         except KeyError:
             raise _not_found("identity", identity_id) from None
         data, name = await engine.read(image, "image")
-        embedding, faces = await engine.run(engine.enroll, data, name)
+        faces = await engine.run(engine.enroll, data, name)
         try:
-            face_id = await _gallery_call(gallery.add_face, identity_id, embedding, contract.id, name)
+            face_id = await _gallery_call(gallery.add_face, identity_id, faces[0].embedding, contract.id, name)
         except KeyError:  # removed while its photo was being embedded
             raise _not_found("identity", identity_id) from None
         x1, y1, x2, y2 = faces[0].box

@@ -1,5 +1,5 @@
-"""Helpers shared by the image subcommands (detect, align, embed, verify): exit codes, detector options,
-finding images, per-item failure records, progress bars and atomic writes.
+"""What the image subcommands (detect, align, embed, verify, eval, gallery) share: exit codes, the detector and model
+options and the recognizer they build, the images a SRC argument names, and failure lines.
 
 Exit codes of the image subcommands:
 
@@ -17,14 +17,15 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from arcface.align.detection import FaceDetector
+from arcface.align.detectors import DETECTORS, create_detector
+from arcface.batch.failures import Failure
+from arcface.inference.embedder import BACKENDS, PRECISIONS
+from arcface.inference.recognizer import FaceRecognizer
 from arcface.io.files import IMAGE_EXTENSIONS, find_images
-
-if TYPE_CHECKING:
-    from arcface.align.detection import FaceDetector
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -33,7 +34,10 @@ EXIT_NO_FACE = 3
 #: File suffixes of a text file listing image paths (one per line).
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
-DETECTOR_NAMES = ("mtcnn", "yunet", "scrfd")
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
 
 # --------------------------------------------------------------------------------------------------
 # Detector options
@@ -41,7 +45,7 @@ DETECTOR_NAMES = ("mtcnn", "yunet", "scrfd")
 
 def add_detector_args(p: argparse.ArgumentParser) -> None:
     """Add ``--detector``, ``--scrfd-model`` and ``--max-side`` to a subcommand."""
-    p.add_argument("--detector", choices=DETECTOR_NAMES, default="mtcnn", help="face detector (default mtcnn)")
+    p.add_argument("--detector", choices=DETECTORS.names(), default="mtcnn", help="face detector (default mtcnn)")
     p.add_argument("--scrfd-model", default=None, metavar="PATH", help="the SCRFD .onnx file (with --detector scrfd)")
     p.add_argument(
         "--max-side", type=int, default=1600, metavar="PX",
@@ -59,8 +63,6 @@ def detector_options(args: argparse.Namespace, *, threads: int | None = None) ->
     Raises:
         CliError: SCRFD without ``--scrfd-model``, a missing model file, or ``--max-side`` below 16.
     """
-    from arcface.cli import CliError
-
     name = args.detector
     if args.max_side is not None and args.max_side < 16:
         raise CliError(f"--max-side must be at least 16, got {args.max_side}")
@@ -80,10 +82,45 @@ def detector_options(args: argparse.Namespace, *, threads: int | None = None) ->
 
 def make_detector(args: argparse.Namespace) -> FaceDetector:
     """The detector the options of ``add_detector_args`` ask for."""
-    from arcface.align.detection import create_detector
-
     name, options = detector_options(args)
     return create_detector(name, **options)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model options
+
+
+def add_model_args(p: argparse.ArgumentParser, *, flip: bool | None = False) -> None:
+    """Add ``--model``, ``--arch``, ``--precision``, ``--backend`` and ``--flip`` (default ``flip``; None: no flag)."""
+    p.add_argument("--model", default="default", help="default, sface, or a .safetensors/.pth/.onnx model file")
+    p.add_argument("--arch", default=None, help="backbone name for a .pth state dict (r50, mbf, ...)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="embedding precision (default auto: bf16 where the CPU runs it natively and it keeps "
+                        "cosine >= 0.99 to fp32, else fp32)")  # fmt: skip
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="embedding backend: torch (eager), jit (frozen TorchScript graph), onnx (onnxruntime); "
+                        "default auto (jit where bf16 is native; ONNX models always run in onnxruntime)")  # fmt: skip
+    if flip is not None:
+        p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=flip,
+                       help=f"flip-test fusion, image + mirror image (default {'on' if flip else 'off'})")  # fmt: skip
+
+
+def recognizer_from_args(args: argparse.Namespace, **options: Any) -> FaceRecognizer:
+    """The :class:`FaceRecognizer` the parsed detector and model options ask for.
+
+    Args:
+        args: parsed ``add_detector_args`` + ``add_model_args`` options (``--flip`` when present, ``--device``).
+        **options: more ``FaceRecognizer`` arguments (``threshold``) or ``model_options`` entries (``batch_size``).
+    """
+    name, det_options = detector_options(args)
+    max_side = det_options.pop("max_side")
+    threshold = options.pop("threshold", None)
+    model_options = {**({"arch": args.arch} if args.arch else {}), **options}
+    return FaceRecognizer(
+        args.model, name, flip=bool(getattr(args, "flip", False)), precision=args.precision, backend=args.backend,
+        threshold=threshold, device=getattr(args, "device", "cpu"), max_side=max_side, detector_options=det_options,
+        model_options=model_options,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,8 +137,6 @@ def collect_sources(src: str | os.PathLike) -> list[Path]:
     Raises:
         CliError: ``src`` does not exist, or a folder holds no images.
     """
-    from arcface.cli import CliError
-
     path = Path(src)
     if path.is_dir():
         images = find_images(path)
@@ -124,47 +159,7 @@ def collect_sources(src: str | os.PathLike) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Failures
-
-
-@dataclass(frozen=True)
-class Failure:
-    """One item of a batch that could not be processed.
-
-    Attributes:
-        path: the item as the batch names it.
-        reason: a stable code: an ``ImageError.reason`` (``missing``, ``corrupt``, ...), ``no_face``, or
-            ``error`` for anything else.
-        message: one line for a person.
-    """
-
-    path: str
-    reason: str
-    message: str
-
-    def as_dict(self) -> dict[str, str]:
-        """The failure as a JSON-ready dict."""
-        return asdict(self)
-
-
-def reason_of(error: BaseException) -> str:
-    """The failure code of an exception (see :class:`Failure`)."""
-    from arcface.inference.recognizer import NoFaceError
-    from arcface.io.images import ImageError
-
-    if isinstance(error, ImageError):
-        return str(error.reason)
-    if isinstance(error, NoFaceError):
-        return "no_face"
-    return "error"
-
-
-def failure_of(path: str, error: BaseException) -> Failure:
-    """The :class:`Failure` record of ``error`` raised for ``path``, with a one-line message."""
-    message = " ".join(str(error).split()) or type(error).__name__
-    if reason_of(error) == "error" and type(error).__name__ not in message:
-        message = f"{type(error).__name__}: {message}"
-    return Failure(path, reason_of(error), message)
+# Failures and image output
 
 
 def print_failures(failures: Sequence[Failure], *, limit: int = 10, file=None) -> None:
@@ -178,37 +173,3 @@ def print_failures(failures: Sequence[Failure], *, limit: int = 10, file=None) -
 
 # --------------------------------------------------------------------------------------------------
 # Progress and output files
-
-
-def check_image_suffix(path: str | os.PathLike) -> None:
-    """Fail early when ``path``'s suffix is not an image format OpenCV can write.
-
-    Raises:
-        CliError: e.g. ``out.foo`` or a name without a suffix.
-    """
-    import cv2
-
-    from arcface.cli import CliError
-
-    suffix = Path(path).suffix.lower()
-    if not suffix or not cv2.haveImageWriter(f"x{suffix}"):
-        raise CliError(f"{path}: cannot write an image of type {suffix or '(no suffix)'}; use .png or .jpg")
-
-
-def encode_image(rgb, path: str | os.PathLike, *, quality: int = 95) -> bytes:
-    """Encode an (H, W, 3) uint8 RGB image in the format of ``path``'s suffix (.png, .jpg, ...) with OpenCV.
-
-    Raises:
-        CliError: the suffix is not an image format OpenCV can write.
-    """
-    import cv2
-
-    from arcface.cli import CliError
-
-    check_image_suffix(path)
-    suffix = Path(path).suffix.lower()
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if suffix in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
-    if not ok:
-        raise CliError(f"{path}: OpenCV could not encode the image as {suffix}")
-    return buf.tobytes()

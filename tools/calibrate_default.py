@@ -2,14 +2,16 @@
 
 Pipeline: ``FaceRecognizer`` (MTCNN + norm_crop + the bundled MobileFaceNet), embeddings with flip-test
 fusion off and on. The threshold is chosen on ``pairsDevTrain.txt`` (1,100 same + 1,100 different pairs)
-with ``contract.calibrate_threshold`` and applied unchanged to ``pairsDevTest.txt`` (500 + 500).
+with :func:`arcface.eval.metrics.calibrate_threshold` and applied unchanged to ``pairsDevTest.txt`` (500 + 500).
 
 A pair whose image has no detected face is counted as wrong (listed in the output; it is left out of the
 threshold search). Each image is detected and aligned once, then embedded in batches. With ``--sface`` the
 SFace ONNX model (if found) is evaluated on the same crops, for reference (its threshold is OpenCV's).
 
-    python bench/calibrate_default.py            # report only
-    python bench/calibrate_default.py --write    # also store the threshold in the bundled model's contract
+    python tools/calibrate_default.py            # report only (bench/results/calibrate_default.json)
+    python tools/calibrate_default.py --write    # also store the threshold in the bundled model's contract
+
+A tool, not a benchmark: ``--write`` rewrites the shipped model file, so it is not part of ``make bench``.
 
 The threshold written is the one for the recognizer's default flip setting (``recognizer.DEFAULT_FLIP``).
 """
@@ -25,51 +27,42 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # the benchmarks' table and JSON helpers
 
 from _common import print_table, save  # noqa: E402
-from arcface._shared import LFW_HINT, find_lfw  # noqa: E402
-from arcface.inference.contract import calibrate_threshold, load_model, save_model  # noqa: E402
-from arcface.inference.recognizer import DEFAULT_FLIP, FaceRecognizer  # noqa: E402
-from arcface.inference.zoo import BUNDLED_DEFAULT, load_backend  # noqa: E402
+from arcface.data.locations import LFW_HINT, find_lfw  # noqa: E402
+from arcface.eval.datasets import read_lfw_pairs  # noqa: E402
+from arcface.eval.metrics import calibrate_threshold  # noqa: E402
+from arcface.inference.contract import read_model, save_model  # noqa: E402
+from arcface.inference.loader import load_model  # noqa: E402
+from arcface.inference.recognizer import DEFAULT_FLIP, FaceRecognizer, NoFaceError  # noqa: E402
+from arcface.inference.zoo import BUNDLED_DEFAULT  # noqa: E402
 
-Pair = tuple[str, str, bool]  # (image a, image b, same)
-
-
-def read_pairs(path: Path) -> list[Pair]:
-    """LFW pair file -> [(rel path a, rel path b, same)] (first line is the per-class count)."""
-    lines = path.read_text().splitlines()
-    pairs: list[Pair] = []
-    for line in lines[1:]:
-        f = line.split("\t")
-        if len(f) == 3:
-            pairs.append((f"{f[0]}/{f[0]}_{int(f[1]):04d}.jpg", f"{f[0]}/{f[0]}_{int(f[2]):04d}.jpg", True))
-        elif len(f) == 4:
-            pairs.append((f"{f[0]}/{f[0]}_{int(f[1]):04d}.jpg", f"{f[2]}/{f[2]}_{int(f[3]):04d}.jpg", False))
-        elif line.strip():
-            raise ValueError(f"{path}: bad pair line {line!r}")
-    return pairs
+Pair = tuple[Path, Path, bool]  # (image a, image b, same)
 
 
-def align_all(rec: FaceRecognizer, root: Path, names: list[str]) -> tuple[dict[str, int], np.ndarray, list[str]]:
+def align_all(rec: FaceRecognizer, names: list[Path]) -> tuple[dict[Path, int], np.ndarray, list[Path]]:
     """Main-face crop of each image: ({name: row}, (M, H, W, 3) crops, names without a face)."""
-    index: dict[str, int] = {}
+    index: dict[Path, int] = {}
     crops, missing = [], []
     t0 = time.perf_counter()
     for i, name in enumerate(names, 1):
-        faces = rec.align(root / name)
-        if faces:
-            index[name] = len(crops)
-            crops.append(faces[0])
-        else:
+        try:
+            crop = rec.main_crop(name)
+        except NoFaceError:
             missing.append(name)
+        else:
+            index[name] = len(crops)
+            crops.append(crop)
         if i % 250 == 0 or i == len(names):
             rate = i / (time.perf_counter() - t0)
             print(f"  aligned {i}/{len(names)} images ({rate:.1f} img/s), {len(missing)} without a face", flush=True)
     return index, np.stack(crops), missing
 
 
-def pair_scores(pairs: list[Pair], index: dict[str, int], emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pair_scores(
+    pairs: list[Pair], index: dict[Path, int], emb: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores (P,) with NaN where a face is missing, labels (P,), valid (P,))."""
     labels = np.array([s for _, _, s in pairs])
     valid = np.array([a in index and b in index for a, b, _ in pairs])
@@ -99,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         print(LFW_HINT, file=sys.stderr)
         return 2
     root = lfw / "lfw-deepfunneled"
-    train, test = read_pairs(lfw / "pairsDevTrain.txt"), read_pairs(lfw / "pairsDevTest.txt")
+    train = read_lfw_pairs(lfw / "pairsDevTrain.txt", root).image_pairs()
+    test = read_lfw_pairs(lfw / "pairsDevTest.txt", root).image_pairs()
     if args.limit:
         train = train[: args.limit // 2] + train[len(train) // 2 :][: args.limit // 2]
         test = test[: args.limit // 2] + test[len(test) // 2 :][: args.limit // 2]
@@ -108,18 +102,16 @@ def main(argv: list[str] | None = None) -> int:
 
     rec = FaceRecognizer("default", "mtcnn", threshold=0.0)
     t0 = time.perf_counter()
-    index, crops, missing = align_all(rec, root, names)
+    index, crops, missing = align_all(rec, names)
     t_align = time.perf_counter() - t0
 
-    models = {"default": rec.backend.contract}
-    if args.sface:
-        models["sface"] = load_backend("sface").contract
+    models = ["default"] + (["sface"] if args.sface else [])
     rows, results = [], {}
     for model in models:
         for flip in (False, True):
-            backend = load_backend(model, flip=flip)
+            embedder = load_model(model, flip=flip, precision="fp32")
             t0 = time.perf_counter()
-            emb = backend.embed_crops(crops)  # (M, D)
+            emb = embedder.embed(crops)  # (M, D)
             t_embed = time.perf_counter() - t0
             label = f"{model}{' + flip' if flip else ''}"
             print(f"  embedded {len(crops)} crops with {label} in {t_embed:.0f} s", flush=True)
@@ -134,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 "test_accuracy": accuracy(s_te, y_te, v_te, thr),
                 "embed_ms_per_crop": 1000 * t_embed / len(crops),
             }
-            published = backend.contract.threshold if model != "default" else None
+            published = embedder.contract.threshold if model != "default" else None
             if published is not None:
                 res["test_accuracy_published_threshold"] = accuracy(s_te, y_te, v_te, published)
             results[key] = res
@@ -157,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         rows,
     )
     print(f"\nalignment: {len(names)} images in {t_align:.0f} s ({len(names) / t_align:.1f} img/s)")
-    print(f"no face found in {len(missing)} image(s): {', '.join(missing) or '-'}")
+    print(f"no face found in {len(missing)} image(s): {', '.join(str(m) for m in missing) or '-'}")
     print(f"pairs counted wrong for a missing face: {n_bad_train} train, {n_bad_test} test")
 
     chosen = f"default{'+flip' if DEFAULT_FLIP else ''}"
@@ -171,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "calibrate_default",
         {
             "results": results,
-            "missing_faces": missing,
+            "missing_faces": [str(m) for m in missing],
             "table": table,
             "align_seconds": t_align,
             "written": bool(args.write and not args.limit),
@@ -182,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             print("--write ignored with --limit (a partial calibration is not stored)", file=sys.stderr)
             return 1
         path = Path(str(files("arcface").joinpath("weights", BUNDLED_DEFAULT)))
-        module, contract = load_model(path)
+        module, contract = read_model(path)
         new = dataclasses.replace(contract, threshold=res["threshold"], calibrated_on=calibrated_on)
         written = save_model(module, new, path)
         print(f"wrote threshold {written.threshold:.4f} into {path} (contract {written.id})")

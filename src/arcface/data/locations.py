@@ -1,4 +1,4 @@
-"""Where data that is not shipped with the package lives: ``$ARCFACE_DATA`` or ``../shared``.
+"""Where evaluation data that is not shipped with the package lives: ``$ARCFACE_DATA`` or ``../shared``.
 
 Nothing here downloads; functions return None when the data is absent so callers can say how to get it.
 """
@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import numpy as np
 
 LFW_URL = "http://vis-www.cs.umass.edu/lfw/lfw-deepfunneled.tgz"
 LFW_HINT = (
@@ -45,27 +41,3 @@ def find_lfw() -> Path | None:
         if (cand / "lfw-deepfunneled").is_dir():
             return cand
     return None
-
-
-def aligned_lfw_sample(images: str | os.PathLike, n: int) -> np.ndarray:
-    """Up to ``n`` real aligned faces for accuracy checks and benchmarks: (m, 112, 112, 3) uint8 RGB, m <= n.
-
-    The first photo of ``n`` people spread evenly over the sorted folders of ``images`` (LFW's
-    ``lfw-deepfunneled``), MTCNN's main face cropped by ``norm_crop``; photos without a face are skipped.
-    """
-    import numpy as np
-
-    from arcface.align import create_detector, norm_crop
-    from arcface.io.images import load_image
-
-    det = create_detector("mtcnn")
-    people = sorted(p for p in Path(images).iterdir() if p.is_dir())
-    crops = []
-    for person in people[:: max(1, len(people) // (2 * n))]:
-        img = load_image(sorted(person.glob("*.jpg"))[0])
-        faces = det.detect(img)
-        if faces:
-            crops.append(norm_crop(img, faces[0].landmarks))
-        if len(crops) == n:
-            break
-    return np.stack(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8)

@@ -1,4 +1,6 @@
-"""Detection, alignment and embedding of a verification set, with an on-disk cache (a second run is fast).
+"""The evaluation pipeline: detection, alignment and embedding of a verification set, with an on-disk cache (a
+second run is fast). Detection and cropping go through the face pipeline's :class:`~arcface.align.FaceAligner`
+(one per worker process), embedding through the :class:`~arcface.inference.embedder.Embedder`.
 
 Two kinds of entries, each one ``.npz`` file written atomically under the cache folder:
 
@@ -16,8 +18,8 @@ side ``0.55 * min(H, W)`` (for LFW's 250x250: the central 137x137, about where a
 resized to the crop size. Such images are counted (``fallbacks``) and reported; their pairs are scored like any
 other. Unreadable images are errors.
 
-Detection can run in ``workers`` processes (``spawn``; one torch thread each); it is the slow part (MTCNN
-takes about 20-50 ms per 250x250 image on one core).
+Detection can run in ``workers`` processes (:func:`arcface.runtime.workers.process_map`: ``spawn``, one torch
+thread each); it is the slow part (MTCNN takes about 10 ms per 250x250 LFW image on one core).
 """
 
 from __future__ import annotations
@@ -28,31 +30,34 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import cv2
 import numpy as np
 
-if TYPE_CHECKING:
-    from arcface.eval.datasets import PairSet
-    from arcface.inference.backends import Backend
-    from arcface.inference.embedder import Embedder
+from arcface.align.aligner import cached_aligner
+from arcface.align.transform import CropSpec
+from arcface.eval.datasets import PairSet
+from arcface.inference.embedder import Embedder
+from arcface.io.images import ImageError, load_image
+from arcface.runtime.progress import progress as report_progress
+from arcface.runtime.workers import process_map
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_CACHE",
     "FALLBACK_FRACTION",
-    "CropSpec",
+    "DetectionSpec",
     "EmbedStats",
     "EvalCache",
     "align_images",
     "centre_crop",
     "decode_aligned",
     "embed_pair_set",
-    "embedding_path",
 ]
 
 #: Default cache folder (relative to the working directory).
@@ -60,9 +65,6 @@ DEFAULT_CACHE = Path(".cache/arcface")
 
 #: Side of the fallback centre square, as a fraction of the image's shorter side.
 FALLBACK_FRACTION = 0.55
-
-#: Counts detector calls in this process (tests check that a cached run makes none).
-DETECTOR_CALLS = {"n": 0}
 
 
 def _hash(obj: Any) -> str:
@@ -125,36 +127,37 @@ class EvalCache:
 
 
 @dataclass(frozen=True)
-class CropSpec:
-    """How crops are made: detector and its options, crop size and template.
+class DetectionSpec:
+    """How the crops of a set are made: the detector, its options and the crop (from the model contract).
 
     Attributes:
         detector: detector name ("mtcnn", "yunet", "scrfd").
         detector_options: its constructor options (``max_side``, ``model_path``, ...).
-        size: crop side in pixels (the contract's square input size).
-        template_points: the five template points of the crop (from the contract).
-        template: the template's name ("arcface_112" uses ``norm_crop``).
+        crop: the crop a contract asks for.
     """
 
     detector: str = "mtcnn"
     detector_options: dict = field(default_factory=dict)
-    size: int = 112
-    template_points: tuple = ()
-    template: str = "arcface_112"
+    crop: CropSpec = field(default_factory=CropSpec)
+
+    @property
+    def size(self) -> int:
+        """Side of the (square) crop."""
+        return self.crop.input_size[0]
 
     @classmethod
-    def for_contract(cls, contract, detector: str = "mtcnn", detector_options: dict | None = None) -> CropSpec:
+    def for_contract(cls, contract, detector: str = "mtcnn", detector_options: dict | None = None) -> DetectionSpec:
         """The crop a model contract asks for (square input only)."""
         h, w = contract.input_size
         if h != w:
             raise ValueError(f"contract {contract.id}: evaluation needs a square input, got {h}x{w}")
-        return cls(detector, dict(detector_options or {}), h, tuple(map(tuple, contract.template_points)),
-                   contract.template)  # fmt: skip
+        spec = CropSpec(tuple(contract.input_size), contract.template, tuple(map(tuple, contract.template_points)))
+        return cls(detector, dict(detector_options or {}), spec)
 
     def key(self) -> dict:
         """The JSON-able part of a crop's cache key."""
         return {"detector": self.detector, "options": self.detector_options, "size": self.size,
-                "template": self.template, "points": self.template_points}  # fmt: skip
+                "template": self.crop.template, "points": self.crop.template_points}  # fmt: skip
 
 
 def centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -167,8 +170,6 @@ def centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     Returns:
         (size, size, 3) uint8.
     """
-    import cv2
-
     h, w = rgb.shape[:2]
     side = max(1, round(FALLBACK_FRACTION * min(h, w)))
     y0, x0 = (h - side) // 2, (w - side) // 2
@@ -177,60 +178,21 @@ def centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(square, (size, size), interpolation=interp))
 
 
-def _make_crop(rgb: np.ndarray, landmarks: np.ndarray, spec: CropSpec) -> np.ndarray:
-    if spec.template == "arcface_112":
-        from arcface.align.transform import norm_crop
-
-        return norm_crop(rgb, landmarks, image_size=spec.size)
-    import cv2
-
-    from arcface.align.transform import estimate_similarity
-
-    m = estimate_similarity(np.asarray(landmarks, np.float64), np.asarray(spec.template_points, np.float64))
-    return cv2.warpAffine(rgb, m, (spec.size, spec.size), flags=cv2.INTER_LINEAR, borderValue=0)
-
-
-# Per-process detector of the worker pool (and of the in-process path).
-_DETECTOR: dict[str, Any] = {}
-
-
-def _init_worker(spec: CropSpec, threads: int | None) -> None:
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    _get_detector(spec)
-
-
-def _get_detector(spec: CropSpec):
-    key = json.dumps(spec.key(), sort_keys=True, default=str)
-    if key not in _DETECTOR:
-        from arcface.align.detection import create_detector
-
-        _DETECTOR.clear()
-        _DETECTOR[key] = create_detector(spec.detector, **spec.detector_options)
-    return _DETECTOR[key]
-
-
-def _align_one(args: tuple[str, CropSpec]) -> tuple[np.ndarray, bool]:
-    """Detect the main face of one image and crop it (centre crop when there is none)."""
-    from arcface.io.images import load_image
-
+def _align_one(args: tuple[str, DetectionSpec]) -> tuple[np.ndarray, bool]:
+    """Detect the main face of one image and crop it (centre crop when there is none); runs in a worker."""
     path, spec = args
     rgb = load_image(path)
-    faces = _get_detector(spec).detect(rgb)
+    faces = cached_aligner(spec.detector, spec.detector_options, spec.crop).faces(rgb, max_faces=1)
     if faces:
-        return _make_crop(rgb, faces[0].landmarks, spec), False
+        return faces[0].crop, False
     return centre_crop(rgb, spec.size), True
 
 
-def _image_key(path: Path, spec: CropSpec) -> str:
+def _image_key(path: Path, spec: DetectionSpec) -> str:
     p = Path(path).resolve()
     try:
         st = p.stat()
     except FileNotFoundError:
-        from arcface.io.images import ImageError
-
         raise ImageError(str(path), "missing", "no such file") from None
     return _hash({"path": str(p), "mtime_ns": st.st_mtime_ns, "size": st.st_size, **spec.key()})
 
@@ -245,7 +207,7 @@ def _valid_crop(size: int) -> Callable[[dict[str, np.ndarray]], bool]:
 
 def align_images(
     paths: Sequence[str | os.PathLike],
-    spec: CropSpec,
+    spec: DetectionSpec,
     cache: EvalCache,
     *,
     workers: int = 1,
@@ -258,7 +220,7 @@ def align_images(
         spec: detector, crop size and template.
         cache: where crops are looked up and stored.
         workers: detection processes (1: in this process).
-        progress: a progress bar on stderr.
+        progress: report progress on stderr.
 
     Returns:
         ``(crops, fallback, counts)``: (M, S, S, 3) uint8 crops, (M,) bool (True where no face was found and the
@@ -267,8 +229,6 @@ def align_images(
     Raises:
         ImageError: an image is missing or unreadable (the message names it).
     """
-    from arcface.runtime.progress import progress as bar
-
     paths = [Path(p) for p in paths]
     keys = [_image_key(p, spec) for p in paths]
     crops = np.zeros((len(paths), spec.size, spec.size, 3), np.uint8)
@@ -281,24 +241,12 @@ def align_images(
             todo.append(i)
         else:
             crops[i], fallback[i] = hit["crop"], bool(hit["fallback"])
-    if todo:
-        jobs = [(str(paths[i]), spec) for i in todo]
-        if workers > 1 and len(todo) > 1:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(spec, 1)) as pool:
-                results: Iterable = pool.imap(_align_one, jobs, chunksize=8)
-                results = bar(results, total=len(todo), desc="detect+align", enabled=progress)
-                for i, (crop, fb) in zip(todo, results, strict=True):
-                    crops[i], fallback[i] = crop, fb
-                    cache.put("crops", keys[i], crop=crop, fallback=np.array(fb))
-        else:
-            for i, job in zip(todo, bar(jobs, total=len(jobs), desc="detect+align", enabled=progress), strict=True):
-                crop, fb = _align_one(job)
-                crops[i], fallback[i] = crop, fb
-                cache.put("crops", keys[i], crop=crop, fallback=np.array(fb))
-        DETECTOR_CALLS["n"] += len(todo)
+    jobs = [(str(paths[i]), spec) for i in todo]
+    results = process_map(_align_one, jobs, workers=workers, chunksize=8)
+    for i, (crop, fb) in zip(todo, report_progress(results, total=len(jobs), desc="detect+align", enabled=progress),
+                             strict=True):  # fmt: skip
+        crops[i], fallback[i] = crop, fb
+        cache.put("crops", keys[i], crop=crop, fallback=np.array(fb))
     return crops, fallback, {"cached": len(paths) - len(todo), "detected": len(todo)}
 
 
@@ -312,10 +260,6 @@ def decode_aligned(images: Sequence[bytes | str | os.PathLike], size: int | tupl
     Returns:
         (M, H, W, 3) uint8 RGB.
     """
-    import cv2
-
-    from arcface.io.images import load_image
-
     h, w = (size, size) if isinstance(size, int) else size
     out = np.zeros((len(images), h, w, 3), np.uint8)
     for i, img in enumerate(images):
@@ -351,24 +295,9 @@ class EmbedStats:
     seconds_embed: float = 0.0
 
 
-def embedding_path(model: Backend | Embedder) -> tuple[str, str]:
-    """(precision, backend) that a model's embeddings are computed with, e.g. ("bf16", "torch").
-
-    An :class:`~arcface.inference.embedder.Embedder` says it; a plain backend is float32 ("onnx" for
-    onnxruntime, else "torch") unless it carries a ``precision`` (an Embedder's engine does).
-    """
-    from arcface.inference.backends import OnnxBackend
-
-    precision = getattr(model, "precision", None) or "fp32"
-    kind = getattr(model, "backend", None)
-    if not isinstance(kind, str):
-        kind = "onnx" if isinstance(model, OnnxBackend) else "torch"
-    return str(precision), kind
-
-
 def embed_pair_set(
     pairset: PairSet,
-    backend: Backend | Embedder,
+    embedder: Embedder,
     *,
     cache: EvalCache | None = None,
     detector: str = "mtcnn",
@@ -380,22 +309,22 @@ def embed_pair_set(
 
     Args:
         pairset: the set.
-        backend: the model, an :class:`~arcface.inference.embedder.Embedder` or a plain backend (its ``flip``
-            decides flip-test fusion; its contract the crop; its precision and backend are part of the cache key).
+        embedder: the model (its ``flip`` decides flip-test fusion; its contract the crop; its precision and backend
+            are part of the cache key).
         cache: the cache (None: no cache).
         detector: detector name for unaligned images.
         detector_options: its options (``max_side`` defaults to 1600 as in ``FaceRecognizer``).
         workers: detection processes.
-        progress: progress bars on stderr.
+        progress: progress reports on stderr.
 
     Returns:
         ``(embeddings, stats)``: (M, D) float32 unit rows in ``pairset.images`` order, and an :class:`EmbedStats`.
     """
     cache = cache if cache is not None else EvalCache(None)
-    contract = backend.contract
+    contract = embedder.contract
     stats = EmbedStats(images=len(pairset.images))
     options = {"max_side": 1600, **dict(detector_options or {})}
-    spec = CropSpec.for_contract(contract, detector, options)
+    spec = DetectionSpec.for_contract(contract, detector, options)
     if pairset.aligned:
         if pairset.source and Path(pairset.source).is_file():
             st = Path(pairset.source).stat()
@@ -406,9 +335,8 @@ def embed_pair_set(
         set_id["aligned_size"] = spec.size
     else:
         set_id = {"crops": [_image_key(Path(p), spec) for p in pairset.images]}
-    precision, engine = embedding_path(backend)
-    key = _hash({**set_id, "contract": contract.id, "flip": bool(backend.flip), "precision": precision,
-                 "backend": engine})  # fmt: skip
+    key = _hash({**set_id, "contract": contract.id, "flip": bool(embedder.flip), "precision": embedder.precision,
+                 "backend": embedder.backend})  # fmt: skip
     m, d = len(pairset.images), contract.embedding_size
     hit = cache.get("embeddings", key, lambda a: a.get("embeddings", np.zeros(0)).shape == (m, d)
                     and a.get("fallback", np.zeros(0)).shape == (m,))  # fmt: skip
@@ -429,7 +357,7 @@ def embed_pair_set(
     stats.fallbacks = int(fallback.sum())
     stats.fallback_images = [str(pairset.images[i]) for i in np.flatnonzero(fallback)]
     t1 = time.perf_counter()
-    emb = backend.embed_crops(crops)
+    emb = embedder.embed(crops)
     stats.seconds_align, stats.seconds_embed = t1 - t0, time.perf_counter() - t1
     cache.put("embeddings", key, embeddings=emb, fallback=fallback)
     return emb, stats

@@ -1,0 +1,217 @@
+"""Align a tree of photos into crops (a training set): ``SRC/person/photo.jpg`` -> ``DST/person/photo.png``.
+
+The tree is mirrored: each photo's main face is cut by the face pipeline's aligner
+(:class:`~arcface.align.FaceAligner`, the embedding contract's template at ``size`` pixels square). The work is
+spread over worker processes (:func:`arcface.runtime.workers.process_map`), each with its own aligner.
+
+Resumable: a crop is written under a temporary name and renamed when complete, so an existing output is a finished
+one and is skipped on the next run (files that failed are tried again).
+
+Every run writes a report (JSON, or a table for a ``.tsv`` name) with the counts and each failed file with its
+reason: ``no_face``, or the image loader's reason (``corrupt``, ``not_image``, ``empty``, ``too_large``,
+``unsupported``, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from arcface.align.aligner import cached_aligner
+from arcface.align.transform import CropSpec
+from arcface.batch.failures import Failure, failure_of
+from arcface.inference.recognizer import NoFaceError
+from arcface.io.files import find_images, write_bytes_atomic
+from arcface.io.images import load_image
+from arcface.runtime.progress import progress
+from arcface.runtime.workers import process_map
+
+__all__ = ["FORMATS", "REPORT_NAME", "AlignResult", "align_tree", "encode_image"]
+
+#: Output formats: lossless PNG (default) or JPEG.
+FORMATS = {"png": ".png", "jpg": ".jpg"}
+REPORT_NAME = "align_report.json"
+
+# One task: (source, output, crop size, JPEG quality, detector, options); one result: (source, faces, failure).
+_Task = tuple[str, str, int, int, str, dict]
+_Result = tuple[str, int, "Failure | None"]
+
+
+@dataclass
+class AlignResult:
+    """What :func:`align_tree` did.
+
+    Attributes:
+        images: photos found under the source.
+        aligned: crops written by this run.
+        skipped_existing: photos whose crop already existed.
+        failures: photos that could not be aligned (relative paths), with their reasons.
+        several_faces: photos with more than one face (the main one was kept).
+        report: the report file.
+    """
+
+    images: int = 0
+    aligned: int = 0
+    skipped_existing: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    several_faces: list[str] = field(default_factory=list)
+    report: Path | None = None
+
+
+def encode_image(rgb, path: str | os.PathLike, *, quality: int = 95) -> bytes:
+    """Encode an (H, W, 3) uint8 RGB image in the format of ``path``'s suffix (.png, .jpg, ...) with OpenCV.
+
+    Raises:
+        ValueError: the suffix is not an image format OpenCV can write.
+    """
+    suffix = Path(path).suffix.lower()
+    if not suffix or not cv2.haveImageWriter(f"x{suffix}"):
+        raise ValueError(f"{path}: cannot write an image of type {suffix or '(no suffix)'}; use .png or .jpg")
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if suffix in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode the image as {suffix}")
+    return buf.tobytes()
+
+
+def align_tree(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    size: int = 112,
+    image_format: str = "png",
+    quality: int = 95,
+    detector: str = "mtcnn",
+    detector_options: dict[str, Any] | None = None,
+    workers: int = 1,
+    report: str | os.PathLike | None = None,
+    progress_bar: bool = True,
+) -> AlignResult:
+    """Align the main face of every photo under ``src`` into ``dst``, mirroring the folders.
+
+    Args:
+        src: the photos, e.g. one sub-folder per identity.
+        dst: where the crops go (created); outputs that exist are skipped.
+        size: crop side in pixels (a multiple of 112 or 128).
+        image_format: "png" (lossless) or "jpg".
+        quality: JPEG quality.
+        detector: detector name.
+        detector_options: its options (``max_side``, ``model_path``, ...).
+        workers: processes (1 runs in this process).
+        report: the report file (default ``dst/align_report.json``; a ``.tsv`` name writes a table).
+        progress_bar: report progress on stderr.
+
+    Returns:
+        An :class:`AlignResult`.
+
+    Raises:
+        FileNotFoundError: ``src`` is not a folder.
+        ValueError: a bad option, ``dst`` equal to ``src``, or no images under ``src``.
+        WorkerDied: a worker process died (the crops written so far are kept: run again to resume).
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: no such folder" if not src.exists() else f"{src}: not a folder")
+    if dst.resolve() == src.resolve():
+        raise ValueError("DST_DIR must differ from SRC_DIR")
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"--quality must be in 1..100, got {quality}")
+    if image_format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {image_format!r}")
+    CropSpec.square(size)  # ValueError for a size the template does not scale to
+    options = dict(detector_options or {})
+    report_path = Path(report) if report else dst / REPORT_NAME
+
+    images = find_images(src, exclude=dst)
+    if not images:
+        raise ValueError(f"{src}: no images found")
+    outputs = _plan_outputs(images, src, dst, FORMATS[image_format])
+    tasks: list[_Task] = [(str(i), str(o), size, quality, detector, options)
+                          for i, o in zip(images, outputs) if not o.exists()]  # fmt: skip
+    result = AlignResult(images=len(images), skipped_existing=len(images) - len(tasks), report=report_path)
+    dst.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(dst)
+
+    results: Iterator[_Result] = process_map(_align_one, tasks, workers=workers)
+    for path, n_faces, failure in progress(results, total=len(tasks), desc="align", enabled=progress_bar):
+        rel = Path(path).relative_to(src).as_posix()
+        if failure is not None:
+            result.failures.append(Failure(rel, failure.reason, failure.message))
+            continue
+        result.aligned += 1
+        if n_faces > 1:
+            result.several_faces.append(rel)
+
+    counts = {
+        "images": result.images,
+        "aligned": result.aligned,
+        "skipped_existing": result.skipped_existing,
+        "failed": len(result.failures),
+        "several_faces": len(result.several_faces),
+    }
+    settings = {"src": str(src), "dst": str(dst), "size": size, "format": image_format, "detector": detector}
+    _write_report(report_path, settings, counts, result.failures, result.several_faces)
+    return result
+
+
+def _plan_outputs(images: Sequence[Path], src: Path, dst: Path, suffix: str) -> list[Path]:
+    """Output path of each image: the same relative path with ``suffix``; ``a.jpg`` and ``a.png`` in one
+    folder would collide, so the later one keeps its suffix in the name (``a.png.png``)."""
+    taken: set[Path] = set()
+    outputs = []
+    for img in images:
+        rel = img.relative_to(src)
+        out = dst / rel.with_suffix(suffix)
+        if out in taken:
+            out = dst / rel.parent / (rel.name + suffix)
+        taken.add(out)
+        outputs.append(out)
+    return outputs
+
+
+def _remove_stale_temporaries(dst: Path) -> None:
+    """Delete the half-written crops of an interrupted run (``.NAME.tmpPID.png``, see ``atomic_path``)."""
+    pattern = re.compile(r"^\..+\.tmp\d+\.(png|jpg)$")
+    for dirpath, _, filenames in os.walk(dst):
+        for f in filenames:
+            if pattern.match(f):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(dirpath, f))
+
+
+def _align_one(task: _Task) -> _Result:
+    """Load, detect, crop the main face, write the crop atomically; a failure is returned, not raised."""
+    src, out, size, quality, detector, options = task
+    try:
+        faces = cached_aligner(detector, options, CropSpec.square(size)).faces(load_image(src), max_faces=1)
+        if not faces:
+            raise NoFaceError(src)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(out, encode_image(faces[0].crop, out, quality=quality))
+        return src, len(faces), None
+    except Exception as e:  # one bad photo must not stop a long batch: it goes into the report with its reason
+        return src, 0, failure_of(src, e)
+
+
+def _write_report(
+    path: Path, settings: dict[str, Any], counts: dict[str, int], failures: list[Failure], several: list[str]
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".tsv":
+        lines = ["# " + " ".join(f"{k}={v}" for k, v in {**settings, **counts}.items()), "path\treason\tmessage"]
+        lines += [f"{f.path}\t{f.reason}\t{f.message.replace(chr(9), ' ')}" for f in failures]
+        text = "\n".join(lines) + "\n"
+    else:
+        doc = {**settings, "counts": counts, "failures": [f.as_dict() for f in failures], "several_faces": several}
+        text = json.dumps(doc, indent=2) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))

@@ -1,0 +1,83 @@
+"""The one model loader: a model name or file -> its weights and contract -> the ready :class:`Embedder`.
+
+    >>> emb = load_model()                                   # the bundled default model, fastest verified path
+    >>> emb = load_model("backbone.pth", arch="r50")         # an arcface_torch checkpoint
+    >>> emb = load_model("model.onnx", flip=True)            # an ONNX file (its own contract when it carries one)
+    >>> emb.contract.id, emb.embed(crops)
+
+One straight path: :func:`arcface.inference.zoo.resolve_model_path` (a name -> a file),
+:func:`arcface.inference.files.read_model_file` (the file -> weights + contract, one reader per file type), then
+the engine (:meth:`Embedder.from_module` for torch weights, :meth:`Embedder.from_onnx` for ONNX graphs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from arcface.inference.contract import ModelContract
+from arcface.inference.embedder import MIN_COSINE, Embedder, check_names
+from arcface.inference.files import read_model_file
+from arcface.inference.zoo import resolve_model_path
+
+__all__ = ["load_model"]
+
+
+def load_model(
+    model: str | os.PathLike = "default",
+    *,
+    precision: str = "auto",
+    backend: str = "auto",
+    flip: bool = False,
+    device: str = "cpu",
+    batch_size: int = 64,
+    arch: str | None = None,
+    options: dict[str, Any] | None = None,
+    preset: str | None = None,
+    contract: ModelContract | None = None,
+    providers: Sequence[str] | None = None,
+    calibration: np.ndarray | None = None,
+    min_cosine: float = MIN_COSINE,
+    threads: int | None = None,
+) -> Embedder:
+    """Load a model by name or file into the inference engine.
+
+    Args:
+        model: "default" / "mobilefacenet", "sface", or a ``.safetensors``, ``.pth``/``.pt`` or ``.onnx`` path.
+        precision: "auto", "fp32" or "bf16" (see :mod:`arcface.inference.embedder`).
+        backend: "auto", "torch", "jit" or "onnx".
+        flip: flip-test fusion default of :meth:`Embedder.embed`.
+        device: torch device ("cpu", "cuda"); for ONNX, "cuda" asks onnxruntime for CUDA then CPU.
+        batch_size: most crops per forward pass.
+        arch: backbone name of a ``.pth``/``.pt`` state dict (e.g. "r50", "mbf").
+        options: extra ``create_model`` arguments of a ``.pth``/``.pt`` (the embedding size is read from the weights).
+        preset: preprocessing of a foreign ONNX file, "insightface" (default) or "sface".
+        contract: the full contract of a foreign ONNX file (overrides ``preset``).
+        providers: onnxruntime execution providers.
+        calibration: aligned faces for the accuracy check of ``precision="auto"``.
+        min_cosine: the least cosine to float32 a fast path must keep.
+        threads: torch / onnxruntime threads (None leaves the process's setting).
+
+    Raises:
+        FileNotFoundError: an unknown name, a missing file, or SFace not found (the message says where to get it).
+        ValueError: an unknown precision or backend, one the model cannot run, an option that does not apply to the
+            file type, or an unreadable model (``ContractError`` for weights that do not fit).
+    """
+    check_names(precision, backend)  # before loading anything
+    path = resolve_model_path(model)
+    read = read_model_file(
+        path, device=device, arch=arch, options=options, preset=preset, contract=contract, providers=providers,
+        threads=threads,
+    )  # fmt: skip
+    if read.module is None:
+        return Embedder.from_onnx(
+            read.session, read.contract, path=path, precision=precision, backend=backend, flip=flip,
+            batch_size=batch_size,
+        )  # fmt: skip
+    return Embedder.from_module(
+        read.module, precision, backend, contract=read.contract, calibration=calibration, min_cosine=min_cosine,
+        batch_size=batch_size, threads=threads, flip=flip, device=device,
+    )  # fmt: skip
