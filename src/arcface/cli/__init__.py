@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from arcface.cli import (
     _align,
     _convert,
+    _data,
     _demo,
     _detect,
     _embed,
@@ -26,7 +27,9 @@ from arcface.cli import (
     _verify,
 )
 
-_COMMANDS = (_train, _demo, _convert, _export, _detect, _align, _embed, _verify, _eval, _gallery, _serve, _experiment)
+_COMMANDS = (
+    _train, _demo, _data, _convert, _export, _detect, _align, _embed, _verify, _eval, _gallery, _serve, _experiment,
+)  # fmt: skip
 
 
 class CliError(Exception):
