@@ -650,6 +650,7 @@ def _fetch_item(item: Item, folder: Path, mirror: str | None, *, progress: bool,
                 _install_tree(tmp / item.target, folder / item.target)
             except DataError:
                 part.unlink(missing_ok=True)  # verified yet unusable: do not resume it
+                _tidy(folder)
                 raise
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
