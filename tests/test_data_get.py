@@ -445,3 +445,47 @@ def test_real_lfw_pair_files_verify_through_a_mirror_and_a_tampered_one_does_not
     rc, _, err = run_cli(capsys, "data", "get", "lfw-pairs", "--dir", tmp_path / "bad", "--mirror", server.url)
     assert rc == 1 and "pairs.txt" in _one_line(err) and "checksum mismatch" in err
     assert not (tmp_path / "bad" / "lfw" / "pairs.txt").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# the demo's use of it (the fixture standing in for "lfw")
+
+
+@pytest.fixture
+def lfw_is_fixture(monkeypatch, tmp_path):
+    """``get_dataset("lfw")`` answers the fixture named by the returned setter; data goes to tmp_path."""
+    real = downloads.get_dataset
+    current = {}
+    monkeypatch.setattr(downloads, "get_dataset", lambda n: real(current.get(n, n)))
+    monkeypatch.setenv("ARCFACE_DATA", str(tmp_path))
+    monkeypatch.setenv("ARCFACE_NO_SHARED_LOOKUP", "1")
+    monkeypatch.setenv("ARCFACE_SHARED", str(tmp_path / "no-shared"))
+    return lambda name: current.update(lfw=name)
+
+
+def test_demo_downloads_lfw_when_absent_saying_what_and_how_big(server, fixture_files, tmp_path, capsys,
+                                                                 monkeypatch, lfw_is_fixture):  # fmt: skip
+    from arcface.cli._demo import get_lfw
+
+    server.files = fixture_files
+    lfw_is_fixture(register(fixture_files, n_files=N_IMAGES))
+    monkeypatch.setenv("ARCFACE_MIRROR", server.url)
+    assert get_lfw() == tmp_path / "lfw"
+    out = capsys.readouterr().out
+    first = out.splitlines()[0]
+    assert first.startswith("LFW is not on this machine: downloading it into") and "3 files" in first
+    assert (tmp_path / "lfw" / "lfw-deepfunneled" / "Ada_Example" / "Ada_Example_0002.jpg").is_file()
+
+
+def test_demo_falls_back_in_one_line_when_the_download_fails(server, fixture_files, tmp_path, capsys,
+                                                              monkeypatch, lfw_is_fixture):  # fmt: skip
+    from arcface.cli._demo import get_lfw
+
+    server.files = fixture_files
+    server.status = {"lfw-deepfunneled.tgz": 404}
+    lfw_is_fixture(register(fixture_files, n_files=N_IMAGES))
+    monkeypatch.setenv("ARCFACE_MIRROR", server.url)
+    assert get_lfw() is None
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("LFW could not be downloaded") and "HTTP 404" in last
+    assert not (tmp_path / "lfw" / "lfw-deepfunneled").exists()
