@@ -489,3 +489,20 @@ def test_demo_falls_back_in_one_line_when_the_download_fails(server, fixture_fil
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.startswith("LFW could not be downloaded") and "HTTP 404" in last
     assert not (tmp_path / "lfw" / "lfw-deepfunneled").exists()
+
+
+def test_a_stale_part_file_that_does_not_verify_is_fetched_again(server, fixture_files, tmp_path):
+    """A .part left by an earlier run of another copy: the resumed file fails its checksum, so it starts over."""
+    server.files = fixture_files
+    name = register(fixture_files, n_files=N_IMAGES)
+    part = tmp_path / "lfw" / ".download" / "lfw-deepfunneled.tgz.part"
+    part.parent.mkdir(parents=True)
+    stale = b"not the start of this archive"
+    part.write_bytes(stale)
+    out = io.StringIO()
+    downloads.get(name, tmp_path, mirror=server.url, progress=False, out=out)
+    ranges = [r for p, r in server.requests if p == "/lfw-deepfunneled.tgz"]
+    assert ranges == [f"bytes={len(stale)}-", None]
+    assert "downloading it again from the start" in out.getvalue()
+    assert len(list((tmp_path / "lfw" / "lfw-deepfunneled").rglob("*.jpg"))) == N_IMAGES
+    assert _leftovers(tmp_path) == []

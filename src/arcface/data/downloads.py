@@ -352,6 +352,7 @@ def _fetch_once(url: str, part: Path, *, desc: str, size: int | None, progress: 
     try:
         resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as e:
+        e.close()
         if e.code == 416 and have:  # nothing after what we hold: the .part may be complete (the checksum says)
             return "done"
         raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
@@ -629,13 +630,20 @@ def _fetch_item(item: Item, folder: Path, mirror: str | None, *, progress: bool,
     part = folder / ".download" / f"{item.filename}.part"
     errors: list[DownloadError] = []
     for url, accepted in _sources(item, mirror):
+        stale = part.exists()  # left by an earlier run: perhaps of another copy of the file
         try:
             _download(url, part, desc=item.filename, size=item.size, progress=progress, attempts=attempts,
                       timeout=timeout, read_timeout=read_timeout, say=say)  # fmt: skip
+            ok, how = _matches(part, accepted)
+            if not ok and stale:
+                say(f"{item.filename}: the resumed download does not verify; downloading it again from the start")
+                part.unlink()
+                _download(url, part, desc=item.filename, size=item.size, progress=progress, attempts=attempts,
+                          timeout=timeout, read_timeout=read_timeout, say=say)  # fmt: skip
+                ok, how = _matches(part, accepted)
         except DownloadError as e:
             errors.append(e)
             continue
-        ok, how = _matches(part, accepted)
         if not ok:
             part.unlink()
             _tidy(folder)
