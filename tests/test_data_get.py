@@ -92,13 +92,13 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def register(files: dict[str, bytes], *, n_files: int | None = None, archive: str = "lfw-deepfunneled.tgz") -> str:
+def register(files: dict[str, bytes], *, n_images: int | None = None, archive: str = "lfw-deepfunneled.tgz") -> str:
     """Register a fixture dataset whose checksums are those of ``files``; returns its (unique) name."""
     dead = f"http://127.0.0.1:{_closed_port()}/"  # the "published" source: never reached when a mirror is given
     items = [Item(n, n, (Source(dead + n, _digests(files[n])),), size=len(files[n])) for n in PAIRS if n in files]
     if archive in files:
         items.append(Item(archive, "lfw-deepfunneled", (Source(dead + archive, _digests(files[archive])),),
-                          archive=True, files=n_files))  # fmt: skip
+                          archive=True, images=n_images))  # fmt: skip
     name = f"lfw-fixture-{next(_names)}"
     ds = Dataset(name, "lfw", "fixture LFW", "fixture terms: for tests only", tuple(items))
     PUBLIC_DATASETS.register(name, obj=lambda: ds)
@@ -216,7 +216,7 @@ N_IMAGES = sum(PEOPLE.values())
 
 def test_get_installs_verifies_and_is_found(server, fixture_files, tmp_path, capsys, monkeypatch):
     server.files = fixture_files
-    name = register(fixture_files, n_files=N_IMAGES)
+    name = register(fixture_files, n_images=N_IMAGES)
     rc, out, err = run_cli(capsys, "data", "get", name, "--dir", tmp_path, "--mirror", server.url)
     assert rc == 0, err
     lfw = tmp_path / "lfw"
@@ -251,7 +251,7 @@ def test_get_installs_verifies_and_is_found(server, fixture_files, tmp_path, cap
 
 def test_list_notices_a_changed_tree(server, fixture_files, tmp_path, capsys):
     server.files = fixture_files
-    name = register(fixture_files, n_files=N_IMAGES)
+    name = register(fixture_files, n_images=N_IMAGES)
     downloads.get(name, tmp_path, mirror=server.url, progress=False, out=io.StringIO())
     (tmp_path / "lfw" / "lfw-deepfunneled" / "Ada_Example" / "Ada_Example_0001.jpg").unlink()
     (tmp_path / "lfw" / "pairs.txt").write_text("tampered\n")
@@ -268,7 +268,7 @@ def test_list_notices_a_changed_tree(server, fixture_files, tmp_path, capsys):
 def test_interrupted_transfer_resumes_with_a_range_request(server, fixture_files, tmp_path, capsys):
     server.files = fixture_files
     server.drop_once = {"lfw-deepfunneled.tgz"}
-    name = register(fixture_files, n_files=N_IMAGES)
+    name = register(fixture_files, n_images=N_IMAGES)
     rc, out, err = run_cli(capsys, "data", "get", name, "--dir", tmp_path, "--mirror", server.url)
     assert rc == 0, err
     ranges = [r for p, r in server.requests if p == "/lfw-deepfunneled.tgz"]
@@ -282,7 +282,7 @@ def test_interrupted_transfer_resumes_with_a_range_request(server, fixture_files
 def test_a_rerun_continues_the_part_file(server, fixture_files, tmp_path):
     server.files = fixture_files
     server.drop_once = {"lfw-deepfunneled.tgz"}
-    name = register(fixture_files, n_files=N_IMAGES)
+    name = register(fixture_files, n_images=N_IMAGES)
     with pytest.raises(downloads.DownloadError, match=r"interrupted .*run the command again to resume") as e:
         downloads.get(name, tmp_path, mirror=server.url, attempts=1, progress=False, out=io.StringIO())
     assert "\n" not in str(e.value) and server.url in str(e.value)
@@ -306,7 +306,7 @@ def test_a_server_that_does_not_resume_properly_restarts_cleanly(misbehaviour, s
         server.honour_range = False  # answers 200 with the whole file
     else:
         server.wrong_range_once = {"lfw-deepfunneled.tgz"}  # 206 from byte 0
-    name = register(fixture_files, n_files=N_IMAGES)
+    name = register(fixture_files, n_images=N_IMAGES)
     downloads.get(name, tmp_path, mirror=server.url, progress=False, out=io.StringIO())
     assert server.count("lfw-deepfunneled.tgz") == (2 if misbehaviour == "ignores_range" else 3)
     assert len(list((tmp_path / "lfw" / "lfw-deepfunneled").rglob("*.jpg"))) == N_IMAGES
@@ -325,7 +325,7 @@ def _one_line(err: str) -> str:
 
 
 def test_a_corrupted_archive_is_refused_and_leaves_nothing(server, fixture_files, tmp_path, capsys):
-    name = register(fixture_files, n_files=N_IMAGES)  # the checksums of the good archive
+    name = register(fixture_files, n_images=N_IMAGES)  # the checksums of the good archive
     bad = bytearray(fixture_files["lfw-deepfunneled.tgz"])
     bad[len(bad) // 2] ^= 0xFF
     server.files = {**fixture_files, "lfw-deepfunneled.tgz": bytes(bad)}
@@ -341,12 +341,12 @@ def test_a_corrupted_archive_is_refused_and_leaves_nothing(server, fixture_files
     assert (lfw / "pairs.txt").read_text() == PAIRS["pairs.txt"]
 
 
-def test_wrong_file_count_is_refused(server, fixture_files, tmp_path, capsys):
+def test_wrong_image_count_is_refused(server, fixture_files, tmp_path, capsys):
     server.files = fixture_files
-    name = register(fixture_files, n_files=N_IMAGES + 1)
+    name = register(fixture_files, n_images=N_IMAGES + 1)
     rc, _, err = run_cli(capsys, "data", "get", name, "--dir", tmp_path, "--mirror", server.url)
     assert rc == 1
-    assert f"{N_IMAGES} files, expected {N_IMAGES + 1}" in _one_line(err)
+    assert f"{N_IMAGES} images, expected {N_IMAGES + 1}" in _one_line(err)
     assert not (tmp_path / "lfw" / "lfw-deepfunneled").exists()
     assert _leftovers(tmp_path) == []
 
@@ -355,7 +355,7 @@ def test_wrong_file_count_is_refused(server, fixture_files, tmp_path, capsys):
 def test_http_errors_are_one_line(code, server, fixture_files, tmp_path, capsys):
     server.files = fixture_files
     server.status = {"pairsDevTrain.txt": code}
-    name = register(fixture_files, n_files=N_IMAGES)
+    name = register(fixture_files, n_images=N_IMAGES)
     rc, _, err = run_cli(capsys, "data", "get", name, "--dir", tmp_path, "--mirror", server.url)
     assert rc == 1
     line = _one_line(err)
@@ -365,7 +365,7 @@ def test_http_errors_are_one_line(code, server, fixture_files, tmp_path, capsys)
 
 
 def test_unreachable_mirror_is_one_line_and_counts_as_offline(fixture_files, tmp_path, capsys):
-    name = register(fixture_files, n_files=N_IMAGES)
+    name = register(fixture_files, n_images=N_IMAGES)
     mirror = f"http://127.0.0.1:{_closed_port()}/"
     assert downloads.probe(name, mirror=mirror).startswith("cannot reach 127.0.0.1:")
     with pytest.raises(downloads.Unreachable):
@@ -423,7 +423,7 @@ def test_unsafe_archive_members_are_refused(kind, data_filter, server, tmp_path,
 def test_plain_extraction_without_the_data_filter(server, fixture_files, tmp_path, monkeypatch):
     monkeypatch.setattr(downloads, "_HAS_DATA_FILTER", False)
     server.files = fixture_files
-    name = register(fixture_files, n_files=N_IMAGES)
+    name = register(fixture_files, n_images=N_IMAGES)
     downloads.get(name, tmp_path, mirror=server.url, progress=False, out=io.StringIO())
     jpgs = sorted((tmp_path / "lfw" / "lfw-deepfunneled").rglob("*.jpg"))
     assert len(jpgs) == N_IMAGES and all(os.path.getsize(p) > 0 for p in jpgs)
@@ -468,7 +468,7 @@ def test_demo_downloads_lfw_when_absent_saying_what_and_how_big(server, fixture_
     from arcface.cli._demo import get_lfw
 
     server.files = fixture_files
-    lfw_is_fixture(register(fixture_files, n_files=N_IMAGES))
+    lfw_is_fixture(register(fixture_files, n_images=N_IMAGES))
     monkeypatch.setenv("ARCFACE_MIRROR", server.url)
     assert get_lfw() == tmp_path / "lfw"
     out = capsys.readouterr().out
@@ -483,7 +483,7 @@ def test_demo_falls_back_in_one_line_when_the_download_fails(server, fixture_fil
 
     server.files = fixture_files
     server.status = {"lfw-deepfunneled.tgz": 404}
-    lfw_is_fixture(register(fixture_files, n_files=N_IMAGES))
+    lfw_is_fixture(register(fixture_files, n_images=N_IMAGES))
     monkeypatch.setenv("ARCFACE_MIRROR", server.url)
     assert get_lfw() is None
     last = capsys.readouterr().out.splitlines()[-1]
@@ -494,7 +494,7 @@ def test_demo_falls_back_in_one_line_when_the_download_fails(server, fixture_fil
 def test_a_stale_part_file_that_does_not_verify_is_fetched_again(server, fixture_files, tmp_path):
     """A .part left by an earlier run of another copy: the resumed file fails its checksum, so it starts over."""
     server.files = fixture_files
-    name = register(fixture_files, n_files=N_IMAGES)
+    name = register(fixture_files, n_images=N_IMAGES)
     part = tmp_path / "lfw" / ".download" / "lfw-deepfunneled.tgz.part"
     part.parent.mkdir(parents=True)
     stale = b"not the start of this archive"

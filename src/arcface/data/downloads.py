@@ -127,7 +127,8 @@ class Item:
         archive: a tar archive (any compression) holding ``target/...``.
         size: the exact size in bytes, where known.
         approx_size: an estimate for messages when ``size`` is unknown.
-        files: for an archive, the number of regular files it installs (checked after extraction).
+        images: for an archive, the number of ``.jpg`` files it installs (checked after extraction; other files
+            such as a stray README are allowed, and counted in the manifest).
     """
 
     filename: str
@@ -136,7 +137,7 @@ class Item:
     archive: bool = False
     size: int | None = None
     approx_size: int | None = None
-    files: int | None = None
+    images: int | None = None
 
     def expected_size(self) -> int | None:
         """The exact size, else the estimate, else None."""
@@ -200,7 +201,7 @@ _LFW_PAIRS = (
 _LFW_DEEPFUNNELED = Item(
     "lfw-deepfunneled.tgz", "lfw-deepfunneled",
     (Source(_UMASS + "lfw-deepfunneled.tgz", {"md5": "68331da3eb755a505a502b5aacb3c201"}),),
-    archive=True, approx_size=110_000_000, files=13_233,
+    archive=True, approx_size=110_000_000, images=13_233,
 )  # fmt: skip
 
 #: The original (not aligned) images. Figshare's SHA-256 (scikit-learn) and the LFW site's MD5 (torchvision)
@@ -211,7 +212,7 @@ _LFW_ORIGINAL = Item(
         Source(_FIGSHARE + "5976018", {"sha256": "055f7d9c632d7370e6fb4afc7468d40f970c34a80d4c6f50ffec63f5a8d536c0"}),
         Source(_UMASS + "lfw.tgz", {"md5": "a17d05bd522c52d84eca14327a23d494"}),
     ),
-    archive=True, files=13_233,
+    archive=True, images=13_233,
 )  # fmt: skip
 
 
@@ -448,8 +449,8 @@ def _check_member(m: tarfile.TarInfo, root: str, archive: Path) -> str:
 
 
 def _extract(archive: Path, root: str, into: Path) -> tuple[int, int]:
-    """Extract ``archive`` (all of it under ``root/``) into the folder ``into``; returns (files, bytes)."""
-    files = total = 0
+    """Extract ``archive`` (all of it under ``root/``) into the folder ``into``; returns (files, bytes, images)."""
+    files = total = images = 0
     try:
         tar = tarfile.open(archive, "r:*")  # noqa: SIM115 (closed by the with below; open errors are ours)
     except (tarfile.TarError, OSError) as e:
@@ -473,6 +474,7 @@ def _extract(archive: Path, root: str, into: Path) -> tuple[int, int]:
                 if m.isfile():
                     files += 1
                     total += m.size
+                    images += name.lower().endswith(".jpg")
         except tarfile.FilterError as e:
             raise UnsafeArchiveError(f"{archive}: refused member ({e})") from None
         except (tarfile.TarError, EOFError, OSError) as e:
@@ -481,16 +483,18 @@ def _extract(archive: Path, root: str, into: Path) -> tuple[int, int]:
             raise ChecksumError(f"{archive}: the archive is damaged ({e})") from None
     if not (into / root).is_dir():
         raise ChecksumError(f"{archive}: holds no {root}/ folder")
-    return files, total
+    return files, total, images
 
 
-def _tree_size(folder: Path) -> tuple[int, int]:
-    files = total = 0
+def _tree_size(folder: Path) -> tuple[int, int, int]:
+    """(files, bytes, .jpg files) under ``folder``."""
+    files = total = images = 0
     for dirpath, _dirs, names in os.walk(folder):
         for n in names:
             files += 1
             total += os.stat(os.path.join(dirpath, n)).st_size
-    return files, total
+            images += n.lower().endswith(".jpg")
+    return files, total, images
 
 
 def _install_tree(new: Path, target: Path) -> None:
@@ -543,18 +547,18 @@ def _item_status(item: Item, folder: Path, manifest: dict, *, deep: bool = True)
             return ItemStatus(item, path, "ok", "present")
         ok, how = _matches(path, [s.digests for s in item.sources])
         return ItemStatus(item, path, "ok" if ok else "bad", how if ok else f"checksum mismatch: {how}")
-    files, total = _tree_size(path)
-    rec = manifest.get(item.target)
-    if rec:
-        if (files, total) == (rec.get("files"), rec.get("bytes")):
+    files, total, images = _tree_size(path)
+    rec = manifest.get(item.target) or {}
+    if isinstance(rec.get("files"), int) and isinstance(rec.get("bytes"), int):
+        if (files, total) == (rec["files"], rec["bytes"]):
             return ItemStatus(item, path, "ok", f"{files:,} files, {total / 1e6:,.1f} MB, as installed "
                               f"({rec.get('verified', 'verified')})")  # fmt: skip
-        return ItemStatus(item, path, "bad", f"{files:,} files / {total:,} bytes, but {rec.get('files'):,} files / "
-                          f"{rec.get('bytes'):,} bytes were installed")  # fmt: skip
-    if item.files is not None:
-        if files == item.files:
-            return ItemStatus(item, path, "ok", f"{files:,} files (count matches; not installed by arcface data get)")
-        return ItemStatus(item, path, "bad", f"{files:,} files, expected {item.files:,}")
+        return ItemStatus(item, path, "bad", f"{files:,} files / {total:,} bytes, but {rec['files']:,} files / "
+                          f"{rec['bytes']:,} bytes were installed")  # fmt: skip
+    if item.images is not None:
+        if images == item.images:
+            return ItemStatus(item, path, "ok", f"{images:,} images (count matches; not installed by arcface data get)")
+        return ItemStatus(item, path, "bad", f"{images:,} images, expected {item.images:,}")
     return ItemStatus(item, path, "ok", f"{files:,} files (nothing recorded to compare with)")
 
 
@@ -652,9 +656,9 @@ def _fetch_item(item: Item, folder: Path, mirror: str | None, *, progress: bool,
         if item.archive:
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{item.target}-", dir=folder))
             try:
-                files, total = _extract(part, item.target, tmp)
-                if item.files is not None and files != item.files:
-                    raise ChecksumError(f"{item.filename} from {url}: {files:,} files, expected {item.files:,}")
+                files, total, images = _extract(part, item.target, tmp)
+                if item.images is not None and images != item.images:
+                    raise ChecksumError(f"{item.filename} from {url}: {images:,} images, expected {item.images:,}")
                 _install_tree(tmp / item.target, folder / item.target)
             except DataError:
                 part.unlink(missing_ok=True)  # verified yet unusable: do not resume it
@@ -663,7 +667,7 @@ def _fetch_item(item: Item, folder: Path, mirror: str | None, *, progress: bool,
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             part.unlink()
-            record.update(files=files, bytes=total)
+            record.update(files=files, bytes=total, images=images)
         else:
             os.replace(part, folder / item.target)
         _tidy(folder)
@@ -735,7 +739,7 @@ def get(
             read_timeout=read_timeout, say=say,
         )  # fmt: skip
         _write_manifest(folder, manifest)
-        extra = f", {manifest[item.target]['files']:,} files" if item.archive else ""
+        extra = f", {manifest[item.target]['images']:,} images" if item.archive else ""
         say(f"{item.target}: installed in {folder} ({manifest[item.target]['verified']}{extra})")
     return folder
 
