@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from arcface.cli import (
     _align,
     _convert,
+    _data,
     _demo,
     _detect,
     _embed,
@@ -33,7 +34,7 @@ from arcface.runtime.workers import WorkerDied
 
 __all__ = ["CliError", "build_parser", "main"]
 
-_COMMANDS = (_train, _demo, _convert, _export, _detect, _align, _embed, _verify, _eval, _gallery, _serve)
+_COMMANDS = (_train, _demo, _data, _convert, _export, _detect, _align, _embed, _verify, _eval, _gallery, _serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

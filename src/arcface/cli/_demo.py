@@ -6,19 +6,25 @@
    table; crops and embeddings are cached, so runs after the first take well under a minute.
 3. With ``--train``: a small IResNet with the ArcFace head on LFW people who have at least 30 photos
    (centre crop of the deep-funneled images), printing the loss as it falls.
-Without LFW it says how to get it (and which checksums to expect) and trains on synthetic faces.
+Without LFW (not in ``$ARCFACE_DATA``, ``../shared`` or the download folder) it first gets it with
+``arcface data get lfw`` (saying what it downloads and how big it is). Where nothing can be downloaded it says so
+in one line and verifies the public-domain photos the package ships (``arcface/samples``, see its NOTICE)
+instead; ``--train`` then trains on synthetic faces.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import re
 import shutil
 import time
 from pathlib import Path
 
 from arcface.cli._eval import format_table
-from arcface.data.locations import LFW_HINT, find_lfw
+from arcface.data import downloads
+from arcface.data.locations import find_lfw
 from arcface.engine.config import config_from_dict
 from arcface.engine.trainer import Trainer
 from arcface.eval.datasets import read_lfw_pairs
@@ -27,6 +33,11 @@ from arcface.eval.verification import evaluate_pair_set
 from arcface.inference.loader import load_model
 from arcface.inference.recognizer import FaceRecognizer
 from arcface.io.files import write_bytes_atomic
+
+#: Public-domain face photos shipped with the package (NOTICE beside them); ``NAME_N.jpg`` is photo N of NAME.
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+#: Longest name a table column shows; longer names are cut with "...".
+MAX_NAME = 40
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,24 +67,75 @@ def lfw_list_file(lfw: Path, min_images: int, out: Path) -> tuple[Path, int, int
     return out, n_people, len(lines)
 
 
+def sample_pairs(folder: Path = SAMPLES) -> list[tuple[Path, Path, bool]]:
+    """Every pair of the shipped photos as (image A, image B, same person), "same" pairs first."""
+    photos = sorted(folder.glob("*.jpg"))
+
+    def person(p: Path) -> str:
+        return re.sub(r"_\d+$", "", p.stem)
+
+    pairs = [(a, b, person(a) == person(b)) for a, b in itertools.combinations(photos, 2)]
+    return sorted(pairs, key=lambda p: not p[2])
+
+
+def _fit(name: str, width: int) -> str:
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
+def _verify_table(pairs: list[tuple[Path, Path, bool]], source: str) -> int:
+    """Verify ``pairs`` and print the table (columns as wide as the longest name, at most MAX_NAME)."""
+    rec = FaceRecognizer()
+    print(f"photo to identity: mtcnn + 112x112 alignment + {rec.contract.architecture} "
+          f"({rec.contract.embedding_size}-D), threshold {rec.threshold:.3f} ({rec.contract.calibrated_on})")
+    print(f"data: {source}\n")
+    wa = min(MAX_NAME, max([len("image A")] + [len(a.stem) for a, _, _ in pairs]))
+    wb = min(MAX_NAME, max([len("image B")] + [len(b.stem) for _, b, _ in pairs]))
+    print(f"{'image A':<{wa}}  {'image B':<{wb}}  {'cosine':>7}  {'decision':<9}  truth")
+    right = 0
+    t0 = time.perf_counter()
+    for a, b, truth in pairs:
+        v = rec.verify(a, b)
+        right += v.same == truth
+        print(f"{_fit(a.stem, wa):<{wa}}  {_fit(b.stem, wb):<{wb}}  {v.similarity:>7.3f}  "
+              f"{'same' if v.same else 'different':<9}  {'same' if truth else 'different'}")
+    print(f"\n{right}/{len(pairs)} right in {time.perf_counter() - t0:.1f} s\n")
+    return right
+
+
 def verification_table(lfw: Path, n_pairs: int) -> None:
     """Verify ``n_pairs`` LFW View 1 test pairs (half same, half different) and print the table."""
     pairs = read_lfw_pairs(lfw / "pairsDevTest.txt", lfw / "lfw-deepfunneled").image_pairs()
     same = [p for p in pairs if p[2]][: n_pairs // 2]
     diff = [p for p in pairs if not p[2]][: n_pairs - n_pairs // 2]
-    rec = FaceRecognizer()
-    print(f"photo to identity: mtcnn + 112x112 alignment + {rec.contract.architecture} "
-          f"({rec.contract.embedding_size}-D), threshold {rec.threshold:.3f} ({rec.contract.calibrated_on})")
-    print(f"data: LFW View 1 test pairs from {lfw / 'pairsDevTest.txt'}\n")
-    print(f"{'image A':<28} {'image B':<28} {'cosine':>7}  {'decision':<9} {'truth':<9}")
-    right = 0
-    t0 = time.perf_counter()
-    for a, b, truth in same + diff:
-        v = rec.verify(a, b)
-        right += v.same == truth
-        print(f"{a.stem:<28} {b.stem:<28} {v.similarity:>7.3f}  {'same' if v.same else 'different':<9} "
-              f"{'same' if truth else 'different':<9}")
-    print(f"\n{right}/{len(same) + len(diff)} right in {time.perf_counter() - t0:.1f} s\n")
+    _verify_table(same + diff, f"LFW View 1 test pairs from {lfw / 'pairsDevTest.txt'}")
+
+
+def samples_table() -> None:
+    """Verify every pair of the photos the package ships and print the table."""
+    pairs = sample_pairs()
+    _verify_table(pairs, f"the {len({p for a, b, _ in pairs for p in (a, b)})} public-domain photos shipped in "
+                         f"{SAMPLES} (NOTICE there; the two Grace Hopper photos are copies of one photograph)")
+
+
+def get_lfw() -> Path | None:
+    """LFW, fetched with ``arcface data get lfw`` when it is absent; None (after one line saying so) when it
+    cannot be had: no network, or a download that failed or did not verify."""
+    root = downloads.default_data_dir()
+    todo = downloads.missing("lfw", root)
+    size = sum(it.expected_size() or 0 for it in todo) / 1e6
+    offline = downloads.probe("lfw")
+    if offline is not None:
+        print(f"LFW is not on this machine and cannot be downloaded ({offline}): verifying the photos this "
+              f"package ships instead; `arcface data get lfw` fetches LFW (about {size:.0f} MB) on a network.")
+        return None
+    print(f"LFW is not on this machine: downloading it into {root / 'lfw'} with `arcface data get lfw`: "
+          f"{downloads.describe(todo)}, checked against the published checksums.")
+    try:
+        downloads.get("lfw", root)
+    except downloads.DataError as e:
+        print(f"LFW could not be downloaded ({e}): verifying the photos this package ships instead.")
+        return None
+    return find_lfw()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
     work = Path(args.out)
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    lfw = find_lfw()
+    lfw = find_lfw() or get_lfw()
+    if lfw is None and args.pairs > 0:
+        samples_table()
     if lfw is not None and args.pairs > 0:
         verification_table(lfw, args.pairs)
     if lfw is not None and not args.no_eval:
@@ -89,10 +153,9 @@ def run(args: argparse.Namespace) -> int:
         pairset = read_lfw_pairs(lfw / "pairs.txt", lfw / "lfw-deepfunneled")
         report = evaluate_pair_set(pairset, load_model("default", flip=True), cache=EvalCache(), workers=2)
         print(format_table({"model_name": "default", **report}))
+        work.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(work / "lfw_view2.json", (json.dumps(report) + "\n").encode())
-    if lfw is None:
-        print(LFW_HINT)
-    if not args.train and lfw is not None:
+    if not args.train:
         return 0
     if lfw is not None:
         lst, n_people, n_images = lfw_list_file(lfw, args.min_images, work / "lfw_train.txt")
