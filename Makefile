@@ -17,10 +17,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[all,dev]"
 	touch $@
 
+# insightface 2.1 in a venv of its own, for the test that checks how it reads our exported ONNX files (its
+# opencv-python requirement is met by the headless build: --no-deps, then what it imports).
+INSIGHTFACE_VENV ?= .venv-insightface
+$(INSIGHTFACE_VENV)/.installed:
+	test -x $(INSIGHTFACE_VENV)/bin/python || $(PYTHON) -m venv $(INSIGHTFACE_VENV)
+	$(INSIGHTFACE_VENV)/bin/pip install -q --no-deps "insightface==2.1"
+	$(INSIGHTFACE_VENV)/bin/pip install -q numpy onnx onnxruntime opencv-python-headless scikit-image tqdm requests
+	touch $@
+
 demo: venv
 	$(PY) -m arcface demo
 
-test: venv
+test: venv $(INSIGHTFACE_VENV)/.installed
 	$(PY) -m ruff check src tests bench tools
 	$(PY) -m pytest -q
 
@@ -37,4 +46,4 @@ paper-table: venv
 	$(PY) -m tools.loss_table --jobs 2 --readme docs/benchmarks.md $(ARGS)
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(INSIGHTFACE_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -273,7 +273,7 @@ class Embedder:
         else:
             tmp = tempfile.TemporaryDirectory(prefix="arcface-embedder-")
             path = Path(tmp.name) / "model.onnx"
-            export_onnx(module, contract, path, check=False)
+            export_onnx(module, contract, path, check=False, normalize_inside=False)
             runner = OnnxRunner(open_session(path, threads=threads), contract, path, batch_size)
             emb = cls(runner, precision, backend, batch_size=batch_size, module=module)
             emb._keep = tmp  # the file lives as long as the embedder
@@ -291,8 +291,9 @@ class Embedder:
         backend: str = "auto",
         flip: bool = False,
         batch_size: int = 64,
+        raw_input: bool = False,
     ) -> Embedder:
-        """An ONNX model in onnxruntime, run float32 as it is.
+        """An ONNX model in onnxruntime, run float32 as it is (``raw_input``: the graph normalises RGB 0..255 itself).
 
         Raises:
             ValueError: a precision other than auto/fp32 or a backend other than auto/onnx.
@@ -300,7 +301,7 @@ class Embedder:
         check_names(precision, backend)
         if precision not in ("auto", "fp32") or backend not in ("auto", "onnx"):
             raise ValueError(f"{path} is an ONNX model: only precision fp32 on backend onnx, got {precision}/{backend}")
-        runner = OnnxRunner(session, contract, path, batch_size)
+        runner = OnnxRunner(session, contract, path, batch_size, raw_input=raw_input)
         return cls(runner, "fp32", "onnx", flip=flip, batch_size=batch_size)
 
     # ----------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ suffix             what the reader gives
 ``.pth`` ``.pt``   an arcface_torch ``backbone.pth`` (or any state dict of our backbones): needs ``arch=``; the
                    contract is ours (RGB, ``(x - 127.5) / 127.5``, 112x112) with the embedding size of the weights
 ``.onnx``          an ONNX recognition model: its own contract when the file carries one (``arcface export``
-                   writes it), else a preset: insightface-style (RGB, ``(x - 127.5) / 127.5``) by default,
-                   ``preset="sface"`` (or "sface" in the file name) for OpenCV's SFace, ``contract=`` for anything
+                   writes it, with what its input is), else inferred from the graph with a preset: insightface-style
+                   (RGB, ``(x - 127.5) / 127.5``) by default, ``preset="sface"`` (or "sface" in the file name) for
+                   OpenCV's SFace; ``contract=`` for anything
 =================  ===============================================================================================
 
 SFace preprocessing, measured rather than assumed: OpenCV's ``FaceRecognizerSF.feature`` takes a BGR crop and calls
@@ -33,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from arcface.inference.contract import ContractError, ModelContract, read_model, weights_sha256
+from arcface.inference.contract import CONTRACT_KEY, ContractError, ModelContract, read_model, weights_sha256
+from arcface.inference.export import INPUT_KEY
 from arcface.inference.runners import onnx_input_layout, open_session
 from arcface.models import MODELS, create_model
 from arcface.models.weights import load_backbone_weights
@@ -65,12 +67,15 @@ class ModelFile:
         contract: how it is fed and whose embeddings it is comparable with.
         module: the torch backbone (eval mode) for torch files, else None.
         session: the onnxruntime session for ONNX files, else None.
+        raw_input: an ONNX graph that takes RGB pixels 0..255 and normalises them itself (see
+            :mod:`arcface.inference.export`).
     """
 
     path: Path
     contract: ModelContract
     module: nn.Module | None = None
     session: Any = None
+    raw_input: bool = False
 
 
 Reader = Callable[..., ModelFile]
@@ -178,9 +183,20 @@ def _read_onnx(
     if providers is None and str(device).startswith("cuda"):
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     session = open_session(path, providers, threads)
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    raw_input = meta.get(INPUT_KEY) == "rgb_0_255"
+    if meta.get(INPUT_KEY) not in (None, "normalized", "rgb_0_255"):
+        raise ValueError(f"{path}: unknown {INPUT_KEY} {meta[INPUT_KEY]!r} in the ONNX metadata")
+    if contract is None and CONTRACT_KEY in meta:  # our own export: the source model's contract, as it was
+        if preset is not None:
+            raise ValueError(f"{path} carries its own contract (arcface export); preset={preset!r} does not apply")
+        try:
+            contract = ModelContract.from_json(meta[CONTRACT_KEY])
+        except ContractError as e:
+            raise ContractError(f"{path}: {e}") from None
     if contract is None:
         contract = onnx_contract(path, preset, session=session)
-    return ModelFile(path, contract, session=session)
+    return ModelFile(path, contract, session=session, raw_input=raw_input)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -75,7 +75,7 @@ def load_model(
     if read.module is None:
         return Embedder.from_onnx(
             read.session, read.contract, path=path, precision=precision, backend=backend, flip=flip,
-            batch_size=batch_size,
+            batch_size=batch_size, raw_input=read.raw_input,
         )  # fmt: skip
     return Embedder.from_module(
         read.module, precision, backend, contract=read.contract, calibration=calibration, min_cosine=min_cosine,

@@ -182,14 +182,20 @@ class OnnxRunner(Runner):
         contract: how to feed it.
         path: the file, for messages.
         max_batch: most crops per call for a model with a dynamic batch.
+        raw_input: the graph takes RGB pixels 0..255 and normalises them itself (``arcface export`` of a model
+            whose normalisation is not insightface's default); else it takes the contract's normalised input.
 
     Raises:
         ValueError: the input is not a single 4-D image tensor with 3 channels, or its fixed spatial size differs
             from the contract's ``input_size``.
     """
 
-    def __init__(self, session: Any, contract: ModelContract, path: str | Path = "<onnx>", max_batch: int = 64) -> None:
+    def __init__(
+        self, session: Any, contract: ModelContract, path: str | Path = "<onnx>", max_batch: int = 64,
+        *, raw_input: bool = False,
+    ) -> None:  # fmt: skip
         self.session = session
+        self.raw_input = bool(raw_input)
         self.contract = contract
         self.path = Path(path)
         self.input_name, self.layout, fixed_batch, hw = onnx_input_layout(session, path)
@@ -200,7 +206,11 @@ class OnnxRunner(Runner):
         self._fixed_batch = fixed_batch
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
-        x = preprocess(crops, self.contract, self.layout)
+        if self.raw_input:  # RGB 0..255 as float: the graph does the rest
+            x = np.ascontiguousarray(crops.astype(np.float32).transpose(0, 3, 1, 2) if self.layout == "NCHW" else
+                                     crops.astype(np.float32))  # fmt: skip
+        else:
+            x = preprocess(crops, self.contract, self.layout)
         if self._fixed_batch is not None and len(x) != self._fixed_batch:  # a short last chunk
             pad = np.zeros((self._fixed_batch - len(x), *x.shape[1:]), np.float32)
             out = self.session.run([self.output_name], {self.input_name: np.concatenate([x, pad])})[0]
