@@ -280,3 +280,14 @@ def test_help_lists_the_image_commands(capsys):
     out = capsys.readouterr().out
     for name in ("detect", "align", "embed", "verify"):
         assert name in out
+
+
+def test_info_names_the_machine_and_the_auto_path(capsys):
+    rc, out, err = cli(capsys, "info", "--json")
+    assert rc == 0, err
+    r = json.loads(out)
+    assert r["machine"]["cpu"] and r["machine"]["cores"] >= 1 and "torch" in r["machine"]
+    assert isinstance(r["machine"]["native_bf16"], bool)
+    assert r["auto"]["chosen"] in ("bf16/jit", "bf16/torch", "fp32/onnx", "fp32/torch") and r["auto"]["why"]
+    rc, out, _ = cli(capsys, "info")
+    assert rc == 0 and "auto path" in out and "flags" in out

@@ -21,6 +21,7 @@ from arcface.cli import (
     _eval,
     _export,
     _gallery,
+    _info,
     _serve,
     _train,
     _verify,
@@ -34,7 +35,9 @@ from arcface.runtime.workers import WorkerDied
 
 __all__ = ["CliError", "build_parser", "main"]
 
-_COMMANDS = (_train, _demo, _data, _convert, _export, _detect, _align, _embed, _verify, _eval, _gallery, _serve)
+_COMMANDS = (
+    _train, _demo, _data, _info, _convert, _export, _detect, _align, _embed, _verify, _eval, _gallery, _serve,
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,6 +43,7 @@ from arcface.align.transform import CropSpec
 from arcface.eval.datasets import PairSet
 from arcface.inference.embedder import Embedder
 from arcface.io.images import ImageError, load_image
+from arcface.runtime.progress import Progress
 from arcface.runtime.progress import progress as report_progress
 from arcface.runtime.workers import process_map
 
@@ -357,7 +358,13 @@ def embed_pair_set(
     stats.fallbacks = int(fallback.sum())
     stats.fallback_images = [str(pairset.images[i]) for i in np.flatnonzero(fallback)]
     t1 = time.perf_counter()
-    emb = embedder.embed(crops)
+    chunk = 256  # crops per call: progress every chunk, the same numbers as one call
+    with Progress(len(crops), "embed", unit="face", enabled=progress) as bar:
+        parts = []
+        for s in range(0, len(crops), chunk):
+            parts.append(embedder.embed(crops[s : s + chunk]))
+            bar.update(len(parts[-1]))
+    emb = np.concatenate(parts) if parts else np.zeros((0, d), np.float32)
     stats.seconds_align, stats.seconds_embed = t1 - t0, time.perf_counter() - t1
     cache.put("embeddings", key, embeddings=emb, fallback=fallback)
     return emb, stats

@@ -1,0 +1,74 @@
+"""``arcface info``: this machine, the versions, and which embedding path ``precision="auto"`` picks here and why.
+
+Speeds differ between machines (an AMD EPYC with AVX512-BF16 runs the frozen bf16 graph, an Intel Xeon with AMX
+runs bf16 too, a CPU without native bf16 runs float32 in onnxruntime): a benchmark or a bug report should start
+with this output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from arcface import __version__
+from arcface.inference.embedder import resolve_auto
+from arcface.inference.loader import load_model
+from arcface.runtime import amp
+from arcface.runtime.machine import machine_info
+from arcface.runtime.workers import usable_cpus
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the ``info`` subcommand."""
+    p = sub.add_parser("info", help="the machine, versions, and the embedding path auto picks here (and why)")
+    p.add_argument("--model", default="default", help="the model to check the auto path for (default: default)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def _why(precision: str, backend: str, native_bf16: bool, flags: list[str]) -> str:
+    if native_bf16:
+        return (f"this CPU runs bfloat16 natively ({', '.join(f for f in flags if 'bf16' in f)}): bf16 on the "
+                f"{'frozen TorchScript graph' if backend == 'jit' else backend} backend")  # fmt: skip
+    if backend == "onnx":
+        return "no native bfloat16 on this CPU (no avx512_bf16 / amx_bf16): float32 in onnxruntime"
+    return "no native bfloat16 on this CPU and no onnxruntime: float32 eager torch (channels_last)"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the report."""
+    m = machine_info()
+    native = amp.cpu_has_native_bf16()
+    planned = resolve_auto("auto", "auto")
+    model = load_model(args.model)
+    c = model.contract
+    report = {
+        "arcface": __version__,
+        "machine": {**m, "usable_cpus": usable_cpus(), "native_bf16": native, "torch_threads": torch.get_num_threads()},
+        "model": {"name": str(args.model), "architecture": c.architecture, "embedding_size": c.embedding_size,
+                  "contract": c.id, "threshold": c.threshold},  # fmt: skip
+        "auto": {
+            "planned": f"{planned[0]}/{planned[1]}",
+            "chosen": f"{model.precision}/{model.backend}",
+            "why": _why(*planned, native, m["flags"]),
+            "min_cosine_to_fp32": model.min_cosine_checked,
+        },
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    names = ("python", "torch", "onnxruntime", "opencv", "numpy", "faiss")
+    versions = ", ".join(f"{k} {m[k]}" for k in names if k in m)
+    auto = report["auto"]
+    cos = auto["min_cosine_to_fp32"]
+    check = "" if cos is None else f"; checked against float32: min cosine {cos:.6f}"
+    fell_back = "" if auto["chosen"] == auto["planned"] else f" (planned {auto['planned']}: fell back)"
+    print(f"arcface    {__version__}")
+    print(f"machine    {m['cpu']}, {m['cores']} cores, {usable_cpus()} usable, torch threads {torch.get_num_threads()}")
+    print(f"flags      {' '.join(m['flags']) or '-'} (native bf16: {'yes' if native else 'no'})")
+    print(f"versions   {versions}")
+    print(f"model      {args.model}: {c.architecture} {c.embedding_size}-D, contract {c.id}, threshold {c.threshold}")
+    print(f"auto path  {auto['chosen']}{fell_back}: {auto['why']}{check}")
+    return 0
