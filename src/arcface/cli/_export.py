@@ -26,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
     if model.module is None:
         raise ValueError(f"{args.model}: only PyTorch models (.safetensors, .pth, default) can be exported")
     c = model.contract
-    torch.set_grad_enabled(False)
-    report = export_onnx(model.module, c, args.out, opset=args.opset)
+    with torch.no_grad():  # not torch.set_grad_enabled(False): that would switch autograd off for the process
+        report = export_onnx(model.module, c, args.out, opset=args.opset)
     print(f"wrote {args.out} ({c.architecture}, {c.embedding_size}-D, "
           f"input (B, 3, {c.input_size[0]}, {c.input_size[1]}), dynamic batch)")  # fmt: skip
     print(report)
