@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +24,9 @@ import pytest
 
 from _oracles import assert_agree, cosines, embed_converted, lfw_faces, oracle_dir
 from arcface.inference.contract import read_contract
-from arcface.inference.converters import convert_mxnet
+from arcface.inference.converters import ConversionError, convert_mxnet
+from arcface.inference.converters.mxnet import read_params
 from conftest import REPO, run_cli
-
-pytestmark = pytest.mark.shared
 
 DRIVER = REPO / "tests" / "oracles" / "mxnet_build.py"
 
@@ -95,6 +95,7 @@ def test_mxnet_is_not_importable_in_the_project_venv():
     assert importlib.util.find_spec("mxnet") is None, f"{sys.executable} has mxnet; the importer must not need it"
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize("name", list(CASES))
 def test_matches_mxnet(name, original, tmp_path, capsys, monkeypatch):
     prefix, ref = original(name)
@@ -128,6 +129,7 @@ def _node(doc: dict, name: str) -> dict:
     return next(n for n in doc["nodes"] if n["name"] == name)
 
 
+@pytest.mark.shared
 def test_training_graph_converts_to_its_embedding(original, tmp_path):
     # insightface's training checkpoints go on from fc1 to fc7 and a softmax: only fc1's subgraph is mapped.
     prefix = _copy_checkpoint(original("MobileFaceNet")[0], tmp_path / "train")
@@ -158,6 +160,7 @@ def _cli_error(capsys, prefix: Path, out: Path) -> str:
     return err
 
 
+@pytest.mark.shared
 def test_bad_checkpoints_are_one_line(original, tmp_path, capsys):
     base = original("MobileFaceNet")[0]
     out = tmp_path / "out.safetensors"
@@ -189,6 +192,7 @@ def test_bad_checkpoints_are_one_line(original, tmp_path, capsys):
     assert rc == 1 and "nothing-symbol.json does not exist" in err
 
 
+@pytest.mark.shared
 def test_converted_model_works_everywhere(original, tmp_path, capsys):
     """FaceRecognizer, the Embedder's fast path, ONNX export (parity) and the gallery on one converted model."""
     from arcface.gallery.store import Gallery
@@ -224,3 +228,46 @@ def test_converted_model_works_everywhere(original, tmp_path, capsys):
             gallery.add_face(gallery.add_identity(f"person{i}"), emb, contract)
         hits = [gallery.search(e, k=1)[0].name for e in via_embedder]
     assert hits == [f"person{i}" for i in range(len(faces))]
+
+
+def _ndarray(magic: int | None, array: np.ndarray, flag: int, stype: int = 0) -> bytes:
+    """One NDArray as MXNet writes it (V1/V2/V3 magic), or in the legacy layout (magic None)."""
+    if magic is None:  # before the magics: uint32 ndim and uint32 dims
+        head = struct.pack(f"<I{array.ndim}I", array.ndim, *array.shape)
+    else:
+        head = struct.pack("<I", magic) + (struct.pack("<i", stype) if magic != 0xF993FAC8 else b"")
+        head += struct.pack(f"<i{array.ndim}q", array.ndim, *array.shape)
+    return head + struct.pack("<iii", 1, 0, flag) + array.tobytes()
+
+
+def _params_file(path: Path, arrays: list[bytes], names: list[str]) -> Path:
+    body = struct.pack("<QQQ", 0x112, 0, len(arrays)) + b"".join(arrays) + struct.pack("<Q", len(names))
+    body += b"".join(struct.pack("<Q", len(n.encode())) + n.encode() for n in names)
+    path.write_bytes(body)
+    return path
+
+
+def test_params_reader_formats(tmp_path):
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    h = np.array([1.5, -2.0], np.float16)
+    for magic in (0xF993FAC8, 0xF993FAC9, 0xF993FACA, None):
+        path = _params_file(tmp_path / "p.params", [_ndarray(magic, a, 0), _ndarray(magic, h, 2)], ["arg:a", "aux:h"])
+        got = read_params(path)
+        assert list(got) == ["arg:a", "aux:h"]
+        np.testing.assert_array_equal(got["arg:a"], a)
+        assert got["aux:h"].dtype == np.float16 and (got["aux:h"] == h).all()
+
+
+def test_params_reader_refusals(tmp_path):
+    a = np.ones((2, 2), np.float32)
+    sparse = _params_file(tmp_path / "s.params", [_ndarray(0xF993FAC9, a, 0, stype=1)], ["arg:s"])
+    with pytest.raises(ConversionError, match="sparse NDArray"):
+        read_params(sparse)
+    unnamed = _params_file(tmp_path / "u.params", [_ndarray(0xF993FAC9, a, 0)], [])
+    with pytest.raises(ConversionError, match="1 arrays but 0 names"):
+        read_params(unnamed)
+    full = _params_file(tmp_path / "t.params", [_ndarray(0xF993FAC9, a, 0)], ["arg:a"]).read_bytes()
+    for cut in (4, 30, len(full) - 20, len(full) - 1):
+        (tmp_path / "cut.params").write_bytes(full[:cut])
+        with pytest.raises(ConversionError, match="truncated MXNet params file"):
+            read_params(tmp_path / "cut.params")
