@@ -190,6 +190,8 @@ def test_bad_checkpoints_are_one_line(original, tmp_path, capsys):
 
     rc, _, err = run_cli(capsys, "convert", "mxnet", tmp_path / "nothing", "--out", out)
     assert rc == 1 and "nothing-symbol.json does not exist" in err
+    rc, _, err = run_cli(capsys, "convert", "mxnet", not_params, "--epoch", 7, "--out", out)
+    assert rc == 1 and "model-0007.params does not exist" in err
 
 
 @pytest.mark.shared
