@@ -51,8 +51,7 @@ def test_matches_face_evolve(arch, originals, tmp_path, capsys):
     contract = read_contract(out)
     assert contract.architecture == CASES[arch][2]
     assert (contract.color, contract.mean, contract.std, contract.input_size) == ("RGB", 127.5, 127.5, (112, 112))
-    with capsys.disabled():
-        assert_agree(embed_converted(out, lfw_faces()), ref, f"face.evoLVe {arch}")
+    assert_agree(embed_converted(out, lfw_faces()), ref, f"face.evoLVe {arch}")  # prints the cosines (pytest -s)
 
 
 def test_wrong_architecture_is_one_line(originals, tmp_path, capsys):
