@@ -5,8 +5,11 @@ PY := $(VENV)/bin/python
 # This workplace keeps a CPU build of torch 2.13.0 on disk; elsewhere any torch>=2.3 works:
 #   make test TORCH='torch>=2.3'
 TORCH ?= torch==2.13.0
+# The MXNet oracle for the insightface importer's tests lives in a venv of its own: MXNet 1.9 needs
+# NumPy < 1.24, which the project venv does not have (and `arcface convert mxnet` must not need mxnet).
+MXNET_VENV ?= .venv-mxnet
 
-.PHONY: demo test lint bench paper-table venv clean
+.PHONY: demo test lint bench paper-table venv mxnet-venv clean
 
 venv: $(VENV)/.installed
 
@@ -26,10 +29,17 @@ $(INSIGHTFACE_VENV)/.installed:
 	$(INSIGHTFACE_VENV)/bin/pip install -q numpy onnx onnxruntime opencv-python-headless scikit-image tqdm requests
 	touch $@
 
+mxnet-venv: $(MXNET_VENV)/.installed
+
+$(MXNET_VENV)/.installed:
+	test -x $(MXNET_VENV)/bin/python || $(PYTHON) -m venv $(MXNET_VENV)
+	$(MXNET_VENV)/bin/python -m pip install -q "mxnet==1.9.1" "numpy<1.24"
+	touch $@
+
 demo: venv
 	$(PY) -m arcface demo
 
-test: venv $(INSIGHTFACE_VENV)/.installed
+test: venv mxnet-venv $(INSIGHTFACE_VENV)/.installed
 	$(PY) -m ruff check src tests bench tools
 	$(PY) -m pytest -q
 
@@ -46,4 +56,4 @@ paper-table: venv
 	$(PY) -m tools.loss_table --jobs 2 --readme docs/benchmarks.md $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(INSIGHTFACE_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MXNET_VENV) $(INSIGHTFACE_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

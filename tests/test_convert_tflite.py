@@ -13,7 +13,7 @@ from torch import nn
 
 import arcface
 from arcface.inference.contract import read_contract, read_model, weights_sha256
-from arcface.inference.convert_tflite import (
+from arcface.inference.converters.tflite import (
     PReLULayer,
     TFLiteError,
     convert_tflite,
@@ -92,7 +92,7 @@ def test_bundled_model_equals_a_fresh_conversion(shared):
 @pytest.mark.shared
 def test_parity_with_the_tflite_interpreter_on_real_faces(shared):
     pytest.importorskip("ai_edge_litert")
-    from arcface.inference.convert_tflite import run_tflite
+    from arcface.inference.converters.tflite import run_tflite
 
     src = shared(TFLITE)
     faces = _lfw_faces(shared(LFW))  # (20, 112, 112, 3) uint8 RGB

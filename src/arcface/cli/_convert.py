@@ -1,4 +1,8 @@
-"""``arcface convert tflite SRC --out DST``: convert a foreign model into ours, with its contract."""
+"""``arcface convert KIND SRC --out DST``: convert a foreign model into ours, with its contract.
+
+Kinds: ``tflite`` (MobileFaceNet.tflite), ``mxnet`` (insightface's model zoo, no MXNet needed), ``treb1en``
+(TreB1eN's InsightFace_Pytorch .pth) and ``evolve`` (face.evoLVe .pth).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,19 @@ import importlib.util
 
 import numpy as np
 
-from arcface.inference.convert_tflite import convert_tflite, parity
+from arcface.inference.converters import (
+    EVOLVE_ARCHS,
+    TREB1EN_ARCHS,
+    convert_evolve,
+    convert_mxnet,
+    convert_tflite,
+    convert_treb1en,
+)
+from arcface.inference.converters.tflite import parity
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register the ``convert`` subcommand and its ``tflite`` source kind."""
+    """Register the ``convert`` subcommand and its source kinds."""
     p = sub.add_parser(
         "convert",
         help="convert a foreign model file into an arcface safetensors model",
@@ -32,6 +44,58 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--no-parity", action="store_true", help="skip the interpreter comparison")
     t.add_argument("--parity-samples", type=int, default=8, help="random inputs for the comparison (default 8)")
     t.set_defaults(func=run_tflite)
+
+    m = kinds.add_parser(
+        "mxnet",
+        help="insightface's MXNet model zoo (PREFIX-symbol.json + PREFIX-NNNN.params) -> r50/r100/mbf_mxnet/...",
+        description=(
+            "Read an insightface MXNet checkpoint without MXNet: fresnet IR nets (LResNet18/34/50/100E-IR, SE, "
+            "input/output variants) and fmobilefacenet (GDC). The contract keeps the graph's own normalisation "
+            "(RGB, (x - 127.5) / 128 for the model zoo's)."
+        ),
+    )
+    m.add_argument("prefix", help="checkpoint prefix: PREFIX-symbol.json and PREFIX-NNNN.params")
+    m.add_argument("--epoch", type=int, default=None, help="which PREFIX-EPOCH.params (default: the only/latest)")
+    m.add_argument("--out", required=True, help="output .safetensors file")
+    m.set_defaults(func=run_mxnet)
+
+    for kind, archs, system in (
+        ("treb1en", TREB1EN_ARCHS, "TreB1eN's InsightFace_Pytorch"),
+        ("evolve", EVOLVE_ARCHS, "face.evoLVe"),
+    ):
+        k = kinds.add_parser(
+            kind,
+            help=f"{system} state dict (.pth) -> our backbone",
+            description=(
+                f"Load a {system} backbone state dict (torch.load weights_only=True: tensors only) into our "
+                "backbone. Contract: RGB, (x - 127.5) / 127.5, 112x112."
+            ),
+        )
+        k.add_argument("src", help="the .pth state dict")
+        k.add_argument("--arch", required=True, choices=list(archs), help="the network the file holds")
+        k.add_argument("--out", required=True, help="output .safetensors file")
+        k.set_defaults(func=run_state_dict, system=kind)
+
+
+def _report(out: str, contract) -> None:
+    print(f"wrote {out}")
+    print(contract.summary())
+
+
+def run_mxnet(args: argparse.Namespace) -> int:
+    """Convert an insightface MXNet checkpoint and print its contract."""
+    _, contract = convert_mxnet(args.prefix, args.out, epoch=args.epoch)
+    _report(args.out, contract)
+    return 0
+
+
+def run_state_dict(args: argparse.Namespace) -> int:
+    """Convert a TreB1eN or face.evoLVe state dict and print its contract."""
+
+    convert = convert_treb1en if args.system == "treb1en" else convert_evolve
+    _, contract = convert(args.src, args.arch, args.out)
+    _report(args.out, contract)
+    return 0
 
 
 def run_tflite(args: argparse.Namespace) -> int:

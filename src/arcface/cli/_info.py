@@ -8,11 +8,11 @@ with this output.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 
 import torch
 
-from arcface import __version__
 from arcface.inference.embedder import resolve_auto
 from arcface.inference.loader import load_model
 from arcface.runtime import amp
@@ -39,13 +39,14 @@ def _why(precision: str, backend: str, native_bf16: bool, flags: list[str]) -> s
 
 def run(args: argparse.Namespace) -> int:
     """Print the report."""
+    version = importlib.metadata.version("arcface")
     m = machine_info()
     native = amp.cpu_has_native_bf16()
     planned = resolve_auto("auto", "auto")
     model = load_model(args.model)
     c = model.contract
     report = {
-        "arcface": __version__,
+        "arcface": version,
         "machine": {**m, "usable_cpus": usable_cpus(), "native_bf16": native, "torch_threads": torch.get_num_threads()},
         "model": {"name": str(args.model), "architecture": c.architecture, "embedding_size": c.embedding_size,
                   "contract": c.id, "threshold": c.threshold},  # fmt: skip
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     cos = auto["min_cosine_to_fp32"]
     check = "" if cos is None else f"; checked against float32: min cosine {cos:.6f}"
     fell_back = "" if auto["chosen"] == auto["planned"] else f" (planned {auto['planned']}: fell back)"
-    print(f"arcface    {__version__}")
+    print(f"arcface    {version}")
     print(f"machine    {m['cpu']}, {m['cores']} cores, {usable_cpus()} usable, torch threads {torch.get_num_threads()}")
     print(f"flags      {' '.join(m['flags']) or '-'} (native bf16: {'yes' if native else 'no'})")
     print(f"versions   {versions}")

@@ -106,7 +106,7 @@ def export_onnx(
     module = module.eval().cpu()
     if normalize_inside is None:
         normalize_inside = (contract.mean, contract.std) != _INSIGHTFACE_DEFAULT or contract.color != "RGB"
-    graph_module = _Normalising(module, contract) if normalize_inside else module
+    graph_module = _Normalising(module, contract).eval() if normalize_inside else module
     h, w = contract.input_size
     with atomic_path(out) as tmp:
         with warnings.catch_warnings():

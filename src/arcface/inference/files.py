@@ -208,27 +208,36 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def onnx_contract(path: str | os.PathLike, preset: str | None = None, *, session=None) -> ModelContract:
-    """The contract of an ONNX recognition model under a preprocessing preset.
+def onnx_contract(
+    path: str | os.PathLike, preset: str | None = None, *, session=None, color: str | None = None
+) -> ModelContract:
+    """The contract of a foreign ONNX recognition model (no ``arcface_contract`` metadata) under a preset.
 
-    Input size, layout and embedding size are read from the model; the SHA-256 is over the file bytes.
+    Input size, layout and embedding size are read from the model; the SHA-256 is over the file bytes. Models converted
+    from other frameworks (InsightFace_TF through tf2onnx, arcface-caffe through caffe2onnx / MMdnn, insightface's MXNet
+    models through mxnet2onnx) often normalise inside the graph: when no preset is named and the input goes (through
+    Transpose / Cast / Identity) into a Sub or Add and a Mul or Div by constants (the rule of insightface's own ONNX
+    loader), the contract says mean 0, std 1: 0..255 pixels go in as they are.
 
     Args:
         path: the ``.onnx`` file.
         preset: a key of ``ONNX_PRESETS``; None picks "sface" when the file name contains "sface", else
-            "insightface".
+            "insightface" (mean 0 / std 1 instead when the graph normalises its input itself).
         session: an open onnxruntime session of ``path`` (one is opened otherwise).
+        color: the channel order the model takes ("RGB" or "BGR"), overriding the preset's; the graph does not say
+            (Caffe and many TF models take BGR).
 
     Raises:
         ValueError: unknown preset, or a model that is not a one-image-in, one-embedding-out network.
     """
     path = Path(path)
+    auto = preset is None
     if preset is None:
         preset = "sface" if "sface" in path.name.lower() else "insightface"
     if preset not in ONNX_PRESETS:
         raise ValueError(f"unknown ONNX preset {preset!r}; known: {', '.join(ONNX_PRESETS)}")
     session = session if session is not None else open_session(path)
-    _, layout, batch, hw = onnx_input_layout(session, path)
+    input_name, layout, batch, hw = onnx_input_layout(session, path)
     size = hw or (112, 112)
     out_shape = session.get_outputs()[0].shape
     dim = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) and len(out_shape) == 2 else None
@@ -238,6 +247,10 @@ def onnx_contract(path: str | os.PathLike, preset: str | None = None, *, session
         out = session.run(None, {session.get_inputs()[0].name: np.zeros(shape, np.float32)})[0]
         dim = int(np.asarray(out).reshape(n, -1).shape[1])
     fields = dict(ONNX_PRESETS[preset])
+    if auto and preset == "insightface" and _normalises_inside(path, input_name):
+        fields.update(mean=0.0, std=1.0, source=f"{path.name} (ONNX, normalises its input inside the graph)")
+    if color is not None:
+        fields["color"] = color
     fields.setdefault("source", f"{path.name} (ONNX, {preset} preprocessing)")
     return ModelContract(
         architecture="onnx",
@@ -248,3 +261,25 @@ def onnx_contract(path: str | os.PathLike, preset: str | None = None, *, session
         weights_sha256=file_sha256(path),
         **fields,
     )
+
+
+def _normalises_inside(path: Path, input_name: str) -> bool:
+    """Whether the graph's input goes (through Transpose / Cast / Identity) into a shift (Sub or Add) and a scale (Mul
+    or Div) by constants: the graph normalises 0..255 pixels itself."""
+    import onnx  # optional dependency (the [all] extra): only foreign ONNX files need their nodes read
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    consts = {t.name for t in graph.initializer}
+    consts |= {o for node in graph.node if node.op_type == "Constant" for o in node.output}
+    tensor, ops = input_name, set()
+    for _ in range(6):  # a short chain at the input
+        users = [node for node in graph.node if tensor in node.input]
+        if len(users) != 1:
+            break
+        node, others = users[0], [i for i in users[0].input if i != tensor]
+        if node.op_type in ("Sub", "Add", "Mul", "Div") and others and all(o in consts for o in others):
+            ops.add("shift" if node.op_type in ("Sub", "Add") else "scale")
+        elif node.op_type not in ("Transpose", "Cast", "Identity"):
+            break
+        tensor = node.output[0]
+    return ops == {"shift", "scale"}

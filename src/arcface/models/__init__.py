@@ -1,7 +1,8 @@
 """Face backbones. ``create_model(name, num_features=..., **options)`` builds one from the registry.
 
-Every registered name is an argument set (a ``Variant``) over one of two classes, ``IResNet``
-(r18, r34, r50, r100, r200) or ``MobileFaceNet`` (mbf, mbf_large, mbf_tflite); options passed to
+Every registered name is an argument set (a ``Variant``) over one of three classes: ``IResNet``
+(r18, r34, r50, r100, r200; TreB1eN / face.evoLVe ir50 ... ir_se152), ``MobileFaceNet`` (mbf, mbf_large,
+mbf_tflite, mbf_mxnet, mbf_treb1en) or ``ResNet`` (face.evoLVe's resnet50/101/152); options passed to
 ``create_model`` override the variant's arguments.
 """
 
@@ -12,13 +13,14 @@ from typing import Any
 
 from torch import nn
 
-from arcface.models import iresnet, mobilefacenet
+from arcface.models import iresnet, mobilefacenet, resnet
 from arcface.models._blocks import Variant
 from arcface.models.iresnet import IResNet
 from arcface.models.mobilefacenet import MobileFaceNet
+from arcface.models.resnet import ResNet
 from arcface.registry import Registry
 
-__all__ = ["MODELS", "IResNet", "MobileFaceNet", "create_model"]
+__all__ = ["MODELS", "IResNet", "MobileFaceNet", "ResNet", "create_model"]
 
 MODELS: Registry = Registry("model")
 
@@ -32,7 +34,11 @@ def _factory(cls: type[nn.Module], name: str, variant: Variant) -> Callable[...,
     return build
 
 
-for _cls, _variants in ((IResNet, iresnet.VARIANTS), (MobileFaceNet, mobilefacenet.VARIANTS)):
+for _cls, _variants in (
+    (IResNet, iresnet.VARIANTS),
+    (MobileFaceNet, mobilefacenet.VARIANTS),
+    (ResNet, resnet.VARIANTS),
+):
     for _name, _variant in _variants.items():
         MODELS.register(_name, _factory(_cls, _name, _variant))
 

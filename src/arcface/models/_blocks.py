@@ -75,15 +75,23 @@ class SEModule(nn.Module):
 
     (B, C, H, W) -> (B, C, H, W): global average pool, 1x1 conv C -> C/r, ReLU, 1x1 conv C/r -> C,
     sigmoid, and a per-channel rescale of the input.
+
+    Args:
+        channels: C.
+        reduction: r.
+        bias: the two 1x1 convs have biases (insightface's MXNet SE units; TreB1eN's have none).
+        act: "relu", or "prelu" for a per-channel PReLU in the ``relu`` slot (insightface's MXNet units).
     """
 
-    def __init__(self, channels: int, reduction: int = 16) -> None:
+    def __init__(self, channels: int, reduction: int = 16, bias: bool = False, act: str = "relu") -> None:
         super().__init__()
+        if act not in ("relu", "prelu"):
+            raise ValueError(f"SE activation must be 'relu' or 'prelu', got {act!r}")
         hidden = max(1, channels // reduction)
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1, bias=False)
-        self.relu = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1, bias=False)
+        self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1, bias=bias)
+        self.relu = nn.ReLU(inplace=True) if act == "relu" else nn.PReLU(hidden)
+        self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1, bias=bias)
         self.sigmoid = nn.Sigmoid()
 
     def forward(self, x: Tensor) -> Tensor:

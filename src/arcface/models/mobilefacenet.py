@@ -183,6 +183,8 @@ class GDC(nn.Module):
         as_conv: projections as 1x1 convs followed by a flatten (TF graphs), instead of
             flatten -> Linear [-> BatchNorm1d] (arcface_torch).
         bias, bn: see ``ConvBlock``; with ``as_conv=False`` they apply to Linear/BatchNorm1d.
+        fc_bias: bias of the projections alone; None follows ``bias`` (insightface's MXNet GDC has
+            bias-free convs but a biased FullyConnected).
     """
 
     def __init__(
@@ -194,20 +196,22 @@ class GDC(nn.Module):
         as_conv: bool = False,
         bias: bool = False,
         bn: bool = True,
+        fc_bias: bool | None = None,
     ) -> None:
         super().__init__()
+        fc_bias = bias if fc_bias is None else fc_bias
         mods: list[nn.Module] = [LinearBlock(channels, channels, kernel=kernel, groups=channels, bias=bias, bn=bn)]
         widths = (*hidden, num_features)
         prev = channels
         if as_conv:
             for w in widths:
-                mods.append(LinearBlock(prev, w, kernel=1, bias=bias, bn=bn))
+                mods.append(LinearBlock(prev, w, kernel=1, bias=fc_bias, bn=bn))
                 prev = w
             mods.append(nn.Flatten(1))
         else:
             mods.append(nn.Flatten(1))
             for w in widths:
-                mods += [nn.Linear(prev, w, bias=bias), nn.BatchNorm1d(w) if bn else nn.Identity()]
+                mods += [nn.Linear(prev, w, bias=fc_bias), nn.BatchNorm1d(w) if bn else nn.Identity()]
                 prev = w
         self.layers = nn.Sequential(*mods)
 
@@ -237,6 +241,7 @@ class MobileFaceNet(nn.Module):
         head_hidden: extra linear projection widths in the head before the embedding.
         head_as_conv: head projections as 1x1 convs (see ``GDC``).
         bias: every conv (and head Linear) has a bias; use with ``bn=False`` for BN-folded weights.
+        fc_bias: bias of the head projections alone; None follows ``bias``.
         bn: BatchNorm after every conv (and in the head); ``False`` leaves ``nn.Identity`` slots.
         tf_same_padding: TensorFlow SAME padding for the stride-2 convs (extra pad bottom/right).
         input_size: input side (or (H, W)); the GDC kernel is the final feature-map size.
@@ -257,6 +262,7 @@ class MobileFaceNet(nn.Module):
         bn: bool = True,
         tf_same_padding: bool = False,
         input_size: int | tuple[int, int] = 112,
+        fc_bias: bool | None = None,
     ) -> None:
         super().__init__()
         if len(blocks) != 4 or len(inner_channels) != 7:
@@ -290,7 +296,7 @@ class MobileFaceNet(nn.Module):
         )
         self.conv_sep = ConvBlock(c2, head_channels, 1, **opts)  # (B, 512, 7, 7)
         kernel = downsampled_size(self.input_size, 4)
-        self.features = GDC(head_channels, num_features, kernel, head_hidden, head_as_conv, bias, bn)
+        self.features = GDC(head_channels, num_features, kernel, head_hidden, head_as_conv, bias, bn, fc_bias)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -359,6 +365,17 @@ VARIANTS: dict[str, Variant] = {
     "mbf": Variant(dict(), "arcface_torch's MobileFaceNet (mbf): blocks (1, 4, 6, 2), scale 2, 512-D."),
     "mbf_large": Variant(
         dict(blocks=(2, 8, 12, 4), scale=4), "arcface_torch's mbf_large: blocks (2, 8, 12, 4), scale 4."
+    ),
+    "mbf_mxnet": Variant(
+        dict(scale=1, stem_groups=None, fc_bias=True),
+        "insightface's MXNet MobileFaceNet (fmobilefacenet, GDC output; the model zoo's is 128-D): widths 64/128, "
+        "a depthwise 3x3 stage 0, bias-free convs, a biased FullyConnected before the last BatchNorm. "
+        "Contract RGB, (x - 127.5) / 128 (done inside the MXNet graph), 112x112.",
+    ),
+    "mbf_treb1en": Variant(
+        dict(scale=1, stem_groups=None),
+        "TreB1eN's / face.evoLVe's MobileFaceNet: widths 64/128, a depthwise 3x3 stage 0, GDC head with a "
+        "bias-free Linear and BatchNorm1d. Contract RGB, (x - 127.5) / 127.5, 112x112.",
     ),
     "mbf_tflite": Variant(
         dict(

