@@ -165,7 +165,8 @@ def test_separable_crops_match_grid_sample():
         aspect = rng.uniform(0.7, 1.4, (40, 1))
         boxes = np.hstack([centre - side / 2, centre + side * np.hstack([aspect, 1 / aspect]) / 2])
         for size in (24, 48):
-            got, order = _crop([_MipPyramid(img, torch.device("cpu"))], [boxes], size, torch.device("cpu"))
+            mips = [_MipPyramid(img, torch.device("cpu"))]
+            got, order = _crop(mips, boxes, np.zeros(len(boxes), dtype=np.int64), size, torch.device("cpu"))
             assert sorted(order.tolist()) == list(range(len(boxes)))
             assert got.is_contiguous(memory_format=torch.channels_last)
             ref = _reference_crop(img, boxes, size)[torch.from_numpy(order)]
@@ -177,16 +178,19 @@ def test_crops_of_several_images_are_each_images_own():
     imgs = [rng.uniform(0, 255, s).astype(np.float32) for s in ((80, 60, 3), (120, 150, 3), (40, 40, 3))]
     boxes = [rng.uniform(0, 40, (n, 2)).repeat(2, axis=1)[:, [0, 2, 1, 3]] + [0, 0, 30, 30] for n in (5, 0, 7)]
     mips = [_MipPyramid(im, torch.device("cpu")) for im in imgs]
-    together, order = _crop(mips, boxes, 24, torch.device("cpu"))
+    image = np.repeat(np.arange(3), [len(b) for b in boxes])
+    together, order = _crop(mips, np.concatenate(boxes), image, 24, torch.device("cpu"))
     back = torch.empty_like(together)
     back[torch.from_numpy(order)] = together
     start = 0
     for m, b in zip(mips, boxes):
-        alone, own = _crop([m], [b], 24, torch.device("cpu"))
+        alone, own = _crop([m], b, np.zeros(len(b), dtype=np.int64), 24, torch.device("cpu"))
         mine = torch.empty_like(alone)
         mine[torch.from_numpy(own)] = alone
         torch.testing.assert_close(back[start : start + len(b)], mine, atol=0, rtol=0)
         start += len(b)
+    empty, order = _crop(mips, np.zeros((0, 4)), np.zeros(0, dtype=np.int64), 48, torch.device("cpu"))
+    assert empty.shape == (0, 3, 48, 48) and len(order) == 0
 
 
 def test_group_sides_round_up():

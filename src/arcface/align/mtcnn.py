@@ -430,19 +430,22 @@ class MTCNN(FaceDetector):
     ) -> list[tuple[np.ndarray, ...]]:
         """Crop every image's ``boxes`` to ``size`` x ``size``, run ``net`` on all crops in chunks, return its
         outputs per image as float64 arrays."""
-        crops, order = _crop(mips, boxes, size, self.device)
+        flat = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+        image = np.repeat(np.arange(len(boxes)), [len(b) for b in boxes])
         chunk = self.batch_size if self.device.type != "cpu" else min(self.batch_size, self.CHUNK.get(size, 64))
-        outs = []
-        for first in range(0, len(crops), chunk):
-            outs.append([o.cpu().double().numpy() for o in net(crops[first : first + chunk])])
-        joined = []
-        for parts in zip(*outs):
-            a = np.concatenate(parts)
-            back = np.empty_like(a)
-            back[order] = a  # crops were cut in groups of similar size: back to the boxes' order
-            joined.append(back)
+        span = 8 * chunk  # crops held at once (bounds memory on crowded images)
+        outs: list[list[np.ndarray]] = []  # per output of the net, its parts in the boxes' order
+        for first in range(0, len(flat), span):
+            crops, order = _crop(mips, flat[first : first + span], image[first : first + span], size, self.device)
+            parts = [[o.cpu().double().numpy() for o in net(crops[i : i + chunk])] for i in range(0, len(crops), chunk)]
+            for k, values in enumerate(np.concatenate(p) for p in zip(*parts)):
+                back = np.empty_like(values)
+                back[order] = values  # crops were cut in groups of similar patch size: back to the boxes' order
+                if k == len(outs):
+                    outs.append([])
+                outs[k].append(back)
         cuts = np.cumsum([len(b) for b in boxes])[:-1]
-        return list(zip(*(np.split(a, cuts) for a in joined)))
+        return list(zip(*(np.split(np.concatenate(parts), cuts) for parts in outs)))
 
     def __repr__(self) -> str:
         return (
@@ -654,9 +657,9 @@ def _group_sides(side: np.ndarray, size: int) -> np.ndarray:
 
 
 def _crop(
-    mips: list[_MipPyramid], boxes: list[np.ndarray], size: int, device: torch.device
+    mips: list[_MipPyramid], boxes: np.ndarray, image: np.ndarray, size: int, device: torch.device
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """Resample every image's boxes to (size, size) crops at the networks' input scale; outside the image is 0.
+    """Resample boxes of several images to (size, size) crops at the networks' input scale; outside the image is 0.
 
     Each box is sampled from the mip level where a crop pixel spans 1 to 2 level pixels, at 2x2 points per crop
     pixel (bilinear, the coordinates of ``grid_sample(align_corners=False)`` in float32), averaged: an anti-aliased
@@ -667,32 +670,30 @@ def _crop(
 
     Args:
         mips: one pyramid per image.
-        boxes: (N_i, 4) boxes per image, in image pixels.
+        boxes: (N, 4) boxes in image pixels.
+        image: (N,) index into ``mips`` of each box's image.
         size: crop side.
         device: where the crops go.
 
     Returns:
-        crops (sum N_i, 3, size, size) channels_last, ``(x - 127.5) / 128``, in some order; and ``order``, the
-        index of each crop's box in the concatenation of ``boxes``.
+        crops (N, 3, size, size) channels_last, ``(x - 127.5) / 128``, in some order; and ``order``, the index in
+        ``boxes`` of each crop's box.
     """
     ss = 2 * size
-    parts = []
-    for i, (m, b) in enumerate(zip(mips, boxes)):
-        wh = b[:, 2:] - b[:, :2]
-        ratio = np.maximum(wh.max(1) / size, 1.0)
-        lvl = np.clip(np.floor(np.log2(ratio)), 0, m.max_level()).astype(np.int64)
-        parts.append(np.column_stack([b, np.full(len(b), i), lvl]))
-    n = sum(len(b) for b in boxes)
-    table = np.concatenate(parts) if parts else np.zeros((0, 6))
+    n = len(boxes)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    image = np.asarray(image, dtype=np.int64).reshape(-1)
+    wh = boxes[:, 2:] - boxes[:, :2]
+    top = np.array([m.max_level() for m in mips], dtype=np.int64)[image] if n else np.zeros(0, dtype=np.int64)
+    lvl = np.clip(np.floor(np.log2(np.maximum(wh.max(1) / size, 1.0))), 0, top).astype(np.int64)
     # The (image, level) each box is cut from: its transposed array and its (height, width).
-    keys, src = np.unique(table[:, 4].astype(np.int64) * 64 + table[:, 5].astype(np.int64), return_inverse=True)
+    keys, src = np.unique(image * 64 + lvl, return_inverse=True)
     src = src.reshape(-1)
     levels = [mips[key // 64].transposed(key % 64) for key in keys.tolist()]  # (W_k, H_k, 3) each
     shapes = np.array([a.shape[1::-1] for a in levels], dtype=np.int64).reshape(-1, 2)[src]  # (n, 2) (H_k, W_k)
-    lvl = keys[src] % 64
     # Sample coordinates along x (rows :n) and y (rows n:), as grid_sample computes them.
-    lo = np.concatenate([table[:, 0], table[:, 1]])
-    ext = np.concatenate([table[:, 2] - table[:, 0], table[:, 3] - table[:, 1]])
+    lo = np.concatenate([boxes[:, 0], boxes[:, 1]])
+    ext = np.concatenate([wh[:, 0], wh[:, 1]])
     nk = np.concatenate([shapes[:, 1], shapes[:, 0]]).astype(np.float64)  # level width, height
     f = np.exp2(np.concatenate([lvl, lvl]).astype(np.float64))
     t = (np.arange(ss) + 0.5) / ss  # sample positions within the box, in box units
