@@ -33,6 +33,7 @@ SUITE: dict[str, list[str]] = {
     "embed_speed.py": ["--reps", "3"],
     "allocator.py": [],
     "detect_speed.py": ["--limit", "200"],
+    "mtcnn_speed.py": ["--limit", "300", "--reps", "3"],
     "detect_rate.py": ["--limit", "1500"],
     "lfw_end_to_end.py": ["--limit", "50", "--pipelines", "baseline_tuned", "mtcnn", "yunet"],
     "partial_fc_scale.py": [],
@@ -128,6 +129,14 @@ def _detect_speed(d: dict) -> list[list[str]]:
     return rows
 
 
+def _mtcnn_speed(d: dict) -> list[list[str]]:
+    res = d["results"]
+    base = res[0]
+    return [[f"MTCNN {r['what']}, {d['images']} LFW images, one thread: ms/image (max box diff "
+             f"{r['max_box_px']:.0e} px, {r['count_mismatches']} face-count changes)", _fmt(r["ms_per_image"]),
+             f"{_fmt(base['ms_per_image'])} (previous code)", f"{r['speedup']:.2f}x"] for r in res[1:]]  # fmt: skip
+
+
 def _detect_rate(d: dict) -> list[list[str]]:
     runs = {r["name"]: r for r in d["runs"]}
     base = runs.get("yunet")
@@ -200,7 +209,7 @@ def _gallery_search(d: dict) -> list[list[str]]:
 EXTRACT = {
     "train_speed": _train_speed, "embed_speed": _embed_speed, "allocator": _allocator,
     "lfw_end_to_end": _lfw_end_to_end,
-    "detect_speed": _detect_speed, "detect_rate": _detect_rate,
+    "detect_speed": _detect_speed, "mtcnn_speed": _mtcnn_speed, "detect_rate": _detect_rate,
     "partial_fc_scale": _partial_fc_scale, "identification_scale": _identification_scale,
     "gallery_search": _gallery_search,
 }  # fmt: skip

@@ -14,6 +14,7 @@ Detection (``DETECTORS``: mtcnn, scrfd, yunet):
 
 from __future__ import annotations
 
+from arcface.align.nms import nms  # eager: the submodule of the same name would shadow a lazy export
 from arcface.registry import lazy_exports
 
 #: public name -> its module (imported on first use: ``arcface.align.face`` and ``.template`` stay free of OpenCV)
@@ -21,7 +22,7 @@ _EXPORTS = {
     "FaceAligner": ".aligner", "cached_aligner": ".aligner",
     "DETECTORS": ".detectors", "FaceDetector": ".detection", "create_detector": ".detectors",
     "Face": ".face", "rank_faces": ".face",
-    "MTCNN": ".mtcnn", "nms": ".nms", "SCRFD": ".scrfd", "YuNet": ".yunet",
+    "MTCNN": ".mtcnn", "SCRFD": ".scrfd", "YuNet": ".yunet",
     "ARCFACE_TEMPLATE": ".template", "TEMPLATE_NAME": ".template", "TEMPLATE_SIZE": ".template",
     "template_for_size": ".template",
     "CropSpec": ".transform", "check_crop": ".transform", "crop": ".transform", "estimate_norm": ".transform",
@@ -29,7 +30,7 @@ _EXPORTS = {
     "transform_points": ".transform",
 }  # fmt: skip
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "nms"])
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -10,6 +10,7 @@ where "left" is image-left (the subject's right).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -48,23 +49,59 @@ class FaceDetector(ABC):
         Returns:
             Faces sorted main face first (see :func:`~arcface.align.face.rank_faces`); an empty list when there is none.
         """
+        image, small, scale = self._prepare(image)
+        return self._finish(self._detect(small), image.shape, small is not image, scale)
+
+    __call__ = detect
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        """Find the faces in several images; per image exactly what :meth:`detect` gives.
+
+        Detectors that can share work between images (MTCNN runs their pyramids and crops through its networks
+        together) override :meth:`_detect_batch`; the default detects one image after the other.
+
+        Args:
+            images: (H, W, 3) uint8 RGB images of any sizes.
+
+        Returns:
+            One list of detections per image, in the order of ``images``.
+        """
+        prepared = [self._prepare(image) for image in images]
+        found = self._detect_batch([small for _, small, _ in prepared])
+        if len(found) != len(prepared):
+            name = type(self).__name__
+            raise RuntimeError(f"{name}._detect_batch gave {len(found)} results for {len(prepared)} images")
+        return [
+            self._finish(result, image.shape, small is not image, scale)
+            for result, (image, small, scale) in zip(found, prepared)
+        ]
+
+    def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+        """Check the image and downscale it for detection: (image, detection image, (x scale, y scale))."""
         image = _check_image(image)
-        h, w = image.shape[:2]
         small, sx, sy = _downscale(image, self.max_side)
-        boxes, scores, landmarks = self._detect(small)
+        return image, small, (sx, sy)
+
+    def _finish(
+        self,
+        result: tuple[np.ndarray, np.ndarray, np.ndarray],
+        shape: tuple[int, ...],
+        downscaled: bool,
+        scale: tuple[float, float],
+    ) -> list[Face]:
+        """Raw detections on the detection image -> ``Face`` objects in image coordinates, main face first."""
+        boxes, scores, landmarks = result
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         landmarks = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
-        if small is not image:
-            scale = np.array([sx, sy])
-            boxes = boxes / np.tile(scale, 2)
-            landmarks = (landmarks + 0.5) / scale - 0.5  # pixel-index coordinates: centres map to centres
+        if downscaled:
+            xy = np.array(scale)
+            boxes = boxes / np.tile(xy, 2)
+            landmarks = (landmarks + 0.5) / xy - 0.5  # pixel-index coordinates: centres map to centres
         keep = scores >= self.min_score
         boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
-        order = rank_faces(boxes, (h, w))
+        order = rank_faces(boxes, shape)
         return [Face(tuple(boxes[i]), scores[i], landmarks[i]) for i in order]
-
-    __call__ = detect
 
     @abstractmethod
     def _detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,6 +110,10 @@ class FaceDetector(ABC):
         Returns:
             boxes (N, 4), scores (N,), landmarks (N, 5, 2), in any order, in ``image`` coordinates.
         """
+
+    def _detect_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`_detect` on each checked, downscaled image; detectors that batch override this."""
+        return [self._detect(image) for image in images]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(max_side={self.max_side})"
