@@ -14,7 +14,7 @@ Detection (``DETECTORS``: mtcnn, scrfd, yunet):
 
 from __future__ import annotations
 
-from arcface.align.nms import nms  # eager: the submodule of the same name would shadow a lazy export
+from arcface.align.nms import nms as nms  # eager: the submodule of the same name would shadow a lazy export
 from arcface.registry import lazy_exports
 
 #: public name -> its module (imported on first use: ``arcface.align.face`` and ``.template`` stay free of OpenCV)
