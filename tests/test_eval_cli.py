@@ -163,3 +163,22 @@ def test_hook_embeds_in_eval_mode_and_restores_train_mode():
     assert model.training and e1.shape == (5, 4)
     assert np.allclose(e1, e2, atol=1e-6)  # deterministic: dropout off
     assert np.allclose(np.linalg.norm(e1, axis=1), 1.0, atol=1e-5)
+
+
+def test_worker_pool_gives_the_crops_of_one_process(tmp_path):
+    """Detection in worker processes, a few images per pass (detect_batch), gives what one process gives, in order."""
+    from arcface.eval.pipeline import DETECT_BATCH, DetectionSpec, EvalCache, align_images, iter_crops
+    from conftest import require_shared
+
+    lfw = require_shared("data/lfw/lfw-deepfunneled")
+    paths = sorted(lfw.glob("A*/*.jpg"))[: 2 * DETECT_BATCH + 3]  # two full detection batches and a short one
+    spec = DetectionSpec("mtcnn", {"max_side": 1600})
+    one, fb1, c1 = align_images(paths, spec, EvalCache(None), workers=1, progress=False)
+    two, fb2, c2 = align_images(paths, spec, EvalCache(None), workers=2, progress=False)
+    assert c1 == c2 == {"cached": 0, "detected": len(paths)}
+    np.testing.assert_array_equal(fb1, fb2)
+    assert np.abs(one.astype(int) - two.astype(int)).max() <= 1  # the same crops (bilinear rounding at most)
+    cache = EvalCache(tmp_path / "cache")
+    first = [i for i, _, _ in iter_crops(paths[:5], spec, cache, progress=False)]
+    again = [i for i, _, _ in iter_crops(paths, spec, cache, progress=False)]
+    assert first == list(range(5)) and again[:5] == list(range(5)) and sorted(again) == list(range(len(paths)))

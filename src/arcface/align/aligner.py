@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,15 @@ class FaceAligner:
     def faces(self, image: np.ndarray, max_faces: int | None = None) -> list[Face]:
         """Every face of an (H, W, 3) uint8 RGB image, main face first; the first ``max_faces`` (all when None)
         carry their aligned crop."""
-        found = self.detector.detect(image)
+        return self._cropped(image, self.detector.detect(image), max_faces)
+
+    def faces_batch(self, images: Sequence[np.ndarray], max_faces: int | None = None) -> list[list[Face]]:
+        """:meth:`faces` of several images, detected together (``FaceDetector.detect_batch``: MTCNN shares its
+        network passes between images); per image exactly what :meth:`faces` gives."""
+        return [self._cropped(image, found, max_faces)
+                for image, found in zip(images, self.detector.detect_batch(images), strict=True)]  # fmt: skip
+
+    def _cropped(self, image: np.ndarray, found: list[Face], max_faces: int | None) -> list[Face]:
         n = len(found) if max_faces is None else max(0, int(max_faces))
         return [dataclasses.replace(f, crop=crop(image, f.landmarks, self.spec)) if i < n else f
                 for i, f in enumerate(found)]  # fmt: skip

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,6 @@ from arcface.eval.datasets import PairSet
 from arcface.inference.embedder import Embedder
 from arcface.io.images import ImageError, load_image
 from arcface.runtime.progress import Progress
-from arcface.runtime.progress import progress as report_progress
 from arcface.runtime.workers import process_map
 
 log = logging.getLogger(__name__)
@@ -57,6 +56,7 @@ __all__ = [
     "EvalCache",
     "align_images",
     "centre_crop",
+    "iter_crops",
     "decode_aligned",
     "embed_pair_set",
 ]
@@ -179,14 +179,20 @@ def centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(square, (size, size), interpolation=interp))
 
 
-def _align_one(args: tuple[str, DetectionSpec]) -> tuple[np.ndarray, bool]:
-    """Detect the main face of one image and crop it (centre crop when there is none); runs in a worker."""
-    path, spec = args
-    rgb = load_image(path)
-    faces = cached_aligner(spec.detector, spec.detector_options, spec.crop).faces(rgb, max_faces=1)
-    if faces:
-        return faces[0].crop, False
-    return centre_crop(rgb, spec.size), True
+#: Images a worker detects together (MTCNN shares its network passes between them: bench/mtcnn_speed.py).
+DETECT_BATCH = 8
+#: Crops embedded at a time as they arrive from the detection workers.
+EMBED_BATCH = 64
+
+
+def _align_chunk(args: tuple[list[str], DetectionSpec]) -> list[tuple[np.ndarray, bool]]:
+    """Detect the main face of a few images together and crop each (centre crop when there is none); runs in a
+    worker."""
+    paths, spec = args
+    images = [load_image(p) for p in paths]
+    found = cached_aligner(spec.detector, spec.detector_options, spec.crop).faces_batch(images, max_faces=1)
+    return [(faces[0].crop, False) if faces else (centre_crop(rgb, spec.size), True)
+            for rgb, faces in zip(images, found, strict=True)]  # fmt: skip
 
 
 def _image_key(path: Path, spec: DetectionSpec) -> str:
@@ -206,6 +212,58 @@ def _valid_crop(size: int) -> Callable[[dict[str, np.ndarray]], bool]:
     return check
 
 
+def iter_crops(
+    paths: Sequence[str | os.PathLike],
+    spec: DetectionSpec,
+    cache: EvalCache,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    counts: dict[str, int] | None = None,
+) -> Iterator[tuple[int, np.ndarray, bool]]:
+    """The aligned crop of the main face of each image, from the cache or by detection, as it becomes ready.
+
+    Cached crops come first; the others are detected :data:`DETECT_BATCH` images at a time in ``workers``
+    processes and yielded as they arrive, so a consumer (the embedding) works while the workers detect.
+
+    Args:
+        paths: M image files.
+        spec: detector, crop size and template.
+        cache: where crops are looked up and stored.
+        workers: detection processes (1: in this process).
+        progress: report progress on stderr.
+        counts: filled with ``{"cached": ..., "detected": ...}``.
+
+    Yields:
+        ``(index, crop, fallback)``: the image's position in ``paths``, its (S, S, 3) uint8 crop, and True where no
+        face was found and the centre crop was used.
+
+    Raises:
+        ImageError: an image is missing or unreadable (the message names it).
+    """
+    paths = [Path(p) for p in paths]
+    keys = [_image_key(p, spec) for p in paths]
+    todo = []
+    check = _valid_crop(spec.size)
+    for i, key in enumerate(keys):
+        hit = cache.get("crops", key, check)
+        if hit is None:
+            todo.append(i)
+        else:
+            yield i, hit["crop"], bool(hit["fallback"])
+    if counts is not None:
+        counts.update(cached=len(paths) - len(todo), detected=len(todo))
+    chunks = [todo[s : s + DETECT_BATCH] for s in range(0, len(todo), DETECT_BATCH)]
+    results = process_map(_align_chunk, [([str(paths[i]) for i in c], spec) for c in chunks], workers=workers,
+                          chunksize=1)  # fmt: skip
+    with Progress(len(todo), "detect+align", enabled=progress) as bar:
+        for chunk, found in zip(chunks, results, strict=True):
+            for i, (crop, fb) in zip(chunk, found, strict=True):
+                cache.put("crops", keys[i], crop=crop, fallback=np.array(fb))
+                yield i, crop, fb
+            bar.update(len(chunk))
+
+
 def align_images(
     paths: Sequence[str | os.PathLike],
     spec: DetectionSpec,
@@ -214,41 +272,13 @@ def align_images(
     workers: int = 1,
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Aligned crops of the main face of each image, from the cache or by detection.
-
-    Args:
-        paths: M image files.
-        spec: detector, crop size and template.
-        cache: where crops are looked up and stored.
-        workers: detection processes (1: in this process).
-        progress: report progress on stderr.
-
-    Returns:
-        ``(crops, fallback, counts)``: (M, S, S, 3) uint8 crops, (M,) bool (True where no face was found and the
-        centre crop was used), and ``{"cached": ..., "detected": ...}``.
-
-    Raises:
-        ImageError: an image is missing or unreadable (the message names it).
-    """
-    paths = [Path(p) for p in paths]
-    keys = [_image_key(p, spec) for p in paths]
+    """All the crops of :func:`iter_crops` at once: ``(crops (M, S, S, 3) uint8, fallback (M,) bool, counts)``."""
     crops = np.zeros((len(paths), spec.size, spec.size, 3), np.uint8)
     fallback = np.zeros(len(paths), bool)
-    todo = []
-    check = _valid_crop(spec.size)
-    for i, key in enumerate(keys):
-        hit = cache.get("crops", key, check)
-        if hit is None:
-            todo.append(i)
-        else:
-            crops[i], fallback[i] = hit["crop"], bool(hit["fallback"])
-    jobs = [(str(paths[i]), spec) for i in todo]
-    results = process_map(_align_one, jobs, workers=workers, chunksize=8)
-    for i, (crop, fb) in zip(todo, report_progress(results, total=len(jobs), desc="detect+align", enabled=progress),
-                             strict=True):  # fmt: skip
+    counts: dict[str, int] = {}
+    for i, crop, fb in iter_crops(paths, spec, cache, workers=workers, progress=progress, counts=counts):
         crops[i], fallback[i] = crop, fb
-        cache.put("crops", keys[i], crop=crop, fallback=np.array(fb))
-    return crops, fallback, {"cached": len(paths) - len(todo), "detected": len(todo)}
+    return crops, fallback, counts
 
 
 def decode_aligned(images: Sequence[bytes | str | os.PathLike], size: int | tuple[int, int]) -> np.ndarray:
@@ -282,7 +312,7 @@ class EmbedStats:
         crops_cached: crops read from the cache.
         fallbacks: images where no face was found (centre crop used).
         embeddings_cached: the embeddings came from the cache.
-        seconds_align: detection + alignment (or decoding) time.
+        seconds_align: time spent waiting for detection + alignment (or decoding); it overlaps the embedding.
         seconds_embed: embedding time.
     """
 
@@ -349,22 +379,36 @@ def embed_pair_set(
         stats.fallback_images = [str(pairset.images[i]) for i in np.flatnonzero(fallback)]
         return hit["embeddings"].astype(np.float32), stats
     t0 = time.perf_counter()
+    emb = np.zeros((m, d), np.float32)
+    fallback = np.zeros(m, bool)
     if pairset.aligned:
         crops = decode_aligned(pairset.images, spec.size)
-        fallback = np.zeros(m, bool)
+        stream: Iterator[tuple[int, np.ndarray, bool]] = ((i, c, False) for i, c in enumerate(crops))
     else:
-        crops, fallback, counts = align_images(pairset.images, spec, cache, workers=workers, progress=progress)
+        counts: dict[str, int] = {}
+        stream = iter_crops(pairset.images, spec, cache, workers=workers, progress=progress, counts=counts)
+    # Embed what has arrived in batches while the workers detect the rest (the cores never wait for each other).
+    batch, rows = EMBED_BATCH, []
+    pending: list[np.ndarray] = []
+    t_embed = 0.0
+    for i, crop, fb in stream:
+        fallback[i] = fb
+        rows.append(i)
+        pending.append(crop)
+        if len(pending) == batch:
+            t1 = time.perf_counter()
+            emb[rows] = embedder.embed(np.stack(pending))
+            t_embed += time.perf_counter() - t1
+            rows, pending = [], []
+    if pending:
+        t1 = time.perf_counter()
+        emb[rows] = embedder.embed(np.stack(pending))
+        t_embed += time.perf_counter() - t1
+    if not pairset.aligned:
         stats.detected, stats.crops_cached = counts["detected"], counts["cached"]
     stats.fallbacks = int(fallback.sum())
     stats.fallback_images = [str(pairset.images[i]) for i in np.flatnonzero(fallback)]
-    t1 = time.perf_counter()
-    chunk = 256  # crops per call: progress every chunk, the same numbers as one call
-    with Progress(len(crops), "embed", unit="face", enabled=progress) as bar:
-        parts = []
-        for s in range(0, len(crops), chunk):
-            parts.append(embedder.embed(crops[s : s + chunk]))
-            bar.update(len(parts[-1]))
-    emb = np.concatenate(parts) if parts else np.zeros((0, d), np.float32)
-    stats.seconds_align, stats.seconds_embed = t1 - t0, time.perf_counter() - t1
+    stats.seconds_embed = t_embed
+    stats.seconds_align = time.perf_counter() - t0 - t_embed
     cache.put("embeddings", key, embeddings=emb, fallback=fallback)
     return emb, stats
