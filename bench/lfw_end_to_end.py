@@ -26,6 +26,13 @@ cores (its OpenMP team waits for a descheduled thread), which says more about th
 pipeline; ``--threads 2`` on a quiet machine is the other setting.
 
     python bench/lfw_end_to_end.py [--threads 1] [--no-flip] [--limit N] [--pipelines baseline mtcnn yunet]
+
+``--cli`` is the newcomer's comparison (issue 17): both sides as a user runs them, each from a fresh process and
+its own start-up, with their default threads and no flip test: OpenCV's sample pipeline (``--threads 0``: OpenCV's
+default) against ``arcface eval lfw --no-flip --no-cache`` timed from outside, its CLI start-up, model load and
+worker start-up included (``--workers``: its detection processes).
+
+    python bench/lfw_end_to_end.py --cli --limit 60 --no-flip --threads 0 --workers 2 --name lfw_cli_1200
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from arcface.eval.verification import pair_scores, verification_report  # noqa: 
 
 PIPELINES = ("baseline", "baseline_tuned", "mtcnn", "yunet")
 LABELS = {
+    "cli": "ours: `arcface eval lfw` (MTCNN + default model, Embedder auto), start-up included",
     "baseline": "OpenCV YuNet + SFace (baseline, as OpenCV's sample)",
     "baseline_tuned": "OpenCV YuNet + SFace, score 0.7 + our main-face rule",
     "mtcnn": "ours: MTCNN + default model (Embedder auto)",
@@ -75,6 +83,46 @@ def subset(pairs: PairSet, limit: int) -> PairSet:
         name=pairs.name, images=[pairs.images[i] for i in used], pairs=remap[idx], labels=pairs.labels[keep],
         folds=pairs.folds[keep], source=pairs.source, aligned=pairs.aligned,
     )  # fmt: skip
+
+
+def write_pairs(pairs: PairSet, path: Path) -> Path:
+    """``pairs`` as an LFW View 2 pair file (10 folds of n same + n different pairs) for the CLI."""
+    folds = np.unique(pairs.folds)
+    per = int(np.sum((pairs.folds == folds[0]) & pairs.labels))
+    lines = [f"{len(folds)} {per}"]
+    for f in folds:
+        for same in (True, False):
+            for a, b in pairs.pairs[(pairs.folds == f) & (pairs.labels == same)]:
+                pa, pb = Path(pairs.images[a]), Path(pairs.images[b])
+                na, ia = pa.parent.name, int(pa.stem.rsplit("_", 1)[1])
+                nb, ib = pb.parent.name, int(pb.stem.rsplit("_", 1)[1])
+                lines.append(f"{na}\t{ia}\t{ib}" if same else f"{na}\t{ia}\t{nb}\t{ib}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_cli(pairs: PairSet, lfw_images: Path, flip: bool, workers: int, out_dir: Path) -> dict:
+    """``arcface eval lfw`` in a fresh process, timed from outside (start-up included)."""
+    pair_file = write_pairs(pairs, out_dir / "pairs_subset.txt")
+    report = out_dir / "cli_report.json"
+    cmd = [sys.executable, "-m", "arcface", "eval", "lfw", "--data", str(lfw_images), "--pairs", str(pair_file),
+           "--no-cache", "--no-progress", "--workers", str(workers), "--json", str(report)]  # fmt: skip
+    if not flip:
+        cmd.append("--no-flip")
+    c0 = os.times()
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    c1 = os.times()
+    r = json.loads(report.read_text())
+    s = r["seconds"]
+    return {
+        "accuracy": r["accuracy"], "accuracy_std": r["accuracy_std"], "auc": r["auc"], "fallbacks": r["fallbacks"],
+        "wall_s": wall, "cpu_s": (c1.children_user + c1.children_system) - (c0.children_user + c0.children_system),
+        "setup_s": wall - s["align"] - s["embed"] - s["protocol"], "detect_align_s": s["align"],
+        "embed_s": s["embed"], "protocol_s": s["protocol"], "path": f"{r['precision']}/{r['backend']}",
+        "min_cosine_checked": None, "detector": f"mtcnn (CLI, {workers} detection workers)",
+    }  # fmt: skip
 
 
 def run_ours(pairs: PairSet, detector: str, flip: bool) -> dict:
@@ -151,6 +199,9 @@ def main() -> None:
     ap.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
     ap.add_argument("--name", default="lfw_end_to_end", help="result file bench/results/NAME.json")
     ap.add_argument("--child", default=None, choices=PIPELINES, help=argparse.SUPPRESS)
+    ap.add_argument("--cli", action="store_true",
+                    help="OpenCV's sample pipeline against `arcface eval lfw` as a user runs it (start-up included)")
+    ap.add_argument("--workers", type=int, default=2, help="with --cli: the CLI's detection processes")
     args = ap.parse_args()
     lfw = find_lfw()
     if lfw is None:
@@ -162,8 +213,9 @@ def main() -> None:
         import cv2
         import torch
 
-        torch.set_num_threads(args.threads)
-        cv2.setNumThreads(args.threads)
+        if args.threads > 0:  # 0: the libraries' own defaults (OpenCV: all cores)
+            torch.set_num_threads(args.threads)
+            cv2.setNumThreads(args.threads)
         name = args.child
         if name.startswith("baseline"):
             r = run_baseline(pairs, args.flip, tuned=name == "baseline_tuned")
@@ -174,6 +226,10 @@ def main() -> None:
     for p in pairs.images:  # warm the page cache equally for every pipeline
         Path(p).read_bytes()
     results = {}
+    if args.cli:
+        import tempfile
+
+        args.pipelines = ["baseline"]  # OpenCV's side in a child process as below; ours through the CLI after it
     for name in args.pipelines:
         load = os.getloadavg()[0]
         cmd = [sys.executable, __file__, "--child", name, "--threads", str(args.threads), "--limit", str(args.limit)]
@@ -182,6 +238,13 @@ def main() -> None:
         r["loadavg_1min_before"], r["loadavg_1min_after"] = load, os.getloadavg()[0]
         results[name] = r
         print(f"{name}: {r['wall_s']:.1f} s, accuracy {100 * r['accuracy']:.2f}", flush=True)
+    if args.cli:
+        with tempfile.TemporaryDirectory() as tmp:
+            load = os.getloadavg()[0]
+            r = run_cli(pairs, lfw / "lfw-deepfunneled", args.flip, args.workers, Path(tmp))
+        r["loadavg_1min_before"], r["loadavg_1min_after"] = load, os.getloadavg()[0]
+        results["cli"] = r
+        print(f"cli: {r['wall_s']:.1f} s, accuracy {100 * r['accuracy']:.2f}", flush=True)
     base = results.get("baseline")
     rows = []
     for name, r in results.items():
@@ -196,8 +259,11 @@ def main() -> None:
         ])  # fmt: skip
     header = ["pipeline", "accuracy % (10-fold)", "embedding path", "no face", "detect+align s", "embed s",
               "wall s", "images/s", "wall vs baseline", "CPU s", "CPU vs baseline"]  # fmt: skip
+    threads = "default threads" if args.threads == 0 else f"{args.threads} threads"
     title = (f"LFW View 2 end to end, {len(pairs.images)} images / {len(pairs)} pairs, no cache, "
-             f"flip={'on' if args.flip else 'off'}, one process, {args.threads} threads")  # fmt: skip
+             f"flip={'on' if args.flip else 'off'}, {threads}"
+             + (f"; ours through the CLI with {args.workers} detection workers, start-up included" if args.cli else
+                ", one process") )  # fmt: skip
     table = print_table(title, header, rows)
     path = save(args.name, {
         "images": len(pairs.images), "pairs": len(pairs), "flip": args.flip, "threads": args.threads,

@@ -43,6 +43,7 @@ faster than the frozen graph and costs 10-16 s per model to build. Measured numb
 
 from __future__ import annotations
 
+import json
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -53,10 +54,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from arcface.inference.contract import ModelContract, weights_sha256
+from arcface.inference.contract import CONTRACT_KEY, ModelContract, weights_sha256
 from arcface.inference.export import export_onnx
 from arcface.inference.runners import EagerRunner, FrozenRunner, OnnxRunner, Runner, l2_normalise, open_session
 from arcface.runtime import amp
+from arcface.runtime.paths import cache_dir
 
 __all__ = ["BACKENDS", "MIN_COSINE", "PRECISIONS", "Embedder", "check_names", "resolve_auto"]
 
@@ -107,6 +109,28 @@ def _default_contract(module: nn.Module) -> ModelContract:
         weights_sha256=weights_sha256(module.state_dict()),
         source="Embedder.from_module (our contract assumed)",
     )
+
+
+def _onnx_graph(module: nn.Module, contract: ModelContract) -> Path:
+    """The module's ONNX graph for the onnxruntime path, exported once per weights and kept in the cache folder
+    (``arcface.runtime.paths.cache_dir``): building the Embedder then costs a file read instead of an export. The
+    file is keyed by the contract id (weights digest included) and checked by its metadata; a damaged or foreign file
+    is exported again."""
+    path = cache_dir("onnx", f"{contract.id}-{weights_sha256(module.state_dict())[:16]}.onnx")
+    if path.is_file():
+        try:
+            meta = dict(open_session(path).get_modelmeta().custom_metadata_map)
+            if json.loads(meta.get(CONTRACT_KEY, "{}")).get("id") == contract.id:
+                return path
+        except (ValueError, OSError):
+            pass  # a torn or foreign file: export again
+    try:
+        export_onnx(module, contract, path, check=False, normalize_inside=False)
+    except OSError:  # a read-only cache folder: export to a temporary one that lives with the process
+        tmp = Path(tempfile.mkdtemp(prefix="arcface-embedder-")) / path.name
+        export_onnx(module, contract, tmp, check=False, normalize_inside=False)
+        return tmp
+    return path
 
 
 def _synthetic_crops(n: int = 8, size: tuple[int, int] = (112, 112)) -> np.ndarray:
@@ -168,7 +192,6 @@ class Embedder:
         self.flip = bool(flip)
         self.batch_size = min(int(batch_size), runner.max_batch)
         self.module = module
-        self._keep: Any = None  # a resource that lives as long as the embedder (the temporary ONNX export)
 
     @property
     def contract(self) -> ModelContract:
@@ -271,13 +294,8 @@ class Embedder:
         elif backend == "jit":
             runner = FrozenRunner(module, contract, precision, batch_size)
         else:
-            tmp = tempfile.TemporaryDirectory(prefix="arcface-embedder-")
-            path = Path(tmp.name) / "model.onnx"
-            export_onnx(module, contract, path, check=False, normalize_inside=False)
+            path = _onnx_graph(module, contract)
             runner = OnnxRunner(open_session(path, threads=threads), contract, path, batch_size)
-            emb = cls(runner, precision, backend, batch_size=batch_size, module=module)
-            emb._keep = tmp  # the file lives as long as the embedder
-            return emb
         return cls(runner, precision, backend, batch_size=batch_size, module=module)
 
     @classmethod
