@@ -75,6 +75,16 @@ from typing import Any
 
 import numpy as np
 
+from arcface.gallery._sqlite import (
+    FILE_MODE,
+    Read,
+    Transaction,
+    disk_full,
+    make_private_dir,
+    suppress_os,
+    suppress_sqlite,
+    warn_if_shared,
+)
 from arcface.gallery.rules import (
     INT64_MAX,
     MAX_METADATA_BYTES,
@@ -120,8 +130,6 @@ BUSY_TIMEOUT_S = 1.5
 """Default time a write waits for another connection's lock before :class:`GalleryBusyError`."""
 _CACHE_MAGIC = b"ARCFACE-GALLERY-INDEX 2\n"
 _MASK_REBUILD_SHARE = 0.25
-_FILE_MODE = 0o600
-_DIR_MODE = 0o700
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -253,12 +261,12 @@ class Gallery:
                 raise FileNotFoundError(f"no gallery at {self.directory} (no {DB_NAME}); enroll faces first")
             if contract is None:
                 raise GalleryError(f"{self.directory}: creating a gallery needs a model contract")
-            _make_private_dir(self.directory)
+            make_private_dir(self.directory)
             # SQLite gives its -wal and -shm files the database file's mode; another process may create it first.
             with contextlib.suppress(FileExistsError):
-                os.close(os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE))
+                os.close(os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
         else:
-            _warn_if_shared(self.directory, self._path)
+            warn_if_shared(self.directory, self._path)
         try:
             self._db = self._connect()
         except sqlite3.Error as e:
@@ -328,7 +336,7 @@ class Gallery:
         meta = check_metadata(metadata)
         with self._write_lock:
             self._check_open()
-            with self._storage(), _Transaction(self._db, bump=False) as cur:
+            with self._storage(), Transaction(self._db, bump=False) as cur:
                 cur.execute(
                     "INSERT INTO identities (name, metadata, created) VALUES (?, ?, ?)", (name, meta, time.time())
                 )
@@ -390,7 +398,7 @@ class Gallery:
             raise KeyError(f"no identity {identity_id} in the gallery {self.directory}")
         with self._write_lock:
             self._check_open()
-            with self._storage(), (tx := _Transaction(self._db)) as cur:
+            with self._storage(), (tx := Transaction(self._db)) as cur:
                 if cur.execute("SELECT 1 FROM identities WHERE id = ?", (int(identity_id),)).fetchone() is None:
                     raise KeyError(f"no identity {identity_id} in the gallery {self.directory}")
                 rows = cur.execute("SELECT id FROM faces WHERE identity_id = ?", (int(identity_id),)).fetchall()
@@ -465,7 +473,7 @@ class Gallery:
         now = time.time()
         with self._write_lock:
             self._check_open()
-            with self._storage(), (tx := _Transaction(self._db)) as cur:
+            with self._storage(), (tx := Transaction(self._db)) as cur:
                 if cur.execute("SELECT 1 FROM identities WHERE id = ?", (int(identity_id),)).fetchone() is None:
                     raise KeyError(f"no identity {identity_id} in the gallery {self.directory}")
                 ids = []
@@ -498,7 +506,7 @@ class Gallery:
             raise KeyError(f"no face {face_id} in the gallery {self.directory}")
         with self._write_lock:
             self._check_open()
-            with self._storage(), (tx := _Transaction(self._db)) as cur:
+            with self._storage(), (tx := Transaction(self._db)) as cur:
                 cur.execute("DELETE FROM faces WHERE id = ?", (int(face_id),))
                 if cur.rowcount == 0:
                     raise KeyError(f"no face {face_id} in the gallery {self.directory}")
@@ -663,7 +671,8 @@ class Gallery:
 
     @contextmanager
     def _storage(self) -> Iterator[None]:
-        """SQLite's busy and full errors as :class:`GalleryBusyError` and :class:`GalleryFullError`."""
+        """SQLite's busy, full, read-only and I/O errors as :class:`GalleryBusyError`, :class:`GalleryFullError` and
+        :class:`GalleryStorageError`."""
         try:
             yield
         except sqlite3.OperationalError as e:
@@ -675,10 +684,11 @@ class Gallery:
                     f"{self._busy_timeout:g} s; retry later",
                     retry_after=max(1.0, self._busy_timeout),
                 ) from None
-            if code == sqlite3.SQLITE_FULL or "disk is full" in text or (code == sqlite3.SQLITE_IOERR and _disk_full(
-                self.directory
-            )):  # fmt: skip
+            full = code == sqlite3.SQLITE_FULL or "disk is full" in text
+            if full or (code == sqlite3.SQLITE_IOERR and disk_full(self.directory)):
                 raise GalleryFullError(f"the disk of the gallery {self.directory} is full ({text})") from None
+            if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
+                raise GalleryStorageError(f"the gallery {self.directory} cannot be written now ({text})") from None
             raise
 
     def _erase_traces(self) -> None:
@@ -708,7 +718,7 @@ class Gallery:
 
     def _bind(self, contract: ModelContract | None) -> tuple[ModelContract, bytes | None]:
         """The bound contract (binding ``contract`` to a new gallery) and the index cache's MAC key."""
-        with _Transaction(self._db, bump=False) as cur:
+        with Transaction(self._db, bump=False) as cur:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     cur.execute(stmt)
@@ -777,7 +787,7 @@ class Gallery:
     def _load_index(self) -> None:
         """The index from the cache when it is current, intact and ours, else rebuilt (one consistent snapshot)."""
         reader = self._reader()
-        with self._index_lock, _Read(reader):
+        with self._index_lock, Read(reader):
             gen = self._generation(reader)
             rows = reader.execute("SELECT id, identity_id FROM faces").fetchall()
             self._face_identity: dict[int, int] = {int(a): int(b) for a, b in rows}
@@ -788,7 +798,7 @@ class Gallery:
 
     def _rebuild(self) -> None:
         reader = self._reader()
-        with self._index_lock, _Read(reader):
+        with self._index_lock, Read(reader):
             self._rebuild_in_snapshot(reader)
 
     def _rebuild_in_snapshot(self, reader: sqlite3.Connection) -> None:
@@ -879,7 +889,7 @@ class Gallery:
         path = self._cache_path()
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
             with open(fd, "wb") as f:
                 f.write(_CACHE_MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + body + ids)
             os.replace(tmp, path)
@@ -925,105 +935,6 @@ class Gallery:
         self._trained_size = int(header["trained_size"])
         logger.debug("gallery index loaded from the cache %s", path)
         return True
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any error, the commit's included); yields a cursor.
-
-    A committed write transaction also bumps the ``generation`` counter in ``meta`` (unless ``bump=False``: writes
-    that do not touch faces, which the index does not depend on).
-    """
-
-    def __init__(self, db: sqlite3.Connection, *, bump: bool = True) -> None:
-        self._db = db
-        self._bump = bump
-
-    def __enter__(self) -> sqlite3.Cursor:
-        self._cur = self._db.cursor()
-        self._cur.execute("BEGIN IMMEDIATE")
-        return self._cur
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                if self._bump:  # the generation tells the index (and its cache) whether it is current
-                    self._cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-                    row = self._cur.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-                    self.generation = int(row[0])
-                self._cur.execute("COMMIT")
-        finally:
-            if self._db.in_transaction:  # an error, or a COMMIT that failed (disk full): nothing is kept
-                with suppress_sqlite():
-                    self._db.execute("ROLLBACK")
-            self._cur.close()
-
-
-class _Read:
-    """A read transaction (``BEGIN`` ... ``COMMIT``): every SELECT inside sees one snapshot."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._db.in_transaction:
-            self._db.execute("COMMIT")
-
-
-@contextmanager
-def suppress_sqlite() -> Iterator[None]:
-    """Ignore a SQLite error (closing, rolling back: the first error is the one reported)."""
-    try:
-        yield
-    except sqlite3.Error as e:
-        logger.debug("ignored SQLite error: %s", e)
-
-
-@contextmanager
-def suppress_os() -> Iterator[None]:
-    """Ignore an OSError (removing a temporary file after another error)."""
-    try:
-        yield
-    except OSError as e:
-        logger.debug("ignored OS error: %s", e)
-
-
-def _disk_full(directory: Path) -> bool:
-    """Less than 1 MiB free for this user under ``directory`` (an I/O error then means a full disk)."""
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < 1024 * 1024
-
-
-def _make_private_dir(directory: Path) -> None:
-    """Create the gallery folder 0700 (its parents as the umask says); tighten an empty one that exists."""
-    if directory.is_dir():
-        if not any(directory.iterdir()):
-            os.chmod(directory, _DIR_MODE)
-        return
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        directory.mkdir(mode=_DIR_MODE)
-    except FileExistsError:
-        return
-    os.chmod(directory, _DIR_MODE)  # mkdir's mode is filtered by the umask; 0700 whatever it is
-
-
-def _warn_if_shared(directory: Path, db: Path) -> None:
-    """A gallery made before files were private, or opened up by hand: say so once (the modes are left as they are)."""
-    try:
-        loose = [p for p in (directory, db) if p.stat().st_mode & 0o077]
-    except OSError:
-        return
-    if loose:
-        logger.warning(
-            "gallery %s: %s readable by other users (chmod 700 the folder, 600 its files)",
-            directory, ", ".join(str(p) for p in loose),
-        )  # fmt: skip
 
 
 def _identity(row: tuple) -> Identity:

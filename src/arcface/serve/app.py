@@ -24,8 +24,8 @@ Decisions:
   ``unsupported`` 415, ``empty`` 400; no face is 422 ``no_face``; unknown ids 404 ``not_found``; ids outside
   1..2^63-1 and other bad requests 422 ``invalid_request``; a body that is not multipart on an upload route 415
   ``unsupported_media_type``; missing or wrong key 401 ``unauthorized``; over the rate 429 ``rate_limited``; a busy
-  gallery 503 ``busy`` with ``Retry-After``; a full disk 507 ``storage_full``; anything else 500 ``internal`` with a
-  request id.
+  gallery 503 ``busy`` with ``Retry-After``; a full disk 507 ``storage_full``; a read-only or failing disk 503
+  ``storage_unavailable``; anything else 500 ``internal`` with a request id.
 - **Uploads** are read in memory by :mod:`arcface.serve.uploads` (each part at most ``max_upload_bytes``, only the
   route's parts, each once); then the pixel count is read from the image header before decoding.
 - **The event loop never runs the model.** Decoding, detection and embedding run in a bounded thread pool
@@ -56,11 +56,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from arcface.align.face import Face
 from arcface.gallery import Gallery
-from arcface.gallery.rules import INT64_MAX, GalleryBusyError, GalleryContractError, GalleryFullError
+from arcface.gallery.rules import (
+    INT64_MAX,
+    GalleryBusyError,
+    GalleryContractError,
+    GalleryFullError,
+    GalleryStorageError,
+)
 from arcface.inference.recognizer import FaceRecognizer, NoFaceError
 from arcface.io.images import ImageError, image_from_upload
 from arcface.serve import schemas
@@ -276,6 +283,11 @@ def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gal
     async def on_busy(request: Request, e: GalleryBusyError) -> JSONResponse:
         return _error(503, "busy", str(e), {"Retry-After": str(max(1, round(e.retry_after)))})
 
+    @app.exception_handler(GalleryStorageError)
+    async def on_storage(request: Request, e: GalleryStorageError) -> JSONResponse:
+        logger.error("gallery storage failed: %s", e)
+        return _error(503, "storage_unavailable", "the gallery cannot be written now (read-only or failing storage)")
+
     @app.exception_handler(GalleryFullError)
     async def on_full(request: Request, e: GalleryFullError) -> JSONResponse:
         logger.error("gallery write refused: %s", e)
@@ -337,13 +349,20 @@ def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gal
     @app.post(
         "/v1/identities", status_code=201, response_model=schemas.IdentityCreated, dependencies=auth,
         responses={**_ERROR_RESPONSES, 415: {"model": schemas.ErrorResponse, "description": "not JSON"}},
-        tags=["identities"],
+        tags=["identities"], openapi_extra=_json_body(schemas.IdentityCreate),
     )  # fmt: skip
-    async def create_identity(request: Request, body: schemas.IdentityCreate) -> schemas.IdentityCreated:
+    async def create_identity(request: Request) -> schemas.IdentityCreated:
         """Create an identity (a person); enrol faces with ``POST /v1/identities/{id}/faces``."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json" and not ctype.endswith("+json"):
             raise ApiError(415, "unsupported_media_type", "send the identity as application/json")
+        raw = await request.body()
+        try:
+            body = schemas.IdentityCreate.model_validate_json(raw)
+        except ValidationError as e:
+            raise RequestValidationError(e.errors(include_url=False)) from None
+        except RecursionError:  # nested deeper than the parser goes
+            raise ApiError(422, "invalid_request", "the JSON is nested too deeply") from None
         try:
             ident = await _gallery_call(gallery.add_identity, body.name, body.metadata)
         except (TypeError, ValueError) as e:  # a name or metadata the gallery refuses
@@ -478,6 +497,16 @@ def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gal
         return schemas.VerifyResponse(similarity=v.similarity, same=v.same, threshold=v.threshold)
 
     return app
+
+
+def _json_body(model: type[BaseModel]) -> dict:
+    """The OpenAPI ``requestBody`` of a route that reads a JSON ``model`` itself (after checking the content type)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
 
 
 _DOCS_PAGE = f"""<!doctype html>

@@ -13,6 +13,10 @@ or body, and no limit per client. So:
 - **Connections per client**: at most ``max_connections_per_client`` open connections per client address; one more
   is answered 429 and closed at once. Behind a reverse proxy every connection comes from the proxy: raise it or set 0
   (off) there, and let the proxy limit its clients.
+- **Connections in all**: at most ``max_connections`` open connections; one more is answered 503 (JSON, with
+  ``Retry-After``) and closed. (uvicorn's own ``limit_concurrency`` would answer a plain-text 503.)
+- **Malformed requests** that h11 cannot parse (or headers over :data:`MAX_HEADER_BYTES`) are answered with a JSON
+  400 instead of uvicorn's plain-text one.
 
 The protocol is always h11 (uvicorn's pure-Python parser, also when httptools is installed), so these limits and
 the header size limit hold the same everywhere.
@@ -53,6 +57,7 @@ class GuardedH11Protocol(H11Protocol):
 
     header_timeout: float = 10.0
     per_client: int = 0
+    max_connections: int = 0
     open_per_client: Counter = Counter()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -61,6 +66,12 @@ class GuardedH11Protocol(H11Protocol):
         self._armed_cycle: Any = None
         self._peer = self.client[0] if self.client else None
         self._counted = False
+        if self.max_connections > 0 and len(self.connections) > self.max_connections:
+            self.logger.warning("over %d connections; refused one from %s", self.max_connections, self._peer)
+            msg = f"the service has {self.max_connections} connections open; retry shortly"
+            transport.write(_raw_answer(503, "Service Unavailable", "busy", msg, "retry-after: 1\r\n"))
+            transport.close()
+            return
         if self.per_client > 0 and self._peer is not None:
             if self.open_per_client[self._peer] >= self.per_client:
                 self.logger.warning("%s: over %d connections from this address; refused", self._peer, self.per_client)
@@ -87,6 +98,12 @@ class GuardedH11Protocol(H11Protocol):
         super().on_response_complete()
         if self.cycle is None or self.cycle.response_complete:  # not already on a pipelined next request
             self._arm()
+
+    def send_400_response(self, msg: str) -> None:
+        """h11 could not parse the request: a JSON 400 (uvicorn's own is plain text), then close."""
+        self._disarm()
+        self.transport.write(_raw_answer(400, "Bad Request", "bad_request", f"malformed HTTP request ({msg})"))
+        self.transport.close()
 
     def _arm(self) -> None:
         """Start waiting for the next request's headers."""
@@ -120,6 +137,7 @@ def protocol_class(settings: Settings) -> type[GuardedH11Protocol]:
         {
             "header_timeout": float(settings.header_timeout),
             "per_client": int(settings.max_connections_per_client),
+            "max_connections": int(settings.max_connections),
             "open_per_client": Counter(),
         },
     )
@@ -133,7 +151,7 @@ def serve(app: Any, settings: Settings, host: str, port: int) -> None:
         port=port,
         http=protocol_class(settings),
         timeout_keep_alive=int(settings.keep_alive_timeout),
-        limit_concurrency=settings.max_connections or None,
+        limit_concurrency=None,  # max_connections is enforced by the protocol, with a JSON answer
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_graceful_shutdown=10,
         log_level="info",

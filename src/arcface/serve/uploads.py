@@ -146,7 +146,7 @@ async def read_uploads(
         stream: the body, chunk by chunk (``request.stream()``); read only when the content type is right.
         fields: the part names the route takes; each is required and accepted once.
         max_part_bytes: largest part (the image byte limit).
-        max_parts: most parts (default: ``len(fields)``).
+        max_parts: most parts (default: ``len(fields) + 2``, so a repeated or unknown part is named as such).
 
     Raises:
         ApiError: 415 not multipart; 422 malformed body, unknown, repeated or missing part, too many parts.
@@ -160,7 +160,7 @@ async def read_uploads(
     boundary = params.get(b"boundary")
     if not boundary or len(boundary) > 200:
         raise ApiError(422, "invalid_request", "a multipart/form-data body needs a boundary (at most 200 characters)")
-    reader = _Reader(fields, max_part_bytes, max_parts or len(fields))
+    reader = _Reader(fields, max_part_bytes, max_parts or len(fields) + 2)
     try:
         parser = MultipartParser(boundary, reader.callbacks())
         async for chunk in stream:
