@@ -130,6 +130,7 @@ def test_bodies_are_refused_before_they_are_read_and_memory_stays_flat(server):
         status, at_answer, sent, head = chunked_upload(server.port, "/v1/search", 300 * MiB)
         assert status == 401, head
         assert at_answer < 2 * MiB and sent < 4 * MiB, (at_answer, sent)
+        numbers = [f"401 after {at_answer:,} B (of 300 MiB; {sent:,} B sent in all)"]
         assert b"connection: close" in head.lower()
         status, at_answer, _, head = chunked_upload(server.port, "/v1/identities", 300 * MiB,
                                                     content_type="application/json")  # fmt: skip
@@ -140,11 +141,13 @@ def test_bodies_are_refused_before_they_are_read_and_memory_stays_flat(server):
         status, at_answer, sent, head = chunked_upload(server.port, "/v1/search", 120 * MiB, headers=auth, first=part)
         assert status == 413, head
         assert at_answer < 30 * MiB and sent < 32 * MiB, (at_answer, sent)
+        numbers.append(f"413 after {at_answer:,} B (of 120 MiB upload)")
         assert b"connection: close" in head.lower()
         # ... and a chunked 120 MB "JSON" body: 413 at the JSON limit.
         status, at_answer, _, head = chunked_upload(server.port, "/v1/identities", 120 * MiB, headers=auth,
                                                     content_type="application/json")  # fmt: skip
         assert status == 413 and at_answer < 30 * MiB, (head, at_answer)
+        numbers.append(f"413 after {at_answer:,} B (of 120 MiB JSON)")
         # ... and a body of many parts: refused at the second part, not parsed to the end.
         many = b"".join(b'--BoUnDaRy\r\nContent-Disposition: form-data; name="image"\r\n\r\nx\r\n' for _ in range(2000))
         status, at_answer, _, head = chunked_upload(server.port, "/v1/search", 200 * MiB, headers=auth, first=many)
@@ -155,7 +158,7 @@ def test_bodies_are_refused_before_they_are_read_and_memory_stays_flat(server):
         done.set()
         sampler.join(10)
     growth = peak[0] - baseline
-    print(f"\nRSS {baseline:.0f} MiB, peak {peak[0]:.0f} MiB (+{growth:.1f}); 401 after {at_answer} bytes")
+    print(f"\n{'; '.join(numbers)}; RSS {baseline:.0f} MiB, peak {peak[0]:.0f} MiB (+{growth:.1f})")
     assert growth < 50, f"the server grew by {growth:.0f} MiB"
 
 

@@ -191,3 +191,26 @@ def test_enrol_and_search_in_the_browser(request, tmp_path):
     finally:
         driver.save_screenshot(str(shot))
     assert shot.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_api_docs_render_from_the_service_under_their_csp(request):
+    """Swagger UI at /docs loads only from the service (no CDN) and renders the API under its CSP."""
+    _require_browser()
+    base = request.getfixturevalue("server")
+    driver = request.getfixturevalue("browser")
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(base + "/docs")
+    WebDriverWait(driver, WAIT_S).until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, ".swagger-ui .opblock-summary-path"))
+    )
+    paths = {e.text.replace("\u200b", "") for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/v1/search", "/v1/identities"} <= paths, paths
+    loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(u.startswith(base) for u in loaded), loaded
+    refused = [e for e in driver.get_log("browser") if "Content Security Policy" in e.get("message", "")]
+    assert not refused, refused

@@ -328,11 +328,11 @@ def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gal
 
         @app.get("/docs", include_in_schema=False)
         async def docs() -> HTMLResponse:
-            """Swagger UI, every file from this service (the ``swagger-ui-bundle`` package's copy)."""
+            """Swagger UI, every file from this service (the ``swagger-ui-bundle-v2`` package's copy)."""
             return HTMLResponse(_DOCS_PAGE)
 
     elif settings.docs:
-        logger.warning("API docs: no Swagger UI files (pip install swagger-ui-bundle, or docs_assets); /docs is off")
+        logger.warning("API docs: no Swagger UI files (pip install swagger-ui-bundle-v2, or docs_assets); /docs is off")
 
     @app.get("/health", response_model=schemas.HealthDetail | schemas.Health, tags=["service"])
     async def health(request: Request) -> schemas.Health:
@@ -524,7 +524,10 @@ _DOCS_PAGE = f"""<!doctype html>
 
 
 def _docs_assets(settings: Settings) -> Path_ | None:
-    """The folder of Swagger UI's files: the settings' ``docs_assets``, else the swagger-ui-bundle package's copy."""
+    """The folder of Swagger UI's files: the settings' ``docs_assets``, else the swagger-ui-bundle-v2 package's copy.
+
+    Swagger UI 5 is needed: FastAPI writes OpenAPI 3.1, which Swagger UI 4 (the older swagger-ui-bundle) cannot show.
+    """
     if not settings.docs:
         return None
     if settings.docs_assets is not None:

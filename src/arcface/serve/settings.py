@@ -72,7 +72,8 @@ class Settings:
         rate_burst: requests a key may send at once before ``rate_limit`` applies (429 with Retry-After above).
         docs: serve the API docs (``/docs``, Swagger UI from the service itself) and ``/openapi.json``.
         docs_assets: a folder holding ``swagger-ui-bundle.js`` and ``swagger-ui.css``; default the copy of the
-            ``swagger-ui-bundle`` package (the ``all`` extra). Without either, ``/docs`` is not served.
+            ``swagger-ui-bundle-v2`` package (Swagger UI 5, the ``all`` extra). Without either, ``/docs`` is not
+            served.
         store_filenames: keep each upload's client file name with its face (``source``); off by default, since a
             file name often holds the person's name and the face is then not the only trace of them.
         busy_timeout: seconds a gallery write waits for another process's lock (then 503 with Retry-After).
