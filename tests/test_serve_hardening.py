@@ -303,6 +303,7 @@ def test_headers_docs_and_health(server):
             r = c.get(asset)
             assert r.status_code == 200 and len(r.content) > 100, asset
         assert c.get("/redoc").status_code == 404
+        assert c.get("/docs/assets/index.html").status_code == 404  # the package's demo page is not served
         assert c.get("/openapi.json").status_code == 200
         assert c.get("/health").json() == {"status": "ok"}
         detail = c.get("/health", headers={"Authorization": f"Bearer {KEY}"}).json()

@@ -324,7 +324,15 @@ def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gal
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     if settings.docs and docs_assets is not None:
-        app.mount("/docs/assets", StaticFiles(directory=docs_assets), name="docs-assets")
+        assets = {name: docs_assets / name for name in _DOCS_ASSETS}
+
+        @app.get("/docs/assets/{name}", include_in_schema=False)
+        async def docs_asset(name: str) -> FileResponse:
+            """Only the two files the docs page loads (not the package's demo page, which points elsewhere)."""
+            if name not in assets:
+                raise ApiError(404, "not_found", "no such file")
+            media = "text/css" if name.endswith(".css") else "text/javascript"
+            return FileResponse(assets[name], media_type=media)
 
         @app.get("/docs", include_in_schema=False)
         async def docs() -> HTMLResponse:
@@ -523,6 +531,9 @@ _DOCS_PAGE = f"""<!doctype html>
 """
 
 
+_DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css")
+
+
 def _docs_assets(settings: Settings) -> Path_ | None:
     """The folder of Swagger UI's files: the settings' ``docs_assets``, else the swagger-ui-bundle-v2 package's copy.
 
@@ -538,7 +549,7 @@ def _docs_assets(settings: Settings) -> Path_ | None:
         except ImportError:
             return None
         folder = Path_(str(swagger_ui_bundle.swagger_ui_path))
-    if not all((folder / f).is_file() for f in ("swagger-ui-bundle.js", "swagger-ui.css")):
+    if not all((folder / f).is_file() for f in _DOCS_ASSETS):
         logger.warning("API docs: %s lacks swagger-ui-bundle.js or swagger-ui.css", folder)
         return None
     return folder
