@@ -108,12 +108,14 @@ def enrolled(client, lfw) -> dict[str, int]:
 # Service basics and auth
 
 
-def test_health_needs_no_key(client, recognizer):
+def test_health_needs_no_key_and_tells_the_model_only_with_one(client, recognizer):
     r = client.get("/health")
-    assert r.status_code == 200
-    body = r.json()
+    assert r.status_code == 200 and r.json() == {"status": "ok"}  # nothing about the model for anyone
+    assert client.get("/health", headers={"Authorization": "Bearer wrong"}).json() == {"status": "ok"}
+    body = client.get("/health", headers=AUTH).json()
     assert body["status"] == "ok" and body["contract"] == recognizer.contract.id
     assert body["threshold"] == pytest.approx(recognizer.threshold)
+    assert body["identification_threshold"] == recognizer.identification_threshold
 
 
 @pytest.mark.parametrize(

@@ -150,9 +150,10 @@ def test_enrol_and_search_in_the_browser(request, tmp_path):
     shot = tmp_path / "web.png"
     try:
         driver.get(base + "/")
-        wait.until(EC.text_to_be_present_in_element((By.ID, "health"), "threshold"))
+        wait.until(EC.text_to_be_present_in_element((By.ID, "health"), "Service up"))  # no model details yet
         driver.find_element(By.ID, "api-key").send_keys(KEY)
         driver.find_element(By.ID, "key-save").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "health"), "identification threshold"))
         wait.until(EC.text_to_be_present_in_element((By.ID, "people-status"), "Nobody enrolled yet"))
 
         for person in (FIRST, SECOND):
@@ -183,7 +184,33 @@ def test_enrol_and_search_in_the_browser(request, tmp_path):
         assert re.fullmatch(r"-?[01]\.\d{3}", cells[0][1]), cells
         assert float(cells[0][1]) > float(cells[1][1]), cells
         assert cells[0][2] in ("yes", "no") and cells[1][2] in ("yes", "no"), cells
-        assert "Threshold" in driver.find_element(By.ID, "search-status").text
+        assert "Identification threshold" in driver.find_element(By.ID, "search-status").text
+        # the page ran under its Content-Security-Policy with nothing refused
+        refused = [e for e in driver.get_log("browser") if "Content Security Policy" in e.get("message", "")]
+        assert not refused, refused
     finally:
         driver.save_screenshot(str(shot))
     assert shot.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_api_docs_render_from_the_service_under_their_csp(request):
+    """Swagger UI at /docs loads only from the service (no CDN) and renders the API under its CSP."""
+    _require_browser()
+    base = request.getfixturevalue("server")
+    driver = request.getfixturevalue("browser")
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(base + "/docs")
+    WebDriverWait(driver, WAIT_S).until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, ".swagger-ui .opblock-summary-path"))
+    )
+    paths = {e.text.replace("\u200b", "") for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/v1/search", "/v1/identities"} <= paths, paths
+    loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(u.startswith(base) for u in loaded), loaded
+    refused = [e for e in driver.get_log("browser") if "Content Security Policy" in e.get("message", "")]
+    assert not refused, refused

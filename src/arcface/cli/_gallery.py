@@ -9,9 +9,14 @@ with another model is refused.
   face are listed and skipped, and a photo already enrolled for that person (same ``person/file`` source) is
   skipped. Exit 0 when something was enrolled or was already there, 1 when nothing could be.
 - ``search IMG [-k 5]``: the ``k`` most similar identities with their similarity and "match" where it is
-  above the model's calibrated threshold. Exit 0 (also with no match), 3 no face, 1 error.
+  above the model's identification threshold (open-set 1:N, calibrated for a false-positive identification rate;
+  not the 1:1 threshold of ``arcface verify``). Exit 0 (also with no match), 3 no face, 1 error.
 - ``list``: identities with their face counts.
-- ``remove ID``: an identity and its faces (``--face``: one face).
+- ``remove ID``: an identity and its faces (``--face``: one face), from every file of the gallery.
+
+Names are printed with control and bidirectional characters escaped (``\\x1b``, ``\\u202e``), so a name cannot
+rewrite the terminal; the gallery refuses such names for new identities. Enrolment stores each photo's path below
+DIR (``person/file.jpg``) as the face's source, to skip it on the next run.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from arcface.cli._args import (
     print_failures,
     recognizer_from_args,
 )
-from arcface.gallery import Gallery
+from arcface.gallery import Gallery, check_name
+from arcface.gallery.rules import BIDI_CONTROLS
 from arcface.index import INDEX_KINDS
 from arcface.inference.recognizer import NoFaceError
 from arcface.io.files import find_images, is_image_name
@@ -81,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--top", type=int, default=3, help="faces averaged by --aggregate mean_top (default 3)")
     s.add_argument(
         "--threshold", type=float, default=None, metavar="T",
-        help="cosine threshold of a match (default: the model's calibrated one)",
+        help="cosine threshold of a match (default: the model's identification threshold, for 1:N search)",
     )  # fmt: skip
     _common(s)
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -99,6 +105,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rm.set_defaults(func=run_remove)
 
 
+def shown(name: str) -> str:
+    """A name fit for a terminal: control, bidirectional and other invisible characters as escapes."""
+    out = []
+    for c in name:
+        if c.isprintable() and c not in BIDI_CONTROLS:
+            out.append(c)
+        elif ord(c) < 0x100:
+            out.append(f"\\x{ord(c):02x}")
+        else:
+            out.append(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}")
+    return "".join(out)
+
+
 def _quiet_faiss() -> None:
     """FAISS logs which SIMD build it loaded at INFO; not news for a CLI user."""
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
@@ -112,6 +131,14 @@ def run_enroll(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise CliError(f"{root}: no such folder (enroll takes a folder with one sub-folder per person)")
     people = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    refused = []
+    for d in people:
+        try:
+            check_name(d.name)
+        except ValueError as e:
+            refused.append(d)
+            print(f"skipped the folder {shown(d.name)!s}: {e}", file=sys.stderr)
+    people = [d for d in people if d not in refused]
     photos = [(person, path) for person in people for path in find_images(person)]
     loose = [f for f in root.iterdir() if f.is_file() and is_image_name(f)]
     if loose:
@@ -182,7 +209,7 @@ def run_search(args: argparse.Namespace) -> int:
     if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
         raise CliError(f"--threshold is a cosine in [-1, 1], got {args.threshold}")
     rec = recognizer_from_args(args)
-    threshold = args.threshold if args.threshold is not None else rec.threshold
+    threshold = args.threshold if args.threshold is not None else rec.identification_threshold
     with Gallery.open(args.gallery, rec.contract, index=args.index, create=False) as gallery:
         try:
             query = rec.embed(args.image)
@@ -198,6 +225,7 @@ def run_search(args: argparse.Namespace) -> int:
         doc = {
             "image": args.image,
             "threshold": threshold,
+            "threshold_kind": "identification",
             "aggregate": args.aggregate,
             "contract": rec.contract.id,
             "matches": [
@@ -211,11 +239,15 @@ def run_search(args: argparse.Namespace) -> int:
     if not matches:
         print(f"the gallery {args.gallery} is empty")
         return EXIT_OK
-    thr = "no calibrated threshold (pass --threshold)" if threshold is None else f"match: cosine > {threshold:.4f}"
+    thr = (
+        "no identification threshold (pass --threshold)"
+        if threshold is None
+        else f"match: cosine > {threshold:.4f}, the identification (1:N) threshold"
+    )
     print(f"top {len(matches)} of {args.gallery} ({thr})")
     for rank, m in enumerate(matches, start=1):
         verdict = {True: "match", False: "-", None: "?"}[passes(m.similarity)]
-        print(f"{rank:>3}  {m.similarity:.4f}  {verdict:<5}  {m.identity_id:>6}  {m.name}")
+        print(f"{rank:>3}  {m.similarity:.4f}  {verdict:<5}  {m.identity_id:>6}  {shown(m.name)}")
     return EXIT_OK
 
 
@@ -238,7 +270,7 @@ def run_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{args.gallery}: {len(people)} identities, {faces} faces (contract {contract.id}, {contract.architecture})")
     for i in people:
-        print(f"{i.id:>6}  {i.faces:>4}  {i.name}")
+        print(f"{i.id:>6}  {i.faces:>4}  {shown(i.name)}")
     return EXIT_OK
 
 
@@ -252,5 +284,5 @@ def run_remove(args: argparse.Namespace) -> int:
         else:
             name = gallery.get_identity(args.id).name
             n = gallery.remove_identity(args.id)
-            print(f"removed identity {args.id} ({name}) and its {n} face(s) from {args.gallery}")
+            print(f"removed identity {args.id} ({shown(name)}) and its {n} face(s) from {args.gallery}")
     return EXIT_OK

@@ -2,7 +2,8 @@
 
 API keys come from ``ARCFACE_API_KEY`` (comma-separated for several) or ``api_keys`` in a ``--settings`` file
 (JSON or YAML, keys named as :class:`arcface.serve.Settings` fields); without one the service refuses to start
-unless ``--allow-no-auth`` is given. Options given on the command line win over the settings file.
+unless ``--allow-no-auth`` is given. Options given on the command line win over the settings file; the limits
+(timeouts, connections, rate, sizes) are settings-file keys named as the fields (see docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -30,15 +31,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--allow-no-auth", action="store_true", default=None,
         help="serve /v1 without API keys (only on a trusted network)",
     )  # fmt: skip
+    p.add_argument("--no-docs", dest="docs", action="store_false", default=None,
+                   help="do not serve the API docs (/docs) nor /openapi.json")  # fmt: skip
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the settings, build the app, serve until interrupted."""
     try:  # FastAPI and uvicorn are optional (the [all] extra): only the service needs them
-        import uvicorn
-
         from arcface.serve import create_app  # needs FastAPI (optional)
+        from arcface.serve.server import serve  # needs uvicorn (optional)
         from arcface.serve.settings import Settings  # the service's settings, with it
     except ImportError as e:
         msg = f"the service needs FastAPI and uvicorn ({e.name} is missing): pip install 'arcface[all]'"
@@ -52,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
         detector=args.detector,
         workers=args.workers,
         allow_no_auth=args.allow_no_auth,
+        docs=args.docs,
     )
     settings.check_auth()  # before loading the model: fail fast
     app = create_app(settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    serve(app, settings, args.host, args.port)
     return 0

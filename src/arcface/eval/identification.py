@@ -14,11 +14,20 @@ Protocols of :func:`evaluate_identification`:
 
 Verification numbers (``tar_at_far``) use genuine = the mated pair scores and impostors = probe x distractor scores.
 The TAR@FAR rule is :func:`arcface.eval.metrics.tar_at_far`.
+
+Open-set identification (:func:`open_set_identification`) on LFW (:func:`lfw_open_set`): people with two or more
+photos are enrolled with their first one and searched with their second (mated searches); people with one photo are
+never enrolled and searched once each (non-mated searches). The people are split by a hash of their name into a
+calibration part (two thirds) and a held-out part (one third), so a threshold chosen on one is checked on the other.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +35,7 @@ import numpy as np
 from arcface.eval.metrics import DEFAULT_FARS, cmc_from_ranks, tar_at_far, threshold_at_far
 from arcface.index import VectorIndex
 
-__all__ = ["evaluate_identification", "open_set_identification"]
+__all__ = ["OpenSetProtocol", "evaluate_identification", "lfw_open_set", "open_set_identification"]
 
 # --------------------------------------------------------------------------------------------------
 # Closed-set (MegaFace) evaluation
@@ -218,8 +227,9 @@ def open_set_identification(
         ranks: CMC ranks.
 
     Returns:
-        ``{"cmc": {rank: share}, "tpir_at_fpir": {fpir: tpir | None}, "mated": int, "non_mated": int}``; a TPIR is
-        None where ``f * non_mated < 1`` (not enough non-mated probes).
+        ``{"cmc": {rank: share}, "tpir_at_fpir": {fpir: tpir | None}, "threshold_at_fpir": {fpir: cosine | None},
+        "mated": int, "non_mated": int}``; a TPIR (and its threshold) is None where ``f * non_mated < 1`` (not
+        enough non-mated probes). FNIR at that FPIR is ``1 - TPIR``.
     """
     probe_subjects = np.asarray(probe_subjects).ravel()
     gallery_subjects = np.asarray(gallery_subjects).ravel()
@@ -238,7 +248,68 @@ def open_set_identification(
     top1 = sims.max(axis=1)
     top1_right = hit[:, 0]
     tpir: dict[float, float | None] = {}
+    thresholds: dict[float, float | None] = {}
     for f in fpirs:
         thr = threshold_at_far(top1[~mated], f)  # the non-mated searches' top scores are the impostors
+        thresholds[float(f)] = thr
         tpir[float(f)] = None if thr is None else float(np.mean(top1_right[mated] & (top1[mated] > thr)))
-    return {"cmc": cmc, "tpir_at_fpir": tpir, "mated": int(mated.sum()), "non_mated": int((~mated).sum())}
+    return {
+        "cmc": cmc,
+        "tpir_at_fpir": tpir,
+        "threshold_at_fpir": thresholds,
+        "mated": int(mated.sum()),
+        "non_mated": int((~mated).sum()),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# An open-set protocol built from LFW
+
+
+@dataclass(frozen=True)
+class OpenSetProtocol:
+    """Who is enrolled and who searches, as (person, image path) lists.
+
+    Attributes:
+        gallery: one enrolment photo per enrolled person.
+        mated: one search photo per enrolled person (another photo than the enrolled one).
+        non_mated: one search photo per never-enrolled person.
+    """
+
+    gallery: list[tuple[str, Path]]
+    mated: list[tuple[str, Path]]
+    non_mated: list[tuple[str, Path]]
+
+
+def _lfw_part(name: str) -> str:
+    """``"heldout"`` for a third of the people (by a SHA-256 of the name: stable across machines), else calibration."""
+    return "heldout" if int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 3 == 0 else "calibration"
+
+
+def lfw_open_set(root: str | os.PathLike, part: str = "calibration") -> OpenSetProtocol:
+    """The open-set LFW protocol of one part of the people (see the module docstring).
+
+    Args:
+        root: ``lfw-deepfunneled`` (one folder per person, ``name/name_0001.jpg``...).
+        part: ``"calibration"`` (two thirds of the people) or ``"heldout"`` (the other third).
+
+    Raises:
+        ValueError: an unknown part, or a folder without people.
+    """
+    if part not in ("calibration", "heldout"):
+        raise ValueError(f"part must be 'calibration' or 'heldout', got {part!r}")
+    root = Path(root)
+    people = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    if not people:
+        raise ValueError(f"{root}: no person folders (expected lfw-deepfunneled)")
+    gallery, mated, non_mated = [], [], []
+    for person in people:
+        if _lfw_part(person.name) != part:
+            continue
+        photos = sorted(person.glob("*.jpg"))
+        if len(photos) >= 2:
+            gallery.append((person.name, photos[0]))
+            mated.append((person.name, photos[1]))
+        elif photos:
+            non_mated.append((person.name, photos[0]))
+    return OpenSetProtocol(gallery, mated, non_mated)

@@ -3,7 +3,7 @@
 Embeddings are only comparable when they come from the same weights fed the same way: same
 architecture and options, same weights, same input size, colour order, normalisation and alignment
 template, same embedding size. :class:`ModelContract` records exactly that (plus the decision
-threshold, where the pairs it was calibrated on, and where the weights come from), and
+thresholds and what they were calibrated on, and where the weights come from), and
 :attr:`ModelContract.id` is a short hash of the fields that make embeddings comparable.
 
 A model file is a safetensors file whose metadata key ``"arcface_contract"`` holds
@@ -72,6 +72,10 @@ _ID_FIELDS = (
 )
 
 
+# Optional fields added after version 1 was fixed: absent from older contracts, omitted from the JSON while None.
+_OPTIONAL_FIELDS = ("identification_threshold", "identification_calibrated_on")
+
+
 class ContractError(ValueError):
     """A model file or contract that is malformed, or weights that do not match their contract."""
 
@@ -108,6 +112,12 @@ class ModelContract:
             or None when not calibrated.
         calibrated_on: the pairs the threshold was chosen on, e.g.
             "LFW View 1 pairsDevTrain.txt, 2200 pairs, accuracy 0.993".
+        identification_threshold: cosine threshold of an open-set 1:N search (a gallery hit is a match when
+            ``cos > identification_threshold``), chosen for a false-positive identification rate (FPIR: the share
+            of searches by people who are NOT enrolled whose best hit passes), or None when not calibrated. It is
+            higher than ``threshold`` (a 1:1 decision), because a stranger searched against N people gets N
+            chances to pass; the FPIR it gives grows with the gallery size.
+        identification_calibrated_on: the protocol it was chosen on (gallery size, searches, FPIR and FNIR).
         source: where the weights come from.
         license: their license terms, or where to find them.
     """
@@ -127,6 +137,8 @@ class ModelContract:
     calibrated_on: str | None = None
     source: str = ""
     license: str = ""
+    identification_threshold: float | None = None
+    identification_calibrated_on: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the fields in place once
@@ -163,6 +175,12 @@ class ModelContract:
             set_(self, "threshold", float(self.threshold))
             if not -1.0 <= self.threshold <= 1.0:
                 raise ContractError(f"contract: threshold is a cosine in [-1, 1], got {self.threshold}")
+        if self.identification_threshold is not None:
+            set_(self, "identification_threshold", float(self.identification_threshold))
+            if not -1.0 <= self.identification_threshold <= 1.0:
+                raise ContractError(
+                    f"contract: identification_threshold is a cosine in [-1, 1], got {self.identification_threshold}"
+                )
 
     @property
     def threshold_l2(self) -> float | None:
@@ -174,8 +192,8 @@ class ModelContract:
         """16 hex digits identifying the embedding space: equal ids mean comparable embeddings.
 
         A SHA-256 over the canonical JSON of architecture, options, weights SHA-256, input size,
-        colour, mean, std, template (name and points) and embedding size. The threshold,
-        calibration, layout, source and license do not enter it.
+        colour, mean, std, template (name and points) and embedding size. The thresholds,
+        their calibration, layout, source and license do not enter it.
         """
         d = self._as_dict()
         key = json.dumps({k: d[k] for k in _ID_FIELDS}, sort_keys=True, separators=(",", ":"))
@@ -192,8 +210,15 @@ class ModelContract:
         return d
 
     def to_json(self) -> str:
-        """The contract as one canonical JSON object (sorted keys), with ``threshold_l2`` and ``id`` added."""
+        """The contract as one canonical JSON object (sorted keys), with ``threshold_l2`` and ``id`` added.
+
+        The identification fields are left out while they are None, so a contract without them reads the same as
+        one written before they existed (and older readers keep reading it).
+        """
         d = self._as_dict()
+        for key in _OPTIONAL_FIELDS:
+            if d[key] is None:
+                del d[key]
         d["threshold_l2"] = self.threshold_l2
         d["id"] = self.id
         d["contract_version"] = CONTRACT_VERSION
@@ -247,6 +272,12 @@ class ModelContract:
                 f"  input {h}x{w} {self.color} (x - {self.mean:g}) / {self.std:g}, original layout {self.layout}",
                 f"  template {self.template}, embedding {self.embedding_size}-D, weights sha256 {self.weights_sha256}",
                 f"  threshold {thr}",
+                "  identification threshold "
+                + (
+                    "not calibrated"
+                    if self.identification_threshold is None
+                    else f"cos > {self.identification_threshold:.4f} on {self.identification_calibrated_on}"
+                ),
                 f"  source {self.source or '-'}; license {self.license or '-'}",
             ]
         )

@@ -98,7 +98,9 @@ class FaceRecognizer:
         flip: flip-test fusion (embedding of the crop plus of its mirror image, then normalised).
         precision: the Embedder's precision, "auto", "fp32" or "bf16".
         backend: the Embedder's backend, "auto", "torch", "jit" or "onnx".
-        threshold: cosine threshold of :meth:`verify`; None uses the model contract's calibrated one.
+        threshold: cosine threshold of :meth:`verify` (1:1); None uses the model contract's calibrated one.
+        identification_threshold: cosine threshold of a 1:N gallery match (:meth:`identified`); None uses the
+            contract's ``identification_threshold`` (calibrated for a false-positive identification rate).
         device: torch device of the model (and of MTCNN).
         max_side: photos with a longer side are downscaled for detection (landmarks map back, the crop is cut
             from the full-resolution photo).
@@ -122,6 +124,7 @@ class FaceRecognizer:
         precision: str = "auto",
         backend: str = "auto",
         threshold: float | None = None,
+        identification_threshold: float | None = None,
         device: str = "cpu",
         max_side: int | None = 1600,
         detector_options: Mapping[str, Any] | None = None,
@@ -142,6 +145,9 @@ class FaceRecognizer:
                 options.setdefault("device", device)
         self.aligner = FaceAligner(detector, self.embedder.contract, options)
         self._threshold = None if threshold is None else float(threshold)
+        if identification_threshold is not None and not -1.0 <= float(identification_threshold) <= 1.0:
+            raise ValueError(f"identification_threshold is a cosine in [-1, 1], got {identification_threshold}")
+        self._identification_threshold = None if identification_threshold is None else float(identification_threshold)
 
     # ----------------------------------------------------------------------------------------------
     # Properties
@@ -165,6 +171,25 @@ class FaceRecognizer:
     def threshold(self) -> float | None:
         """The cosine threshold of :meth:`verify` (given, else the contract's calibrated one, else None)."""
         return self._threshold if self._threshold is not None else self.contract.threshold
+
+    @property
+    def identification_threshold(self) -> float | None:
+        """The cosine threshold of a 1:N gallery match (given, else the contract's calibrated one, else None).
+
+        Not :attr:`threshold`: that one is chosen for one comparison (1:1 verification); a search compares a
+        stranger with every enrolled person, so its best hit needs a higher bar (see the contract's field).
+        """
+        if self._identification_threshold is not None:
+            return self._identification_threshold
+        return self.contract.identification_threshold
+
+    def identified(self, similarity: float) -> bool | None:
+        """Is a gallery hit of this cosine similarity a match (``similarity > identification_threshold``)?
+
+        None when there is no identification threshold (the model is not calibrated for 1:N search).
+        """
+        t = self.identification_threshold
+        return None if t is None else bool(similarity > t)
 
     @property
     def embedding_size(self) -> int:

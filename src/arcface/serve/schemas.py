@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from arcface.gallery.rules import MAX_NAME_CHARS, check_metadata, check_name
 
 __all__ = [
     "Box",
@@ -14,6 +16,7 @@ __all__ = [
     "ErrorResponse",
     "FaceCreated",
     "Health",
+    "HealthDetail",
     "IdentityCreate",
     "IdentityCreated",
     "IdentityDetail",
@@ -39,19 +42,39 @@ class ErrorResponse(BaseModel):
 
 
 class Health(BaseModel):
-    """``GET /health``."""
+    """``GET /health`` without a key: only that the service is up."""
 
     status: str = "ok"
+
+
+class HealthDetail(Health):
+    """``GET /health`` with a valid key: also the model and its thresholds."""
+
     model: str
     contract: str
-    threshold: float | None
+    threshold: float | None = Field(description="1:1 verification threshold (cosine) of /v1/verify")
+    identification_threshold: float | None = Field(
+        description="1:N identification threshold (cosine) of /v1/search's match; None: not calibrated"
+    )
 
 
 class IdentityCreate(BaseModel):
-    """``POST /v1/identities``."""
+    """``POST /v1/identities``: a name (no control or bidirectional characters) and up to 16 KiB of JSON metadata
+    nested at most 8 deep."""
 
-    name: str = Field(min_length=1, max_length=256, pattern=r"\S")
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_metadata(value)
+        return value
 
 
 class IdentityCreated(BaseModel):
@@ -78,9 +101,10 @@ class IdentityDetail(IdentityOut):
 
 
 class IdentityList(BaseModel):
-    """``GET /v1/identities``."""
+    """``GET /v1/identities``: one page of identities by id; ``next_after`` is the ``after`` of the next page."""
 
     identities: list[IdentityOut]
+    next_after: int | None = Field(description="pass as ?after= for the next page; null on the last page")
 
 
 class DeletedIdentity(BaseModel):
@@ -116,7 +140,8 @@ class FaceCreated(BaseModel):
 
 
 class SearchMatch(BaseModel):
-    """One identity of a search, best first; ``match`` is ``similarity > threshold`` (None: no threshold)."""
+    """One identity of a search, best first; ``match`` is ``similarity > threshold``, the response's open-set
+    identification threshold (None: the model has none)."""
 
     identity_id: int
     name: str
@@ -126,15 +151,23 @@ class SearchMatch(BaseModel):
 
 
 class SearchResponse(BaseModel):
-    """``POST /v1/search``."""
+    """``POST /v1/search``: the nearest identities and the identification threshold their ``match`` used.
+
+    An identification (1:N) threshold is not the verification (1:1) one: it is chosen so that a person who is not
+    enrolled is reported as a match in at most a given share of searches (the FPIR in the model contract), and a
+    stranger compared with every enrolled person needs a higher bar than one comparison does.
+    """
 
     matches: list[SearchMatch]
-    threshold: float | None
+    threshold: float | None = Field(description="the cosine threshold of `match`; null when not calibrated")
+    threshold_kind: Literal["identification"] = "identification"
 
 
 class VerifyResponse(BaseModel):
-    """``POST /v1/verify``: cosine similarity of the main faces and ``similarity > threshold``."""
+    """``POST /v1/verify``: cosine similarity of the main faces and ``similarity > threshold`` (the 1:1
+    verification threshold)."""
 
     similarity: float
     same: bool
     threshold: float
+    threshold_kind: Literal["verification"] = "verification"

@@ -8,7 +8,22 @@ Sources, merged by :meth:`Settings.load` (later wins, except API keys, which are
 3. the environment: ``ARCFACE_API_KEY`` (one key, or several separated by commas);
 4. explicit arguments (the CLI's options).
 
-The service refuses to start without an API key unless ``allow_no_auth=True`` is set explicitly.
+The service refuses to start without an API key unless ``allow_no_auth=True`` is set explicitly, and refuses a key
+that is not printable ASCII (an HTTP header cannot carry it, so it could never match).
+
+The defaults, and why:
+
+- ``max_pixels`` 16 MP: every phone camera's default output (12 MP, or 12.5 MP binned from 50 MP sensors; 16 MP
+  4608x3456) fits. Detection works on at most 1600 px per side, so more pixels only cost: one enrolment of a 40 MP
+  JPEG took 1.8x the memory (+382 MiB vs +207 MiB at 16 MP) and 2x the time of a 16 MP one (docs/SECURITY.md has the
+  table), and every model worker may hold one.
+- ``max_json_bytes`` 64 KiB: a JSON request is a name and at most 16 KiB of metadata.
+- ``header_timeout`` 10 s, ``body_timeout`` 60 s: a client on a slow link still sends a 10 MB photo in a minute
+  (170 KB/s); one that trickles bytes to hold a connection is cut off.
+- ``max_connections`` 256 (uvicorn's ``limit_concurrency``), ``max_connections_per_client`` 16.
+- ``rate_limit`` 20 requests/s per key, bursts of 40: far above what the model serves (a few photos per second per
+  worker), so only a runaway client meets it.
+- ``busy_timeout`` 1.5 s: a write waits that long for another process's lock, then 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -46,6 +61,22 @@ class Settings:
         max_pixels: largest accepted ``width * height`` of an upload, read from its header (413 above).
         workers: threads of the model-inference pool (the event loop never runs the model).
         max_k: largest ``k`` of ``/v1/search``.
+        max_json_bytes: largest body of a request that is not an upload (413 above).
+        header_timeout: seconds to receive a request's headers, from the connection's start or the previous answer.
+        body_timeout: seconds to receive a request's body, from the end of its headers (408 after).
+        keep_alive_timeout: seconds an idle connection is kept between requests.
+        max_connections: most connections and requests in progress at once (503 above; 0: no limit).
+        max_connections_per_client: most open connections per client address (429 above; 0: no limit; behind a
+            reverse proxy every client has the proxy's address).
+        rate_limit: requests per second per API key (per client address without keys), on average (0: no limit).
+        rate_burst: requests a key may send at once before ``rate_limit`` applies (429 with Retry-After above).
+        docs: serve the API docs (``/docs``, Swagger UI from the service itself) and ``/openapi.json``.
+        docs_assets: a folder holding ``swagger-ui-bundle.js`` and ``swagger-ui.css``; default the copy of the
+            ``swagger-ui-bundle-v2`` package (Swagger UI 5, the ``all`` extra). Without either, ``/docs`` is not
+            served.
+        store_filenames: keep each upload's client file name with its face (``source``); off by default, since a
+            file name often holds the person's name and the face is then not the only trace of them.
+        busy_timeout: seconds a gallery write waits for another process's lock (then 503 with Retry-After).
     """
 
     gallery: Path
@@ -55,20 +86,54 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     allow_no_auth: bool = False
     max_upload_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    max_pixels: int = 16_000_000
     workers: int = 2
     max_k: int = 100
+    max_json_bytes: int = 64 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    keep_alive_timeout: int = 5
+    max_connections: int = 256
+    max_connections_per_client: int = 16
+    rate_limit: float = 20.0
+    rate_burst: int = 40
+    docs: bool = True
+    docs_assets: Path | None = None
+    store_filenames: bool = False
+    busy_timeout: float = 1.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gallery", Path(self.gallery))
+        if self.docs_assets is not None:
+            object.__setattr__(self, "docs_assets", Path(self.docs_assets))
         keys = _split_keys(self.api_keys)
+        for key in keys:
+            if not all(0x21 <= ord(c) <= 0x7E for c in key):
+                raise SettingsError(
+                    "settings: an API key must be printable ASCII without spaces (an HTTP header cannot carry "
+                    "anything else, so such a key could never match); generate one with: "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
         object.__setattr__(self, "api_keys", keys)
-        for name in ("max_upload_bytes", "max_pixels", "workers", "max_k"):
+        for name in ("max_upload_bytes", "max_pixels", "workers", "max_k", "max_json_bytes", "keep_alive_timeout",
+                     "rate_burst"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SettingsError(f"settings: {name} must be a positive integer, got {value!r}")
-        if not isinstance(self.allow_no_auth, bool):
-            raise SettingsError(f"settings: allow_no_auth must be true or false, got {self.allow_no_auth!r}")
+        for name in ("max_connections", "max_connections_per_client"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SettingsError(f"settings: {name} must be a non-negative integer (0: no limit), got {value!r}")
+        for name in ("header_timeout", "body_timeout", "busy_timeout", "rate_limit"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise SettingsError(f"settings: {name} must be a finite non-negative number, got {value!r}")
+            if value == 0 and name != "rate_limit":
+                raise SettingsError(f"settings: {name} must be positive, got 0")
+            object.__setattr__(self, name, float(value))
+        for name in ("allow_no_auth", "docs", "store_filenames"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"settings: {name} must be true or false, got {getattr(self, name)!r}")
         if self.index not in ("exact", "hnsw", "ivf"):
             raise SettingsError(f"settings: index must be exact, hnsw or ivf, got {self.index!r}")
 

@@ -55,9 +55,17 @@ async function refreshPeople() {
     return;
   }
   try {
-    const data = await api("GET", "/v1/identities");
+    // The list comes in pages by id: follow next_after to the end.
+    const people = [];
+    let after = 0;
+    for (;;) {
+      const page = await api("GET", "/v1/identities?limit=500&after=" + after);
+      people.push(...page.identities);
+      if (page.next_after === null) break;
+      after = page.next_after;
+    }
     list.replaceChildren();
-    for (const p of data.identities) {
+    for (const p of people) {
       const li = document.createElement("li");
       li.id = "person-" + p.id;
       li.textContent = p.name + " — " + p.faces + (p.faces === 1 ? " face" : " faces");
@@ -77,7 +85,7 @@ async function refreshPeople() {
       li.appendChild(del);
       list.appendChild(li);
     }
-    show(status, data.identities.length ? "" : "Nobody enrolled yet.", "muted");
+    show(status, people.length ? "" : "Nobody enrolled yet.", "muted");
   } catch (e) {
     show(status, e.message, "error");
   }
@@ -164,8 +172,9 @@ async function search(ev) {
       body.appendChild(tr);
     }
     table.hidden = data.matches.length === 0;
-    const thr = data.threshold === null ? "none" : data.threshold.toFixed(3);
-    show(status, data.matches.length ? "Threshold " + thr + "." : "The gallery is empty.", "muted");
+    // Search is open-set identification: "match" uses the identification threshold, not the 1:1 one.
+    const thr = data.threshold === null ? "none (not calibrated)" : data.threshold.toFixed(3);
+    show(status, data.matches.length ? "Identification threshold " + thr + "." : "The gallery is empty.", "muted");
   } catch (e) {
     show(status, "Search failed: " + e.message, "error");
   } finally {
@@ -173,12 +182,20 @@ async function search(ev) {
   }
 }
 
+// The service's state; the model and its thresholds only come with a valid key.
 async function health() {
   const el = document.getElementById("health");
+  const fmt = (t) => (t === null || t === undefined ? "none" : t.toFixed(3));
   try {
-    const resp = await fetch("/health");
+    const headers = apiKey() ? { Authorization: "Bearer " + apiKey() } : {};
+    const resp = await fetch("/health", { headers });
     const h = await resp.json();
-    el.textContent = "Model " + h.model + ", threshold " + (h.threshold === null ? "none" : h.threshold.toFixed(3));
+    if (h.model === undefined) {
+      el.textContent = "Service up. Enter the API key to see the model.";
+    } else {
+      el.textContent = "Model " + h.model + ", verification threshold " + fmt(h.threshold) +
+        ", identification threshold " + fmt(h.identification_threshold);
+    }
   } catch (e) {
     el.textContent = "The service does not answer.";
   }
@@ -191,6 +208,7 @@ document.addEventListener("DOMContentLoaded", () => {
     ev.preventDefault();
     sessionStorage.setItem(KEY_ITEM, keyInput.value.trim());
     show(document.getElementById("key-status"), "Key set for this tab.", "ok");
+    health();
     refreshPeople();
   });
   document.getElementById("enrol-form").addEventListener("submit", enrol);
