@@ -18,8 +18,10 @@ side ``0.55 * min(H, W)`` (for LFW's 250x250: the central 137x137, about where a
 resized to the crop size. Such images are counted (``fallbacks``) and reported; their pairs are scored like any
 other. Unreadable images are errors.
 
-Detection can run in ``workers`` processes (:func:`arcface.runtime.workers.process_map`: ``spawn``, one torch
-thread each); it is the slow part (MTCNN takes about 10 ms per 250x250 LFW image on one core).
+Detection runs in ``workers`` processes (:func:`arcface.runtime.workers.process_map`: ``spawn``, one torch thread
+each); it is the slow part (MTCNN takes about 10 ms per 250x250 LFW image on one core). By default the thread policy
+(:mod:`arcface.runtime.threads`) chooses them: one per usable CPU, fewer for a short job (one per 200 images; one
+runs in this process, with one torch thread). Embedding then runs in this process on every usable CPU.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from arcface.align.transform import CropSpec
 from arcface.eval.datasets import PairSet
 from arcface.inference.embedder import Embedder
 from arcface.io.images import ImageError, load_image
+from arcface.runtime import threads as thread_policy
 from arcface.runtime.progress import progress as report_progress
 from arcface.runtime.workers import process_map
 
@@ -210,8 +213,9 @@ def align_images(
     spec: DetectionSpec,
     cache: EvalCache,
     *,
-    workers: int = 1,
+    workers: int | None = None,
     progress: bool = True,
+    threads: int | str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Aligned crops of the main face of each image, from the cache or by detection.
 
@@ -219,8 +223,10 @@ def align_images(
         paths: M image files.
         spec: detector, crop size and template.
         cache: where crops are looked up and stored.
-        workers: detection processes (1: in this process).
+        workers: detection processes (1: in this process); None: the thread policy's (one per usable CPU, one per
+            200 images at most).
         progress: report progress on stderr.
+        threads: CPUs detection may use; None: ``ARCFACE_THREADS``, else the usable CPUs.
 
     Returns:
         ``(crops, fallback, counts)``: (M, S, S, 3) uint8 crops, (M,) bool (True where no face was found and the
@@ -242,7 +248,7 @@ def align_images(
         else:
             crops[i], fallback[i] = hit["crop"], bool(hit["fallback"])
     jobs = [(str(paths[i]), spec) for i in todo]
-    results = process_map(_align_one, jobs, workers=workers, chunksize=8)
+    results = process_map(_align_one, jobs, workers=workers, chunksize=8, threads=threads)
     for i, (crop, fb) in zip(todo, report_progress(results, total=len(jobs), desc="detect+align", enabled=progress),
                              strict=True):  # fmt: skip
         crops[i], fallback[i] = crop, fb
@@ -302,8 +308,9 @@ def embed_pair_set(
     cache: EvalCache | None = None,
     detector: str = "mtcnn",
     detector_options: dict | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     progress: bool = True,
+    threads: int | str | None = None,
 ) -> tuple[np.ndarray, EmbedStats]:
     """Embeddings of every image of a set (detected and aligned unless ``pairset.aligned``), cached.
 
@@ -314,8 +321,10 @@ def embed_pair_set(
         cache: the cache (None: no cache).
         detector: detector name for unaligned images.
         detector_options: its options (``max_side`` defaults to 1600 as in ``FaceRecognizer``).
-        workers: detection processes.
+        workers: detection processes; None: the thread policy's (see the module docstring).
         progress: progress reports on stderr.
+        threads: CPUs it may use; None: ``ARCFACE_THREADS``, else the usable CPUs (the policy's "detect" plan for
+            detection, "embed" for the embedding).
 
     Returns:
         ``(embeddings, stats)``: (M, D) float32 unit rows in ``pairset.images`` order, and an :class:`EmbedStats`.
@@ -352,11 +361,13 @@ def embed_pair_set(
         crops = decode_aligned(pairset.images, spec.size)
         fallback = np.zeros(m, bool)
     else:
-        crops, fallback, counts = align_images(pairset.images, spec, cache, workers=workers, progress=progress)
+        crops, fallback, counts = align_images(pairset.images, spec, cache, workers=workers, progress=progress,
+                                               threads=threads)  # fmt: skip
         stats.detected, stats.crops_cached = counts["detected"], counts["cached"]
     stats.fallbacks = int(fallback.sum())
     stats.fallback_images = [str(pairset.images[i]) for i in np.flatnonzero(fallback)]
     t1 = time.perf_counter()
+    thread_policy.configure("embed", threads=threads)  # detection in this process left one torch thread
     emb = embedder.embed(crops)
     stats.seconds_align, stats.seconds_embed = t1 - t0, time.perf_counter() - t1
     cache.put("embeddings", key, embeddings=emb, fallback=fallback)

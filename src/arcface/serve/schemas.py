@@ -45,6 +45,8 @@ class Health(BaseModel):
     model: str
     contract: str
     threshold: float | None
+    workers: int = Field(description="inference threads of the model pool")
+    threads: int | None = Field(description="torch threads of each inference worker (null: the policy is off)")
 
 
 class IdentityCreate(BaseModel):

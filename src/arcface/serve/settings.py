@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arcface.runtime import threads as thread_policy
+
 __all__ = ["API_KEY_ENV", "Settings", "SettingsError"]
 
 API_KEY_ENV = "ARCFACE_API_KEY"
@@ -44,7 +46,11 @@ class Settings:
         allow_no_auth: serve ``/v1`` without keys (must be set explicitly; never the default).
         max_upload_bytes: largest accepted image upload, in bytes (413 above).
         max_pixels: largest accepted ``width * height`` of an upload, read from its header (413 above).
-        workers: threads of the model-inference pool (the event loop never runs the model).
+        workers: threads of the model-inference pool (the event loop never runs the model); None: the thread
+            policy's choice (one per usable CPU, each running its request on one torch thread; see
+            :mod:`arcface.runtime.threads`, workload "service").
+        threads: CPUs the service may use (inference workers x torch threads); None: ``ARCFACE_THREADS``, else the
+            usable CPUs (affinity mask and cgroup CPU quota).
         max_k: largest ``k`` of ``/v1/search``.
     """
 
@@ -56,7 +62,8 @@ class Settings:
     allow_no_auth: bool = False
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 40_000_000
-    workers: int = 2
+    workers: int | None = None
+    threads: int | str | None = None
     max_k: int = 100
 
     def __post_init__(self) -> None:
@@ -65,8 +72,14 @@ class Settings:
         object.__setattr__(self, "api_keys", keys)
         for name in ("max_upload_bytes", "max_pixels", "workers", "max_k"):
             value = getattr(self, name)
+            if name == "workers" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SettingsError(f"settings: {name} must be a positive integer, got {value!r}")
+        try:
+            thread_policy.parse_threads(self.threads, "settings: threads")
+        except thread_policy.ThreadsError as e:
+            raise SettingsError(str(e)) from None
         if not isinstance(self.allow_no_auth, bool):
             raise SettingsError(f"settings: allow_no_auth must be true or false, got {self.allow_no_auth!r}")
         if self.index not in ("exact", "hnsw", "ivf"):
