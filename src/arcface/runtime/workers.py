@@ -22,7 +22,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
@@ -146,9 +146,9 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int) -> Ite
     For work that releases the GIL in its heavy parts (torch operators, OpenCV, numpy) and runs one intra-op thread
     each (the thread policy's "pipeline": photos side by side instead of one photo's small operators on a team of
     threads). At most ``2 * workers`` items are in flight, so ``items`` may be a long iterator. An exception of
-    ``fn`` is raised when its item's turn comes. One worker runs in the calling thread.
+    ``fn`` is raised when its item's turn comes. One worker, or a single item, runs in the calling thread.
     """
-    if workers <= 1:
+    if workers <= 1 or (isinstance(items, Sized) and len(items) <= 1):
         for item in items:
             yield fn(item)
         return
