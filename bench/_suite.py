@@ -39,6 +39,8 @@ SUITE: dict[str, list[str]] = {
     "partial_fc_scale.py": [],
     "identification_scale.py": ["--sizes", "10000", "100000"],
     "gallery_search.py": ["--sizes", "10000", "100000", "--hnsw-max", "100000"],
+    "contention.py": ["--photos", "40", "--pairs", "100", "--seconds", "15", "--lfw-timeout", "60",
+                      "--max-neighbours", "1"],
 }
 
 
@@ -206,12 +208,45 @@ def _gallery_search(d: dict) -> list[list[str]]:
     return rows
 
 
+def _contention(d: dict) -> list[list[str]]:
+    res = d["results"]
+
+    def find(setting: str, n: int, one_cpu: bool = False) -> dict:
+        return next(r for r in res if (r["setting"], r["neighbours"], r["one_cpu"]) == (setting, n, one_cpu))
+
+    def rate(r: dict) -> float:
+        return r["photo"]["one_at_a_time"]["per_s"]
+
+    def wall(r: dict) -> str:
+        return _fmt(r["lfw"]["wall_s"]) if r.get("lfw") else f"> {d['args']['lfw_timeout']:.0f}"
+
+    qb, qp, b1, p1 = find("before", 0), find("policy", 0), find("before", 1), find("policy", 1)
+    o, c = find("before_omp1", 0, True), find("policy", 0, True)
+    load = f"load {d['loadavg_before'][0]:.1f}"
+    rows = [
+        [f"photo -> embedding, quiet ({load}): photos/s, thread policy", _fmt(rate(qp)),
+         f"{_fmt(rate(qb))} (before: library defaults)", f"{rate(qp) / rate(qb):.2f}x"],
+        ["photo -> embedding beside 1 busy neighbour: photos/s, thread policy "
+         f"({100 * rate(p1) / rate(qp):.0f}% of its quiet)", _fmt(rate(p1)),
+         f"{_fmt(rate(b1))} (before; {100 * rate(b1) / rate(qb):.0f}% of its quiet)", f"{rate(p1) / rate(b1):.1f}x"],
+        ["photo -> embedding on one CPU (affinity): photos/s, thread policy", _fmt(rate(c)),
+         f"{_fmt(rate(o))} (before + OMP_NUM_THREADS=1)", f"{rate(c) / rate(o):.2f}x"],
+    ]
+    if qp.get("lfw"):
+        n = qp["lfw"]["pairs"]
+        rows.append([f"LFW {n} pairs end to end beside 1 busy neighbour: wall s, thread policy (quiet "
+                     f"{_fmt(qp['lfw']['wall_s'])})", wall(p1), f"{wall(b1)} (before)",
+                     f"{b1['lfw']['wall_s'] / p1['lfw']['wall_s']:.1f}x faster" if b1.get("lfw") and p1.get("lfw")
+                     else "-"])  # fmt: skip
+    return rows
+
+
 EXTRACT = {
     "train_speed": _train_speed, "embed_speed": _embed_speed, "allocator": _allocator,
     "lfw_end_to_end": _lfw_end_to_end,
     "detect_speed": _detect_speed, "mtcnn_speed": _mtcnn_speed, "detect_rate": _detect_rate,
     "partial_fc_scale": _partial_fc_scale, "identification_scale": _identification_scale,
-    "gallery_search": _gallery_search,
+    "gallery_search": _gallery_search, "contention": _contention,
 }  # fmt: skip
 
 

@@ -72,6 +72,9 @@ def test_table_columns_fit_long_names(tmp_path, capsys, monkeypatch):
     class FakeRec:
         threshold = 0.4
 
+        def __init__(self, **options):  # the demo's --threads reaches FaceRecognizer(threads=...)
+            pass
+
         class contract:  # noqa: N801
             architecture, embedding_size, calibrated_on = "mbf", 192, "test"
 

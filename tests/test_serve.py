@@ -309,7 +309,8 @@ def test_no_key_refuses_to_start(tmp_path):
 def test_settings_from_env_and_file(tmp_path):
     env = {"ARCFACE_API_KEY": "k1, k2"}
     s = Settings.load(env=env, gallery=tmp_path)
-    assert s.api_keys == ("k1", "k2") and s.max_upload_bytes == 10 * 1024 * 1024 and s.workers == 2
+    assert s.api_keys == ("k1", "k2") and s.max_upload_bytes == 10 * 1024 * 1024
+    assert s.workers is None and s.threads is None  # the thread policy sizes the pool (tests/test_threads.py)
     assert "k1" not in repr(s)
     f = tmp_path / "serve.yaml"
     f.write_text(f"gallery: {tmp_path / 'g'}\napi_keys: [k3]\nmax_pixels: 1000000\n")
@@ -322,6 +323,8 @@ def test_settings_from_env_and_file(tmp_path):
         Settings.load(j, env={})
     with pytest.raises(SettingsError, match="workers"):
         Settings.load(env=env, gallery=tmp_path, workers=0)
+    with pytest.raises(SettingsError, match="threads must be a positive integer"):
+        Settings.load(env=env, gallery=tmp_path, threads=0)
     with pytest.raises(SettingsError, match="gallery"):
         Settings.load(env=env)
 

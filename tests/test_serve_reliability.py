@@ -11,6 +11,7 @@ killed in a ``finally``. Every client call has a timeout.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -60,7 +61,11 @@ class _Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "ARCFACE_API_KEY": KEY, "PYTHONPATH": str(REPO / "src")}
-        cmd = [sys.executable, "-m", "arcface", "serve", "--gallery", str(gallery),
+        # These tests are about concurrency and crashes, not throttling: one key sends far more than the default
+        # per-key rate on a fast machine (test_serve_hardening covers the limiter).
+        settings = log.with_name(log.stem + ".settings.json")
+        settings.write_text(json.dumps({"rate_limit": 0}))
+        cmd = [sys.executable, "-m", "arcface", "serve", "--gallery", str(gallery), "--settings", str(settings),
                "--host", "127.0.0.1", "--port", str(self.port)]  # fmt: skip
         with open(log, "ab") as f:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)

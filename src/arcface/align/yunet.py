@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from importlib.resources import as_file
 
@@ -52,11 +53,16 @@ class YuNet(FaceDetector):
             self._net = cv2.FaceDetectorYN.create(
                 str(path), "", (320, 320), self.score_threshold, self.nms_threshold, int(top_k)
             )
+        # One OpenCV net, resized per image: calls from several threads (the service's pool, FaceRecognizer.main_crops)
+        # take turns, or one thread's setInputSize would land between another's resize and detect.
+        self._lock = threading.Lock()
 
     def _detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h, w = image.shape[:2]
-        self._net.setInputSize((w, h))
-        _, faces = self._net.detect(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        with self._lock:
+            self._net.setInputSize((w, h))
+            _, faces = self._net.detect(bgr)
         if faces is None or len(faces) == 0:
             return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
         faces = faces.astype(np.float64)  # (N, 15)

@@ -91,9 +91,10 @@ def align_tree(
     quality: int = 95,
     detector: str = "mtcnn",
     detector_options: dict[str, Any] | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     report: str | os.PathLike | None = None,
     progress_bar: bool = True,
+    threads: int | str | None = None,
 ) -> AlignResult:
     """Align the main face of every photo under ``src`` into ``dst``, mirroring the folders.
 
@@ -105,9 +106,11 @@ def align_tree(
         quality: JPEG quality.
         detector: detector name.
         detector_options: its options (``max_side``, ``model_path``, ...).
-        workers: processes (1 runs in this process).
+        workers: processes (1 runs in this process); None: the thread policy's (one per usable CPU, fewer for a
+            short job; see :mod:`arcface.runtime.threads`).
         report: the report file (default ``dst/align_report.json``; a ``.tsv`` name writes a table).
         progress_bar: report progress on stderr.
+        threads: CPUs the job may use (workers x threads each); None: ``ARCFACE_THREADS``, else the usable CPUs.
 
     Returns:
         An :class:`AlignResult`.
@@ -122,7 +125,7 @@ def align_tree(
         raise FileNotFoundError(f"{src}: no such folder" if not src.exists() else f"{src}: not a folder")
     if dst.resolve() == src.resolve():
         raise ValueError("DST_DIR must differ from SRC_DIR")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     if not 1 <= quality <= 100:
         raise ValueError(f"--quality must be in 1..100, got {quality}")
@@ -142,7 +145,7 @@ def align_tree(
     dst.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(dst)
 
-    results: Iterator[_Result] = process_map(_align_one, tasks, workers=workers)
+    results: Iterator[_Result] = process_map(_align_one, tasks, workers=workers, threads=threads)
     for path, n_faces, failure in progress(results, total=len(tasks), desc="align", enabled=progress_bar):
         rel = Path(path).relative_to(src).as_posix()
         if failure is not None:

@@ -11,7 +11,6 @@ import sys
 
 from arcface.batch.align import FORMATS, REPORT_NAME, align_tree
 from arcface.cli._args import EXIT_ERROR, EXIT_OK, add_detector_args, detector_options, print_failures
-from arcface.runtime.workers import usable_cpus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=sorted(FORMATS), default="png", help="png (lossless, default) or jpg")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality with --format jpg (default 95)")
     p.add_argument(
-        "--workers", type=int, default=usable_cpus(),
-        help="processes (default: the CPU cores, here %(default)s); 1 runs in this process",
+        "--workers", type=int, default=None,
+        help="processes (default: the thread policy's: one per usable CPU, fewer for a short job); 1 runs in this "
+        "process",
     )  # fmt: skip
     add_detector_args(p)
     p.add_argument(
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     r = align_tree(
         args.src_dir, args.dst_dir, size=args.size, image_format=args.format, quality=args.quality, detector=name,
         detector_options=options, workers=args.workers, report=args.report, progress_bar=not args.no_progress,
+        threads=args.threads,
     )  # fmt: skip
     several = f", {len(r.several_faces)} with several faces (main face kept)" if r.several_faces else ""
     print(

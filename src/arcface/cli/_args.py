@@ -26,6 +26,7 @@ from arcface.batch.failures import Failure
 from arcface.inference.embedder import BACKENDS, PRECISIONS
 from arcface.inference.recognizer import FaceRecognizer
 from arcface.io.files import IMAGE_EXTENSIONS, find_images
+from arcface.runtime import threads as thread_policy
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -40,17 +41,38 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
 
 # --------------------------------------------------------------------------------------------------
+# Threads
+
+
+def _threads(value: str) -> int | str:
+    try:
+        return thread_policy.parse_threads(value, "--threads") or "auto"
+    except thread_policy.ThreadsError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--threads ")) from None  # argparse names the option
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    """Add ``--threads N``: the CPUs the command may use (the thread policy's override, as ``ARCFACE_THREADS``)."""
+    p.add_argument(
+        "--threads", type=_threads, default=None, metavar="N",
+        help="CPUs to use (threads in all, split between workers by the thread policy); default $ARCFACE_THREADS, "
+        "else the usable CPUs (affinity mask and cgroup CPU quota)",
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
 # Detector options
 
 
 def add_detector_args(p: argparse.ArgumentParser) -> None:
-    """Add ``--detector``, ``--scrfd-model`` and ``--max-side`` to a subcommand."""
+    """Add ``--detector``, ``--scrfd-model``, ``--max-side`` and ``--threads`` to a subcommand."""
     p.add_argument("--detector", choices=DETECTORS.names(), default="mtcnn", help="face detector (default mtcnn)")
     p.add_argument("--scrfd-model", default=None, metavar="PATH", help="the SCRFD .onnx file (with --detector scrfd)")
     p.add_argument(
         "--max-side", type=int, default=1600, metavar="PX",
         help="photos with a longer side are downscaled for detection; landmarks map back (default 1600)",
     )  # fmt: skip
+    add_threads_arg(p)
 
 
 def detector_options(args: argparse.Namespace, *, threads: int | None = None) -> tuple[str, dict[str, Any]]:
@@ -81,7 +103,8 @@ def detector_options(args: argparse.Namespace, *, threads: int | None = None) ->
 
 
 def make_detector(args: argparse.Namespace) -> FaceDetector:
-    """The detector the options of ``add_detector_args`` ask for."""
+    """The detector the options of ``add_detector_args`` ask for, with this process's threads set for detection."""
+    thread_policy.configure("detect", threads=getattr(args, "threads", None))
     name, options = detector_options(args)
     return create_detector(name, **options)
 
@@ -119,7 +142,7 @@ def recognizer_from_args(args: argparse.Namespace, **options: Any) -> FaceRecogn
     return FaceRecognizer(
         args.model, name, flip=bool(getattr(args, "flip", False)), precision=args.precision, backend=args.backend,
         threshold=threshold, device=getattr(args, "device", "cpu"), max_side=max_side, detector_options=det_options,
-        model_options=model_options,
+        model_options=model_options, threads=getattr(args, "threads", None),
     )  # fmt: skip
 
 

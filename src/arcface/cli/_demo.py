@@ -22,6 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
+from arcface.cli._args import add_threads_arg
 from arcface.cli._eval import format_table
 from arcface.data import downloads
 from arcface.data.locations import find_lfw
@@ -49,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pairs", type=int, default=12, help="LFW View 1 test pairs to verify (half same)")
     p.add_argument("--no-eval", action="store_true", help="skip the LFW View 2 evaluation")
     p.add_argument("--train", action="store_true", help="also run the short training demo")
+    add_threads_arg(p)
     p.set_defaults(func=run)
 
 
@@ -82,9 +84,9 @@ def _fit(name: str, width: int) -> str:
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
-def _verify_table(pairs: list[tuple[Path, Path, bool]], source: str) -> int:
+def _verify_table(pairs: list[tuple[Path, Path, bool]], source: str, threads: int | str | None = None) -> int:
     """Verify ``pairs`` and print the table (columns as wide as the longest name, at most MAX_NAME)."""
-    rec = FaceRecognizer()
+    rec = FaceRecognizer(threads=threads)
     print(f"photo to identity: mtcnn + 112x112 alignment + {rec.contract.architecture} "
           f"({rec.contract.embedding_size}-D), threshold {rec.threshold:.3f} ({rec.contract.calibrated_on})")
     print(f"data: {source}\n")
@@ -102,19 +104,20 @@ def _verify_table(pairs: list[tuple[Path, Path, bool]], source: str) -> int:
     return right
 
 
-def verification_table(lfw: Path, n_pairs: int) -> None:
+def verification_table(lfw: Path, n_pairs: int, threads: int | str | None = None) -> None:
     """Verify ``n_pairs`` LFW View 1 test pairs (half same, half different) and print the table."""
     pairs = read_lfw_pairs(lfw / "pairsDevTest.txt", lfw / "lfw-deepfunneled").image_pairs()
     same = [p for p in pairs if p[2]][: n_pairs // 2]
     diff = [p for p in pairs if not p[2]][: n_pairs - n_pairs // 2]
-    _verify_table(same + diff, f"LFW View 1 test pairs from {lfw / 'pairsDevTest.txt'}")
+    _verify_table(same + diff, f"LFW View 1 test pairs from {lfw / 'pairsDevTest.txt'}", threads)
 
 
-def samples_table() -> None:
+def samples_table(threads: int | str | None = None) -> None:
     """Verify every pair of the photos the package ships and print the table."""
     pairs = sample_pairs()
     _verify_table(pairs, f"the {len({p for a, b, _ in pairs for p in (a, b)})} public-domain photos shipped in "
-                         f"{SAMPLES} (NOTICE there; the two Grace Hopper photos are copies of one photograph)")
+                         f"{SAMPLES} (NOTICE there; the two Grace Hopper photos are copies of one photograph)",
+                  threads)  # fmt: skip
 
 
 def get_lfw() -> Path | None:
@@ -145,13 +148,14 @@ def run(args: argparse.Namespace) -> int:
     shutil.rmtree(run_dir, ignore_errors=True)
     lfw = find_lfw() or get_lfw()
     if lfw is None and args.pairs > 0:
-        samples_table()
+        samples_table(args.threads)
     if lfw is not None and args.pairs > 0:
-        verification_table(lfw, args.pairs)
+        verification_table(lfw, args.pairs, args.threads)
     if lfw is not None and not args.no_eval:
         print(f"LFW View 2 (10 folds, 6,000 pairs of {lfw / 'pairs.txt'}), default model, flip-test fusion:")
         pairset = read_lfw_pairs(lfw / "pairs.txt", lfw / "lfw-deepfunneled")
-        report = evaluate_pair_set(pairset, load_model("default", flip=True), cache=EvalCache(), workers=2)
+        report = evaluate_pair_set(pairset, load_model("default", flip=True, threads=args.threads), cache=EvalCache(),
+                                   threads=args.threads)  # fmt: skip
         print(format_table({"model_name": "default", **report}))
         work.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(work / "lfw_view2.json", (json.dumps(report) + "\n").encode())
@@ -181,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"data: {source}")
     print(f"model: IResNet-18 (width x0.25, 64x64 input, 128-D) + ArcFace head (s=64, m=0.5); {args.steps} steps")
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, run_dir, progress=True)
+    trainer = Trainer(cfg, run_dir, progress=True, threads=args.threads)
     trainer.train()
     seconds = time.perf_counter() - t0
     rows = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]

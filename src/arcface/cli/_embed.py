@@ -35,9 +35,7 @@ from arcface.cli._args import (
     print_failures,
     recognizer_from_args,
 )
-from arcface.inference.recognizer import FaceRecognizer, NoFaceError
 from arcface.io.files import atomic_path
-from arcface.io.images import ImageError
 from arcface.runtime.progress import progress
 
 
@@ -78,11 +76,10 @@ def run(args: argparse.Namespace) -> int:
             chunks.append(rec.embed_batch(pending, aligned=True))
             pending.clear()
 
-    for path in progress(sources, total=len(sources), desc="embed", enabled=not args.no_progress):
-        try:
-            crop = _main_crop(rec, path, aligned=args.aligned)
-        except (ImageError, NoFaceError, ValueError, OSError) as e:
-            failures.append(failure_of(str(path), e))
+    crops = rec.main_crops(sources, aligned=args.aligned)  # photos side by side (the thread policy's workers)
+    for path, crop in progress(zip(sources, crops), total=len(sources), desc="embed", enabled=not args.no_progress):
+        if isinstance(crop, Exception):
+            failures.append(failure_of(str(path), crop))
             continue
         pending.append(crop)
         paths.append(str(path))
@@ -103,11 +100,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"arcface embed: error: no image of {args.src} could be embedded", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
-
-
-def _main_crop(rec: FaceRecognizer, path, *, aligned: bool) -> np.ndarray:
-    """The aligned crop of the main face of ``path`` (the image itself with ``aligned``)."""
-    return rec.aligned_crop(path) if aligned else rec.main_crop(path)
 
 
 def _save(out: str, rec, paths: list[str], embeddings: np.ndarray, failures, args: argparse.Namespace) -> None:

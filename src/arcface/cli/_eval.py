@@ -60,7 +60,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, metavar="OUT", help="write the report (with per-pair scores) here")
     p.add_argument("--plot", default=None, metavar="ROC.png", help="write the ROC curve as a PNG")
     add_detector_args(p)
-    p.add_argument("--workers", type=int, default=1, help="detection processes (default 1)")
+    p.add_argument(
+        "--workers", type=int, default=None,
+        help="detection processes (default: the thread policy's: one per usable CPU, one per 200 images at most)",
+    )  # fmt: skip
     p.add_argument("--cache", default=".cache/arcface", metavar="DIR", help="crops/embeddings cache folder")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--batch-size", type=int, default=64, help="crops per forward pass (default 64)")
@@ -71,7 +74,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the set, embed it (cached), run the protocol, print the table, write JSON and plot."""
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be positive, got {args.batch_size}")
@@ -97,12 +100,12 @@ def run(args: argparse.Namespace) -> int:
     # ValueError (one line from the CLI) for a path the model cannot run, e.g. sface with --precision bf16
     embedder = load_model(
         args.model, precision=args.precision, backend=args.backend, flip=args.flip, device=args.device,
-        batch_size=args.batch_size, arch=args.arch,
+        batch_size=args.batch_size, arch=args.arch, threads=args.threads,
     )  # fmt: skip
     cache = EvalCache(None if args.no_cache else args.cache)
     report = evaluate_pair_set(
         pairset, embedder, cache=cache, detector=det_name, detector_options=det_options,
-        workers=args.workers, progress=not args.no_progress,
+        workers=args.workers, progress=not args.no_progress, threads=args.threads,
     )  # fmt: skip
     report = {"model_name": str(args.model), **report}
     print(format_table(report))

@@ -44,7 +44,6 @@ from arcface.gallery.rules import BIDI_CONTROLS
 from arcface.index import INDEX_KINDS
 from arcface.inference.recognizer import NoFaceError
 from arcface.io.files import find_images, is_image_name
-from arcface.io.images import ImageError
 from arcface.runtime.progress import progress
 
 DEFAULT_GALLERY = ".arcface-gallery"
@@ -172,15 +171,15 @@ def run_enroll(args: argparse.Namespace) -> int:
 
         current: Path | None = None
         items: list = []  # (source, (H, W, 3) crop) of the current person
-        for person, path in progress(photos, total=len(photos), desc="enroll", enabled=not args.no_progress):
+        crops = rec.main_crops(path for _, path in photos)  # photos side by side (the thread policy's workers)
+        for (person, path), crop in progress(zip(photos, crops), total=len(photos), desc="enroll",
+                                             enabled=not args.no_progress):  # fmt: skip
             if person != current:
                 if current is not None:
                     flush(current, items)
                 current, items = person, []
-            try:
-                crop = rec.main_crop(path)
-            except (ImageError, NoFaceError, ValueError, OSError) as e:
-                failures.append(failure_of(str(path), e))
+            if isinstance(crop, Exception):
+                failures.append(failure_of(str(path), crop))
                 continue
             items.append((f"{person.name}/{path.relative_to(person).as_posix()}", crop))
         if current is not None:

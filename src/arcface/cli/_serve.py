@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from arcface.cli._args import CliError
+from arcface.cli._args import CliError, add_threads_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="default, sface, or a .safetensors/.onnx model file")
     p.add_argument("--detector", default=None, help="face detector: mtcnn (default), yunet, scrfd")
     p.add_argument("--settings", default=None, metavar="FILE", help="settings file (JSON or YAML)")
-    p.add_argument("--workers", type=int, default=None, help="model inference threads (default 2)")
+    p.add_argument(
+        "--workers", type=int, default=None,
+        help="model inference threads (default: one per usable CPU, each request on one torch thread)",
+    )  # fmt: skip
+    add_threads_arg(p)
     p.add_argument(
         "--allow-no-auth", action="store_true", default=None,
         help="serve /v1 without API keys (only on a trusted network)",
@@ -53,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         detector=args.detector,
         workers=args.workers,
+        threads=args.threads,
         allow_no_auth=args.allow_no_auth,
         docs=args.docs,
     )

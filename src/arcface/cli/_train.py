@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from arcface.cli._args import add_threads_arg
 from arcface.engine.config import load_config
 from arcface.engine.distributed import cleanup, init_distributed
 from arcface.engine.trainer import Trainer
@@ -27,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="override a config field, e.g. --set optim.lr=0.05 (repeatable)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_arg(p)
     p.set_defaults(func=run)
 
 
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
             init_from=args.init_from,
             progress=not args.no_progress,
             evaluate=evaluate,
+            threads=args.threads,
         )
         trainer.train()
         if dist.is_main:

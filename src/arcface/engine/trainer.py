@@ -36,6 +36,7 @@ from arcface.heads.partial_fc import PartialFC
 from arcface.inference.contract import TEMPLATES, ContractError, ModelContract, read_contract, save_model
 from arcface.models import create_model
 from arcface.models.weights import load_backbone_weights
+from arcface.runtime import threads as thread_policy
 from arcface.runtime.amp import autocast, resolve_precision
 from arcface.runtime.memory import retain_freed_memory
 
@@ -133,6 +134,10 @@ class Trainer:
         evaluate: ``(model, contract) -> {set: accuracy}`` for the periodic evaluation hook (the contract says how
             the model is fed).
         progress: show a progress bar on rank 0.
+        threads: CPUs this machine's training may use; None: ``ARCFACE_THREADS``, else the usable CPUs (affinity and
+            cgroup quota). The thread policy (:mod:`arcface.runtime.threads`, workload "train") gives each training
+            process (torchrun's ``LOCAL_WORLD_SIZE``) its share less one CPU per DataLoader worker
+            (``data.num_workers``, which run one thread each), at least 1 torch thread.
     """
 
     def __init__(
@@ -147,7 +152,10 @@ class Trainer:
         evaluate: Callable[[nn.Module, ModelContract], dict[str, float]] | None = None,
         progress: bool = True,
         extra_hooks: list[Hook] | None = None,
+        threads: int | str | None = None,
     ) -> None:
+        #: The thread plan of this training process.
+        self.thread_plan = thread_policy.configure("train", threads=threads, loader_workers=cfg.data.num_workers)
         self.cfg = cfg
         self.dist = dist or DistInfo()
         self.device = self.dist.device

@@ -18,8 +18,11 @@ side ``0.55 * min(H, W)`` (for LFW's 250x250: the central 137x137, about where a
 resized to the crop size. Such images are counted (``fallbacks``) and reported; their pairs are scored like any
 other. Unreadable images are errors.
 
-Detection can run in ``workers`` processes (:func:`arcface.runtime.workers.process_map`: ``spawn``, one torch
-thread each); it is the slow part (MTCNN takes about 10 ms per 250x250 LFW image on one core).
+Detection runs in ``workers`` processes (:func:`arcface.runtime.workers.process_map`: ``spawn``, one torch thread
+each); it is the slow part (MTCNN takes about 10 ms per 250x250 LFW image on one core). By default the thread policy
+(:mod:`arcface.runtime.threads`) chooses them: one per usable CPU, fewer for a short job (one per 200 images; one
+runs in this process, with one torch thread). Embedding runs in this process on every usable CPU, a batch at a
+time as the crops arrive, so it overlaps the workers' detection.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from arcface.align.transform import CropSpec
 from arcface.eval.datasets import PairSet
 from arcface.inference.embedder import Embedder
 from arcface.io.images import ImageError, load_image
+from arcface.runtime import threads as thread_policy
 from arcface.runtime.progress import Progress
 from arcface.runtime.workers import process_map
 
@@ -217,9 +221,10 @@ def iter_crops(
     spec: DetectionSpec,
     cache: EvalCache,
     *,
-    workers: int = 1,
+    workers: int | None = None,
     progress: bool = True,
     counts: dict[str, int] | None = None,
+    threads: int | str | None = None,
 ) -> Iterator[tuple[int, np.ndarray, bool]]:
     """The aligned crop of the main face of each image, from the cache or by detection, as it becomes ready.
 
@@ -230,9 +235,11 @@ def iter_crops(
         paths: M image files.
         spec: detector, crop size and template.
         cache: where crops are looked up and stored.
-        workers: detection processes (1: in this process).
+        workers: detection processes (1: in this process); None: the thread policy's (one per usable CPU, one per
+            200 images at most).
         progress: report progress on stderr.
         counts: filled with ``{"cached": ..., "detected": ...}``.
+        threads: CPUs detection may use; None: ``ARCFACE_THREADS``, else the usable CPUs.
 
     Yields:
         ``(index, crop, fallback)``: the image's position in ``paths``, its (S, S, 3) uint8 crop, and True where no
@@ -254,8 +261,10 @@ def iter_crops(
     if counts is not None:
         counts.update(cached=len(paths) - len(todo), detected=len(todo))
     chunks = [todo[s : s + DETECT_BATCH] for s in range(0, len(todo), DETECT_BATCH)]
+    # The policy sizes the pool by images (a worker pays off from 200), not by chunks.
+    workers = thread_policy.decide("detect", threads=threads, workers=workers, items=len(todo)).workers
     results = process_map(_align_chunk, [([str(paths[i]) for i in c], spec) for c in chunks], workers=workers,
-                          chunksize=1)  # fmt: skip
+                          chunksize=1, threads=threads)  # fmt: skip
     with Progress(len(todo), "detect+align", enabled=progress) as bar:
         for chunk, found in zip(chunks, results, strict=True):
             for i, (crop, fb) in zip(chunk, found, strict=True):
@@ -269,14 +278,16 @@ def align_images(
     spec: DetectionSpec,
     cache: EvalCache,
     *,
-    workers: int = 1,
+    workers: int | None = None,
     progress: bool = True,
+    threads: int | str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """All the crops of :func:`iter_crops` at once: ``(crops (M, S, S, 3) uint8, fallback (M,) bool, counts)``."""
     crops = np.zeros((len(paths), spec.size, spec.size, 3), np.uint8)
     fallback = np.zeros(len(paths), bool)
     counts: dict[str, int] = {}
-    for i, crop, fb in iter_crops(paths, spec, cache, workers=workers, progress=progress, counts=counts):
+    for i, crop, fb in iter_crops(paths, spec, cache, workers=workers, progress=progress, counts=counts,
+                                  threads=threads):  # fmt: skip
         crops[i], fallback[i] = crop, fb
     return crops, fallback, counts
 
@@ -333,8 +344,9 @@ def embed_pair_set(
     cache: EvalCache | None = None,
     detector: str = "mtcnn",
     detector_options: dict | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     progress: bool = True,
+    threads: int | str | None = None,
 ) -> tuple[np.ndarray, EmbedStats]:
     """Embeddings of every image of a set (detected and aligned unless ``pairset.aligned``), cached.
 
@@ -345,8 +357,10 @@ def embed_pair_set(
         cache: the cache (None: no cache).
         detector: detector name for unaligned images.
         detector_options: its options (``max_side`` defaults to 1600 as in ``FaceRecognizer``).
-        workers: detection processes.
+        workers: detection processes; None: the thread policy's (see the module docstring).
         progress: progress reports on stderr.
+        threads: CPUs it may use; None: ``ARCFACE_THREADS``, else the usable CPUs (the policy's "detect" plan for
+            detection, "embed" for the embedding).
 
     Returns:
         ``(embeddings, stats)``: (M, D) float32 unit rows in ``pairset.images`` order, and an :class:`EmbedStats`.
@@ -386,24 +400,29 @@ def embed_pair_set(
         stream: Iterator[tuple[int, np.ndarray, bool]] = ((i, c, False) for i, c in enumerate(crops))
     else:
         counts: dict[str, int] = {}
-        stream = iter_crops(pairset.images, spec, cache, workers=workers, progress=progress, counts=counts)
+        stream = iter_crops(pairset.images, spec, cache, workers=workers, progress=progress, counts=counts,
+                            threads=threads)  # fmt: skip
     # Embed what has arrived in batches while the workers detect the rest (the cores never wait for each other).
-    batch, rows = EMBED_BATCH, []
+    rows: list[int] = []
     pending: list[np.ndarray] = []
     t_embed = 0.0
+
+    def embed_pending() -> float:
+        t1 = time.perf_counter()
+        # The policy's "embed" threads (a detection running in this process left one torch thread).
+        thread_policy.configure("embed", threads=threads)
+        emb[rows] = embedder.embed(np.stack(pending))
+        return time.perf_counter() - t1
+
     for i, crop, fb in stream:
         fallback[i] = fb
         rows.append(i)
         pending.append(crop)
-        if len(pending) == batch:
-            t1 = time.perf_counter()
-            emb[rows] = embedder.embed(np.stack(pending))
-            t_embed += time.perf_counter() - t1
+        if len(pending) == EMBED_BATCH:
+            t_embed += embed_pending()
             rows, pending = [], []
     if pending:
-        t1 = time.perf_counter()
-        emb[rows] = embedder.embed(np.stack(pending))
-        t_embed += time.perf_counter() - t1
+        t_embed += embed_pending()
     if not pairset.aligned:
         stats.detected, stats.crops_cached = counts["detected"], counts["cached"]
     stats.fallbacks = int(fallback.sum())

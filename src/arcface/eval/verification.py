@@ -108,9 +108,10 @@ def evaluate_pair_set(
     cache: EvalCache | None = None,
     detector: str = "mtcnn",
     detector_options: dict[str, Any] | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     progress: bool = True,
     fars: Sequence[float] = DEFAULT_FARS,
+    threads: int | str | None = None,
 ) -> dict[str, Any]:
     """Embed a set (detection + alignment unless aligned, with the cache) and run the protocol on its pairs.
 
@@ -120,9 +121,10 @@ def evaluate_pair_set(
         cache: crops and embeddings cache (:class:`arcface.eval.pipeline.EvalCache`); None for none.
         detector: detector name for unaligned images.
         detector_options: detector options.
-        workers: detection processes.
+        workers: detection processes; None: the thread policy's (see :func:`arcface.eval.pipeline.embed_pair_set`).
         progress: progress bars on stderr.
         fars: false-accept rates of the TAR@FAR entries.
+        threads: CPUs it may use; None: ``ARCFACE_THREADS``, else the usable CPUs.
 
     Returns:
         :func:`verification_report` plus ``set``, ``source``, ``model`` (architecture, contract id, embedding
@@ -132,7 +134,7 @@ def evaluate_pair_set(
     """
     emb, stats = embed_pair_set(
         pairset, embedder, cache=cache, detector=detector, detector_options=detector_options,
-        workers=workers, progress=progress,
+        workers=workers, progress=progress, threads=threads,
     )  # fmt: skip
     t0 = time.perf_counter()
     scores = pair_scores(emb, pairset.pairs)

@@ -58,6 +58,7 @@ from arcface.inference.contract import CONTRACT_KEY, ModelContract, weights_sha2
 from arcface.inference.export import export_onnx
 from arcface.inference.runners import EagerRunner, FrozenRunner, OnnxRunner, Runner, l2_normalise, open_session
 from arcface.runtime import amp
+from arcface.runtime import threads as thread_policy
 from arcface.runtime.paths import cache_dir
 
 __all__ = ["BACKENDS", "MIN_COSINE", "PRECISIONS", "Embedder", "check_names", "resolve_auto"]
@@ -235,7 +236,8 @@ class Embedder:
             calibration: (N, H, W, 3) uint8 aligned faces for the accuracy check of "auto".
             min_cosine: the least cosine to float32 the "auto" path must keep.
             batch_size: most crops per forward pass.
-            threads: torch/onnxruntime threads (None: leave torch's setting, onnxruntime's default).
+            threads: CPUs it may use (torch intra-op and onnxruntime threads); None: the thread policy's choice for
+                the "embed" workload (:mod:`arcface.runtime.threads`). Sets this process's torch threads (on the CPU).
             flip: flip-test fusion default of :meth:`embed` (the accuracy check runs without it).
             device: "cpu", or another torch device, where the module runs float32 eagerly.
 
@@ -257,8 +259,7 @@ class Embedder:
         prec, back = resolve_auto(precision, backend)
         module = module.cpu()
         auto = precision == "auto"
-        if threads:
-            torch.set_num_threads(int(threads))
+        threads = thread_policy.configure("embed", threads=threads).onnx_threads
         try:
             emb = cls._build(module, contract, prec, back, batch_size, threads)
         except Exception as e:  # "auto" picked onnx or jit, but the export / trace failed (odd module, no onnx)

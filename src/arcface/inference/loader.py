@@ -22,6 +22,7 @@ from arcface.inference.contract import ModelContract
 from arcface.inference.embedder import MIN_COSINE, Embedder, check_names
 from arcface.inference.files import read_model_file
 from arcface.inference.zoo import resolve_model_path
+from arcface.runtime import threads as thread_policy
 
 __all__ = ["load_model"]
 
@@ -59,20 +60,25 @@ def load_model(
         providers: onnxruntime execution providers.
         calibration: aligned faces for the accuracy check of ``precision="auto"``.
         min_cosine: the least cosine to float32 a fast path must keep.
-        threads: torch / onnxruntime threads (None leaves the process's setting).
+        threads: CPUs the model may use (torch intra-op and onnxruntime threads); None: the thread policy's choice
+            (``ARCFACE_THREADS``, else the usable CPUs: affinity and cgroup quota; see
+            :mod:`arcface.runtime.threads`). Sets this process's torch threads.
 
     Raises:
         FileNotFoundError: an unknown name, a missing file, or SFace not found (the message says where to get it).
         ValueError: an unknown precision or backend, one the model cannot run, an option that does not apply to the
-            file type, or an unreadable model (``ContractError`` for weights that do not fit).
+            file type, or an unreadable model (``ContractError`` for weights that do not fit); ``ThreadsError`` for
+            a bad ``threads`` or ``ARCFACE_THREADS``.
     """
     check_names(precision, backend)  # before loading anything
+    plan = thread_policy.decide("embed", threads=threads)
     path = resolve_model_path(model)
     read = read_model_file(
         path, device=device, arch=arch, options=options, preset=preset, contract=contract, providers=providers,
-        threads=threads,
+        threads=plan.onnx_threads,
     )  # fmt: skip
     if read.module is None:
+        thread_policy.apply(plan)
         return Embedder.from_onnx(
             read.session, read.contract, path=path, precision=precision, backend=backend, flip=flip,
             batch_size=batch_size, raw_input=read.raw_input,

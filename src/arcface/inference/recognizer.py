@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,9 @@ from arcface.align.face import Face
 from arcface.inference.contract import ModelContract
 from arcface.inference.embedder import Embedder
 from arcface.inference.loader import load_model
-from arcface.io.images import ImageSource, load_image
+from arcface.io.images import ImageError, ImageSource, load_image
+from arcface.runtime import threads as thread_policy
+from arcface.runtime.workers import thread_map
 
 __all__ = ["DEFAULT_FLIP", "Face", "FaceRecognizer", "NoFaceError", "Verification"]
 
@@ -106,13 +108,18 @@ class FaceRecognizer:
             from the full-resolution photo).
         detector_options: extra arguments of the detector (e.g. ``{"min_face_size": 40}``).
         model_options: extra arguments of :func:`~arcface.inference.loader.load_model` (``arch``, ``options``,
-            ``preset``, ``providers``, ``batch_size``, ``calibration``, ``min_cosine``, ``threads``).
+            ``preset``, ``providers``, ``batch_size``, ``calibration``, ``min_cosine``).
+        threads: CPUs the pipeline may use; None: ``ARCFACE_THREADS``, else the usable CPUs (affinity and cgroup
+            quota). The thread policy's "pipeline" plan (:mod:`arcface.runtime.threads`) runs the detector's small
+            operators on one torch thread, the embedding batches on that many onnxruntime threads, and that many
+            photos side by side in :meth:`embed_batch` / :meth:`main_crops`. Sets this process's torch threads.
 
     Raises:
         FileNotFoundError: unknown model name or missing file (see ``load_model``).
         KeyError: unknown detector name.
         ValueError: a contract whose crop this pipeline cannot make (non-square input, unknown template size);
-            an unknown precision or backend name, or one the model cannot run.
+            an unknown precision or backend name, or one the model cannot run; a bad ``threads`` or
+            ``ARCFACE_THREADS`` (``ThreadsError``).
     """
 
     def __init__(
@@ -129,15 +136,22 @@ class FaceRecognizer:
         max_side: int | None = 1600,
         detector_options: Mapping[str, Any] | None = None,
         model_options: Mapping[str, Any] | None = None,
+        threads: int | str | None = None,
     ) -> None:
         if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold}")
+        model_options = dict(model_options or {})
+        threads = model_options.pop("threads", None) if threads is None else threads
+        plan = thread_policy.decide("pipeline", threads=threads)  # a bad setting fails before any loading
         if isinstance(model, Embedder):
             self.embedder = model
         else:
             self.embedder = load_model(
-                model, precision=precision, backend=backend, flip=flip, device=device, **dict(model_options or {})
-            )
+                model, precision=precision, backend=backend, flip=flip, device=device, threads=threads,
+                **model_options,
+            )  # fmt: skip
+        #: The thread plan this pipeline runs with (its ``workers`` photos at a time in :meth:`main_crops`).
+        self.thread_plan = thread_policy.apply(plan)  # after the loader's "embed" plan: the detector gets one thread
         options = dict(detector_options or {})
         if not isinstance(detector, FaceDetector):
             options = {"max_side": max_side, **options}
@@ -278,8 +292,38 @@ class FaceRecognizer:
             NoFaceError: for the first image without a face.
             ImageError: for the first unreadable image.
         """
-        crops = [self.aligned_crop(img) if aligned else self.main_crop(img) for img in images]
+        crops = []
+        for crop in self.main_crops(images, aligned=aligned):
+            if isinstance(crop, Exception):
+                raise crop
+            crops.append(crop)
         return self.embedder.embed(crops)
+
+    def main_crops(self, images: Iterable[ImageSource], *, aligned: bool = False) -> Iterator[np.ndarray | Exception]:
+        """The main face's aligned crop of each image, in order, ``thread_plan.workers`` photos at a time.
+
+        Photos are detected side by side on threads of this process, each with one torch thread (the thread policy:
+        MTCNN's small operators gain little from a team of threads, and a team stalls whenever another process
+        takes one of its cores).
+
+        Args:
+            images: photos (or aligned crops with ``aligned=True``); may be a long iterator.
+            aligned: the images are already aligned crops (loaded and checked only).
+
+        Yields:
+            (H, W, 3) uint8 RGB crops; in place of an image that fails, its exception (:class:`NoFaceError`,
+            :class:`~arcface.io.images.ImageError`, ``ValueError``, ``OSError``), so one bad photo does not end a
+            batch.
+        """
+        one = self.aligned_crop if aligned else self.main_crop
+
+        def crop_or_error(image: ImageSource) -> np.ndarray | Exception:
+            try:
+                return one(image)
+            except (ImageError, NoFaceError, ValueError, OSError) as e:
+                return e
+
+        yield from thread_map(crop_or_error, images, workers=self.thread_plan.workers)
 
     def compare(self, a: ImageSource | np.ndarray, b: ImageSource | np.ndarray, *, aligned: bool = False) -> float:
         """Cosine similarity of two faces.

@@ -4,7 +4,8 @@ Routes (``/v1`` ones need ``Authorization: Bearer KEY``; API docs at ``/docs`` u
 
     GET    /                             no auth: the web page (static/index.html; it asks for the key)
     GET    /static/...                   no auth: the page's script and style sheet
-    GET    /health                       no auth: {"status": "ok"}; with a valid key also model, contract, thresholds
+    GET    /health                       no auth: {"status": "ok"}; with a valid key also model, contract, thresholds,
+                                         inference workers and threads
     POST   /v1/identities                {"name", "metadata"} -> 201 {"id", "name"}
     GET    /v1/identities?limit&after    {"identities": [...], "next_after"}: one page by id
     GET    /v1/identities/{id}           one identity with its face ids
@@ -35,6 +36,12 @@ Decisions:
   false-positive identification rate), not the 1:1 verification threshold of ``/v1/verify``.
 - **Nothing of the client is kept but what it asks to keep**: an upload's file name is stored only with
   ``store_filenames``; images are never stored.
+- **Threads**: the pool's size and torch's threads come from the thread policy (:mod:`arcface.runtime.threads`,
+  workload "service"): by default one inference thread per usable CPU (affinity mask, cgroup CPU quota, or
+  ``settings.threads`` / ``ARCFACE_THREADS``), each running its request with one torch and onnxruntime thread, so
+  workers x threads never exceed the CPUs (requests run side by side instead of one request's small operators on a
+  team of threads that stalls whenever another request or process takes a core). ``/health`` reports them to a
+  caller with a key.
 - Enrolment stores the embedding under the recognizer's contract id; the gallery refuses any other contract, and
   an injected gallery bound to another contract is refused at start.
 """
@@ -70,6 +77,7 @@ from arcface.gallery.rules import (
 )
 from arcface.inference.recognizer import FaceRecognizer, NoFaceError
 from arcface.io.images import ImageError, image_from_upload
+from arcface.runtime import threads as thread_policy
 from arcface.serve import schemas
 from arcface.serve.errors import ApiError
 from arcface.serve.guard import AUTHENTICATED, REQUEST_ID, Guard
@@ -136,13 +144,15 @@ class _Engine:
 
     Args:
         recognizer: the face recognizer (its public ``detect``, ``embed``, ``verify``, ``contract``, ``threshold``).
-        settings: the byte and pixel limits and the pool size.
+        settings: the byte and pixel limits.
+        plan: the thread plan: ``plan.workers`` threads in the pool.
     """
 
-    def __init__(self, recognizer: FaceRecognizer, settings: Settings) -> None:
+    def __init__(self, recognizer: FaceRecognizer, settings: Settings, plan: thread_policy.ThreadPlan) -> None:
         self.recognizer = recognizer
         self.settings = settings
-        self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="arcface-model")
+        self.plan = plan
+        self.pool = ThreadPoolExecutor(max_workers=plan.workers, thread_name_prefix="arcface-model")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in the model pool, off the event loop."""
@@ -189,7 +199,8 @@ def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gal
 
     Args:
         settings: see :class:`~arcface.serve.settings.Settings`.
-        recognizer: the engine; default ``FaceRecognizer(settings.model, settings.detector)``.
+        recognizer: the engine; default ``FaceRecognizer(settings.model, settings.detector)`` with the thread plan's
+            threads per worker (this process's torch threads are set to the plan's either way).
         gallery: the gallery; default ``Gallery.open(settings.gallery, recognizer.contract)`` (closed on shutdown).
 
     Returns:
@@ -197,11 +208,18 @@ def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gal
         limits; any ASGI server runs it).
 
     Raises:
-        SettingsError: no API key without ``allow_no_auth``, or a gallery bound to another contract.
+        SettingsError: no API key without ``allow_no_auth``, a gallery bound to another contract, or a bad
+            ``ARCFACE_THREADS``.
     """
     settings.check_auth()
+    try:
+        plan = thread_policy.decide("service", threads=settings.threads, workers=settings.workers)
+    except thread_policy.ThreadsError as e:
+        raise SettingsError(str(e)) from None
     if recognizer is None:
-        recognizer = FaceRecognizer(settings.model, settings.detector)
+        # each inference thread runs the whole pipeline of its request on the plan's threads
+        recognizer = FaceRecognizer(settings.model, settings.detector, threads=plan.threads)
+    thread_policy.apply(plan)  # before the pool's threads start: they take torch's setting when they first run
     contract = recognizer.contract
     own_gallery = gallery is None
     if gallery is None:
@@ -210,7 +228,7 @@ def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gal
         raise SettingsError(
             f"the gallery {gallery.directory} is bound to contract {gallery.contract_id}, the model has {contract.id}"
         )
-    engine = _Engine(recognizer, settings)
+    engine = _Engine(recognizer, settings, plan)
     docs_assets = _docs_assets(settings)
 
     @asynccontextmanager
@@ -352,6 +370,8 @@ def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gal
             contract=contract.id,
             threshold=recognizer.threshold,
             identification_threshold=recognizer.identification_threshold,
+            workers=engine.plan.workers,
+            threads=engine.plan.threads,
         )
 
     @app.post(

@@ -56,6 +56,8 @@ class HealthDetail(Health):
     identification_threshold: float | None = Field(
         description="1:N identification threshold (cosine) of /v1/search's match; None: not calibrated"
     )
+    workers: int = Field(description="inference threads of the model pool")
+    threads: int | None = Field(description="torch threads of each inference worker (null: the policy is off)")
 
 
 class IdentityCreate(BaseModel):

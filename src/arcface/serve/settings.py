@@ -22,7 +22,8 @@ The defaults, and why:
   (170 KB/s); one that trickles bytes to hold a connection is cut off.
 - ``max_connections`` 256 (uvicorn's ``limit_concurrency``), ``max_connections_per_client`` 16.
 - ``rate_limit`` 20 requests/s per key, bursts of 40: far above what the model serves (a few photos per second per
-  worker), so only a runaway client meets it.
+  worker on a 2-core machine), so only a runaway client meets it; on a fast machine 8 client threads sharing one key
+  did meet it (CI), so a key shared by a busy application or a load test raises it (or sets 0, off).
 - ``busy_timeout`` 1.5 s: a write waits that long for another process's lock, then 503 with ``Retry-After``.
 """
 
@@ -35,6 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from arcface.runtime import threads as thread_policy
 
 __all__ = ["API_KEY_ENV", "Settings", "SettingsError"]
 
@@ -59,7 +62,11 @@ class Settings:
         allow_no_auth: serve ``/v1`` without keys (must be set explicitly; never the default).
         max_upload_bytes: largest accepted image upload, in bytes (413 above).
         max_pixels: largest accepted ``width * height`` of an upload, read from its header (413 above).
-        workers: threads of the model-inference pool (the event loop never runs the model).
+        workers: threads of the model-inference pool (the event loop never runs the model); None: the thread
+            policy's choice (one per usable CPU, each running its request on one torch thread; see
+            :mod:`arcface.runtime.threads`, workload "service").
+        threads: CPUs the service may use (inference workers x torch threads); None: ``ARCFACE_THREADS``, else the
+            usable CPUs (affinity mask and cgroup CPU quota).
         max_k: largest ``k`` of ``/v1/search``.
         max_json_bytes: largest body of a request that is not an upload (413 above).
         header_timeout: seconds to receive a request's headers, from the connection's start or the previous answer.
@@ -87,7 +94,8 @@ class Settings:
     allow_no_auth: bool = False
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 16_000_000
-    workers: int = 2
+    workers: int | None = None
+    threads: int | str | None = None
     max_k: int = 100
     max_json_bytes: int = 64 * 1024
     header_timeout: float = 10.0
@@ -118,6 +126,8 @@ class Settings:
         for name in ("max_upload_bytes", "max_pixels", "workers", "max_k", "max_json_bytes", "keep_alive_timeout",
                      "rate_burst"):  # fmt: skip
             value = getattr(self, name)
+            if name == "workers" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SettingsError(f"settings: {name} must be a positive integer, got {value!r}")
         for name in ("max_connections", "max_connections_per_client"):
@@ -134,6 +144,10 @@ class Settings:
         for name in ("allow_no_auth", "docs", "store_filenames"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"settings: {name} must be true or false, got {getattr(self, name)!r}")
+        try:
+            thread_policy.parse_threads(self.threads, "settings: threads")
+        except thread_policy.ThreadsError as e:
+            raise SettingsError(str(e)) from None
         if self.index not in ("exact", "hnsw", "ivf"):
             raise SettingsError(f"settings: index must be exact, hnsw or ivf, got {self.index!r}")
 

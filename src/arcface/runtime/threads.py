@@ -1,0 +1,470 @@
+"""The one CPU thread policy: how many CPUs this process may use, and how many threads and worker processes each
+kind of work gets from them. Every CPU entry point asks :func:`configure` (or :func:`decide`) and nothing else.
+
+Why: an OpenMP team of intra-op threads waits at the end of every operator for its slowest member. When another
+process shares the cores (a neighbour, a container's CPU quota below the thread count, the service's own other
+workers), one member is descheduled for a whole scheduler slice while the others wait, and small operators (MTCNN's
+P/R/O-Nets) lose 20-25x (issue 18). A team never larger than the CPUs the process may use, one intra-op thread where
+the operators are small (parallelism across images instead), and workers x threads <= those CPUs avoid it.
+
+**Usable CPUs** (:func:`cpu_budget`): the CPUs of the affinity mask (``os.sched_getaffinity``; a ``taskset`` or a
+container's cpuset), capped by the cgroup CPU quota: cgroup v2 ``cpu.max`` (``"150000 100000"`` = 1.5 CPUs,
+``"max ..."`` = none), or v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (-1 = none), read for this process's
+cgroup (``/proc/self/cgroup``) and its ancestors under ``/sys/fs/cgroup`` (the smallest limit wins). A fractional
+quota is rounded **down** (at least 1): 1.5 CPUs give 1 thread. A team of 2 on a 1.5-CPU quota is throttled for a
+quarter of every period at an arbitrary point of its operators, which stalls the team like a neighbour does, and
+the half CPU left over goes to what runs beside the model (image decoding, the event loop, the gallery).
+
+**Override**: ``ARCFACE_THREADS=N`` (or ``--threads N`` of every CLI command that computes, or ``threads=N`` of the
+library entry points) replaces the usable CPUs by N: arcface then uses at most N CPUs, split by the rules below.
+``ARCFACE_THREADS=legacy`` turns the policy off (torch, onnxruntime and OpenCV keep their own defaults, as before
+issue 18; for comparisons such as ``bench/contention.py``). ``ARCFACE_CGROUP_ROOT`` points at another cgroup mount
+(tests use a fake one).
+
+**Per workload** (N usable CPUs; "workers" are processes, or the service's inference threads):
+
+===========  =======================================================================================================
+workload     decision
+===========  =======================================================================================================
+detect       detection of many photos (``arcface align``, the evaluation's detection): 1 torch/OpenCV thread per
+             worker, N worker processes (fewer for a short job: one per ``MIN_ITEMS_PER_PROCESS`` images, since a
+             process costs a torch import and a detector; one worker runs in this process)
+embed        the backbone over batches of aligned crops: 1 worker with N torch and N onnxruntime threads
+pipeline     detect + embed in one process (``FaceRecognizer``: ``arcface embed``, ``verify``, ``gallery``): 1 torch
+             and OpenCV thread (the detector's small operators), onnxruntime N threads (the embedding batches), and
+             N threads across photos in :meth:`~arcface.inference.recognizer.FaceRecognizer.embed_batch`
+service      W inference threads x T torch threads <= N: by default W = N, T = 1 (requests run side by side, each on
+             its own thread); ``workers=W`` given: T = max(1, N // W)
+train        torch threads = max(1, N // P - L) per process, P training processes on this machine
+             (``LOCAL_WORLD_SIZE`` of torchrun), L DataLoader workers (``data.num_workers``; each runs 1 thread)
+===========  =======================================================================================================
+
+Torch's inter-op pool is set to 1 thread (arcface runs no inter-op parallel work). Explicit ``workers`` are respected
+(a user may want more); the threads per worker then shrink to ``max(1, N // workers)``.
+
+Measured for these rules (the shared 2-core Xeon, fresh processes, interleaved; "quiet" runs were given a higher
+scheduling priority than the machine's other work, a stand-in for a quiet machine): MTCNN on LFW photos detected
+26-35 photos/s with 1 torch thread and 32-37 with 2 (at 1.85 CPUs); detect + crop of 80 photos took 19-20 photos/s
+one after another on 1 thread, 20-22 on 2, and 27-28 two photos side by side on 1 thread each.
+
+**OpenMP wait policy**: left at its default, because it did not pay (measured on the shared 2-core Xeon, torch's
+GNU OpenMP, the default model's eager fp32 embedding of 64 crops with 2 threads, fresh processes, interleaved, 2-3
+runs each): ``OMP_WAIT_POLICY=PASSIVE`` cost 20% on a quiet machine (121-142 vs 145-177 faces/s) for 3x among
+many busy neighbours; ``GOMP_SPINCOUNT=10000`` / ``30000`` gave 64-71 / 54-64 faces/s beside one spinning
+neighbour against 45-58 by default, but cost up to 15% quiet, and one thread did better still there (83). The
+thread counts above are the remedy; a spin setting is not. (``KMP_BLOCKTIME`` is Intel OpenMP's and does nothing
+to torch's GNU OpenMP.) Spawned workers get ``OMP_NUM_THREADS`` before torch loads (:func:`worker_environment`).
+onnxruntime sessions run without spinning (:func:`arcface.inference.runners.open_session`): with 2 threads beside
+a spinning neighbour they embedded as fast as with 1 (50 vs 50 faces/s; 85 vs 53 quiet), so they keep N threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "CGROUP_ENV",
+    "ENV",
+    "LEGACY",
+    "MIN_ITEMS_PER_PROCESS",
+    "WORKLOADS",
+    "CpuBudget",
+    "ThreadPlan",
+    "ThreadsError",
+    "apply",
+    "cgroup_cpu_limit",
+    "configure",
+    "cpu_budget",
+    "decide",
+    "parse_threads",
+    "quota_cpus",
+    "set_threads",
+    "worker_environment",
+]
+
+log = logging.getLogger(__name__)
+
+#: The override: a positive integer (CPUs arcface may use), ``auto`` (the policy; same as unset) or ``legacy``.
+ENV = "ARCFACE_THREADS"
+#: Where the cgroup file systems are mounted (default ``/sys/fs/cgroup``); tests point it at a fake tree.
+CGROUP_ENV = "ARCFACE_CGROUP_ROOT"
+#: ``ARCFACE_THREADS=legacy``: leave every library's thread settings at its own default (before issue 18).
+LEGACY = "legacy"
+#: The kinds of work the policy knows (see the module docstring).
+WORKLOADS = ("detect", "embed", "pipeline", "service", "train")
+#: A worker process costs about 2 s (a torch import and a detector): worth it from this many images each (MTCNN
+#: takes about 10 ms per LFW photo on one core).
+MIN_ITEMS_PER_PROCESS = 200
+
+
+class ThreadsError(ValueError):
+    """A thread setting that cannot be used (``ARCFACE_THREADS=abc``, ``--threads 0``); the message is one line."""
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# How many CPUs
+
+
+@dataclass(frozen=True)
+class CpuBudget:
+    """The CPUs this process may use and where that number comes from.
+
+    Attributes:
+        cpus: usable CPUs (at least 1): the override, else min(affinity, floor(quota)).
+        affinity: CPUs in the affinity mask.
+        quota: the cgroup CPU limit in CPUs (1.5 for ``150000 100000``), None without one.
+        source: how ``cpus`` was decided, for messages ("affinity 2", "cgroup quota 1.5 CPUs", "ARCFACE_THREADS=3").
+        legacy: ``ARCFACE_THREADS=legacy``: the policy is off.
+    """
+
+    cpus: int
+    affinity: int
+    quota: float | None
+    source: str
+    legacy: bool = False
+
+
+def affinity_cpus() -> int:
+    """CPUs in this process's affinity mask (``os.cpu_count()`` where there is no such call), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def quota_cpus(quota: float) -> int:
+    """Threads for a CPU quota of ``quota`` CPUs: rounded down, at least 1 (see the module docstring for why)."""
+    return max(1, math.floor(quota + 1e-9))
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _cpu_max(d: Path) -> float | None:
+    """cgroup v2 ``cpu.max`` (``"$QUOTA $PERIOD"`` or ``"max $PERIOD"``) in CPUs, None when absent or unlimited."""
+    text = _read(d / "cpu.max")
+    if not text:
+        return None
+    parts = text.split()
+    try:
+        if parts[0] == "max":
+            return None
+        period = int(parts[1]) if len(parts) > 1 else 100_000
+        quota = int(parts[0])
+    except (ValueError, IndexError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _cfs(d: Path) -> float | None:
+    """cgroup v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` in CPUs, None when absent or -1 (unlimited)."""
+    quota, period = _read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us")
+    try:
+        q, p = int(quota or ""), int(period or "100000")
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def _own_cgroups(proc_cgroup: Path) -> dict[str, str]:
+    """This process's cgroup paths from ``/proc/self/cgroup``: ``{"v2": path, "cpu": path}`` (those present)."""
+    out: dict[str, str] = {}
+    for line in (_read(proc_cgroup) or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            out["v2"] = path
+        elif "cpu" in controllers.split(","):
+            out["cpu"] = path
+    return out
+
+
+def _dirs(base: Path, rel: str | None) -> list[Path]:
+    """The cgroup folder ``base/rel`` and its ancestors up to ``base`` (``base`` alone when ``rel`` is not there:
+    a container whose cgroup namespace shows its own cgroup at the root)."""
+    if not base.is_dir():
+        return []
+    start = base / (rel or "/").lstrip("/")
+    if not start.is_dir():
+        return [base]
+    out = [start]
+    while out[-1] != base and base in out[-1].parents:
+        out.append(out[-1].parent)
+    return out
+
+
+def cgroup_cpu_limit(
+    root: str | os.PathLike | None = None, proc_cgroup: str | os.PathLike = "/proc/self/cgroup"
+) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (the smallest over its ancestors and both cgroup versions).
+
+    Args:
+        root: where cgroups are mounted (default ``$ARCFACE_CGROUP_ROOT``, else ``/sys/fs/cgroup``): v2 files
+            (``cpu.max``) in it, v1 files (``cpu.cfs_quota_us``, ``cpu.cfs_period_us``) under ``cpu/`` or
+            ``cpu,cpuacct/``.
+        proc_cgroup: the file naming this process's cgroups.
+
+    Returns:
+        e.g. 1.5 for ``cpu.max`` = ``150000 100000``; None without a limit (``max``, ``-1``, no files).
+    """
+    base = Path(root or os.environ.get(CGROUP_ENV) or "/sys/fs/cgroup")
+    own = _own_cgroups(Path(proc_cgroup))
+    limits = [q for d in _dirs(base, own.get("v2")) if (q := _cpu_max(d)) is not None]
+    for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        limits += [q for d in _dirs(base / name, own.get("cpu")) if (q := _cfs(d)) is not None]
+    return min(limits) if limits else None
+
+
+def parse_threads(value: object, what: str = ENV) -> int | str | None:
+    """An override as the policy takes it: a positive int, :data:`LEGACY`, or None (``auto``, empty: the policy).
+
+    Raises:
+        ThreadsError: anything else; the message names ``what`` and the accepted values.
+    """
+    if value is None or isinstance(value, bool):
+        if value is None:
+            return None
+        raise ThreadsError(f"{what} must be a positive integer, 'auto' or '{LEGACY}', got {value!r}")
+    if isinstance(value, int):
+        n = value
+    else:
+        text = str(value).strip().lower()
+        if text in ("", "auto"):
+            return None
+        if text == LEGACY:
+            return LEGACY
+        try:
+            n = int(text)
+        except ValueError:
+            raise ThreadsError(f"{what} must be a positive integer, 'auto' or '{LEGACY}', got {value!r}") from None
+    if n < 1:
+        raise ThreadsError(f"{what} must be a positive integer, 'auto' or '{LEGACY}', got {value!r}")
+    return n
+
+
+def cpu_budget(
+    threads: int | str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    affinity: int | None = None,
+    quota: float | None | str = "read",
+    cgroup_root: str | os.PathLike | None = None,
+    proc_cgroup: str | os.PathLike = "/proc/self/cgroup",
+) -> CpuBudget:
+    """The CPUs arcface may use here: ``threads`` if given, else ``ARCFACE_THREADS``, else affinity and quota.
+
+    Args:
+        threads: an explicit override (``--threads``, ``threads=``): a positive int, "auto" or "legacy".
+        env: the environment (default ``os.environ``).
+        affinity: CPUs of the affinity mask (default: read).
+        quota: the cgroup limit in CPUs, None for none (default "read": from the cgroup files).
+        cgroup_root: the cgroup mount (default ``$ARCFACE_CGROUP_ROOT`` else ``/sys/fs/cgroup``).
+        proc_cgroup: the file naming this process's cgroups.
+
+    Raises:
+        ThreadsError: an override that is not a positive integer, "auto" or "legacy".
+    """
+    env = os.environ if env is None else env
+    aff = affinity_cpus() if affinity is None else max(1, int(affinity))
+    if quota == "read":
+        quota = cgroup_cpu_limit(cgroup_root or env.get(CGROUP_ENV) or None, proc_cgroup)
+    q = None if quota is None else float(quota)  # type: ignore[arg-type]
+    override = parse_threads(threads, "--threads") if threads is not None else None
+    source = f"threads={threads}"
+    if override is None:
+        override = parse_threads(env.get(ENV), ENV)
+        source = f"{ENV}={env.get(ENV)}"
+    if override == LEGACY:
+        return CpuBudget(aff, aff, q, source, legacy=True)
+    if isinstance(override, int):
+        return CpuBudget(override, aff, q, source)
+    if q is not None and quota_cpus(q) < aff:
+        return CpuBudget(quota_cpus(q), aff, q, f"cgroup CPU quota {q:g}")
+    return CpuBudget(aff, aff, q, f"affinity {aff}")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The decision
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """What one kind of work runs with.
+
+    Attributes:
+        workload: one of :data:`WORKLOADS`.
+        cpus: the usable CPUs the plan divides.
+        workers: worker processes (detect), threads across photos (pipeline), inference threads
+            (service), training processes on this machine (train); 1 for embed.
+        threads: torch and OpenCV intra-op threads of each worker; None: leave them (legacy).
+        onnx_threads: onnxruntime intra-op threads of each session; None: onnxruntime's default (legacy).
+        interop: torch inter-op threads; None: leave them.
+        source: where ``cpus`` comes from.
+    """
+
+    workload: str
+    cpus: int
+    workers: int
+    threads: int | None
+    onnx_threads: int | None
+    interop: int | None
+    source: str
+
+    @property
+    def legacy(self) -> bool:
+        """The policy is off (``ARCFACE_THREADS=legacy``): nothing is set."""
+        return self.threads is None
+
+    def describe(self) -> str:
+        """One line for logs: ``pipeline: 2 CPUs (affinity 2): 2 workers x 1 thread, onnxruntime 2``."""
+        if self.legacy:
+            return f"{self.workload}: thread policy off ({self.source}): library defaults"
+        return (f"{self.workload}: {self.cpus} CPUs ({self.source}): {self.workers} workers x {self.threads} "
+                f"thread{'s' if self.threads != 1 else ''}, onnxruntime {self.onnx_threads}")  # fmt: skip
+
+
+def _positive(value: int | None, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ThreadsError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def decide(
+    workload: str,
+    *,
+    threads: int | str | None = None,
+    workers: int | None = None,
+    items: int | None = None,
+    loader_workers: int = 0,
+    env: Mapping[str, str] | None = None,
+    budget: CpuBudget | None = None,
+) -> ThreadPlan:
+    """The thread plan of one kind of work (the rules are in the module docstring).
+
+    Args:
+        workload: "detect", "embed", "pipeline", "service" or "train".
+        threads: the override (``--threads``), else ``ARCFACE_THREADS``, else the usable CPUs.
+        workers: workers asked for explicitly (``--workers``, ``settings.workers``); None lets the policy choose.
+        items: the number of images of a detection job (fewer workers for short jobs).
+        loader_workers: DataLoader worker processes beside a training process.
+        env: the environment (default ``os.environ``; ``LOCAL_WORLD_SIZE`` counts torchrun's processes).
+        budget: the usable CPUs, already decided (default :func:`cpu_budget`).
+
+    Raises:
+        ThreadsError: an unknown workload, a bad override or a non-positive ``workers``.
+    """
+    if workload not in WORKLOADS:
+        raise ThreadsError(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}")
+    env = os.environ if env is None else env
+    workers = _positive(workers, "workers")
+    b = budget or cpu_budget(threads, env=env)
+    n = b.cpus
+    if b.legacy:  # the worker counts arcface had before the policy: the service's pool of 2, else 1
+        return ThreadPlan(workload, n, workers or (2 if workload == "service" else 1), None, None, None, b.source)
+
+    def pool(default: int) -> tuple[int, int]:
+        """(workers, threads per worker): ``default`` workers of one thread, or the workers asked for."""
+        if workers is None:
+            return default, max(1, n // default)
+        return workers, max(1, n // workers)
+
+    if workload == "embed":
+        w, t = 1, n
+        return ThreadPlan(workload, n, w, t, t, 1, b.source)
+    if workload == "detect":
+        default = n if items is None else min(n, max(1, items // MIN_ITEMS_PER_PROCESS))
+        w = workers or default
+        return ThreadPlan(workload, n, w, 1, 1, 1, b.source)
+    if workload == "pipeline":
+        w = workers or n
+        return ThreadPlan(workload, n, w, 1, n, 1, b.source)
+    if workload == "service":
+        w, t = pool(n)
+        return ThreadPlan(workload, n, w, t, t, 1, b.source)
+    # train
+    local = _local_processes(env)
+    per_process = max(1, n // local)
+    t = max(1, per_process - max(0, int(loader_workers)))
+    return ThreadPlan(workload, n, local, t, t, 1, b.source)
+
+
+def _local_processes(env: Mapping[str, str]) -> int:
+    try:
+        return max(1, int(env.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Applying it
+
+
+_interop_set: dict[str, bool] = {}
+
+
+def set_threads(threads: int, interop: int | None = 1) -> None:
+    """Set torch's intra-op threads and OpenCV's threads to ``threads`` in this process, and torch's inter-op threads
+    to ``interop`` (once per process, where torch still allows it)."""
+    import cv2  # heavy: imported on use, so that this module (and a worker's environment) comes before torch
+    import torch  # heavy: as above
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    if interop is not None and "done" not in _interop_set:
+        _interop_set["done"] = True
+        try:  # possible once per process, before any inter-op work
+            if torch.get_num_interop_threads() != interop:
+                torch.set_num_interop_threads(interop)
+        except RuntimeError as e:
+            log.debug("torch inter-op threads stay at %d (%s)", torch.get_num_interop_threads(), e)
+
+
+def apply(plan: ThreadPlan) -> ThreadPlan:
+    """Set this process's torch intra-op threads (and inter-op, once), and OpenCV's threads, to the plan's.
+
+    Nothing is changed for a legacy plan. Returns ``plan``.
+    """
+    if plan.legacy:
+        return plan
+    assert plan.threads is not None
+    set_threads(plan.threads, plan.interop)
+    log.debug("thread plan %s", plan.describe())
+    return plan
+
+
+def configure(
+    workload: str,
+    *,
+    threads: int | str | None = None,
+    workers: int | None = None,
+    items: int | None = None,
+    loader_workers: int = 0,
+) -> ThreadPlan:
+    """:func:`decide` and :func:`apply`: what every CPU entry point calls first.
+
+    Raises:
+        ThreadsError: as :func:`decide`.
+    """
+    return apply(decide(workload, threads=threads, workers=workers, items=items, loader_workers=loader_workers))
+
+
+def worker_environment(threads: int | None) -> dict[str, str]:
+    """The variables a spawned worker needs before it imports torch: ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS``
+    set to ``threads`` (nothing for None), so its OpenMP pool starts at the planned size."""
+    if threads is None:
+        return {}
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}

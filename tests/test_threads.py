@@ -1,0 +1,378 @@
+"""The CPU thread policy (issue 18): its decisions for given CPU counts, quotas and overrides (pure functions with
+injected inputs), and that every CPU entry point applies it (fresh processes, so torch's thread count starts at its
+default; a fake cgroup tree stands in for a container's CPU quota).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from arcface.runtime import threads as tp
+from arcface.runtime.workers import process_map, thread_map
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cgroup_v2(tmp_path: Path, cpu_max: str, rel: str = "") -> tuple[Path, Path]:
+    """A fake cgroup v2 mount with ``cpu.max`` in ``rel`` and the /proc/self/cgroup line pointing at it."""
+    root = tmp_path / "cgroup"
+    (root / rel).mkdir(parents=True, exist_ok=True)
+    (root / rel / "cpu.max").write_text(cpu_max + "\n")
+    proc = tmp_path / "proc_cgroup"
+    proc.write_text(f"0::/{rel}\n")
+    return root, proc
+
+
+def _budget(**kw) -> tp.CpuBudget:
+    return tp.cpu_budget(env=kw.pop("env", {}), **kw)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# How many CPUs
+
+
+def test_affinity_alone_decides_without_a_quota():
+    b = _budget(affinity=2, quota=None)
+    assert (b.cpus, b.affinity, b.quota, b.legacy) == (2, 2, None, False)
+    assert "affinity" in b.source
+
+
+@pytest.mark.parametrize(("quota", "cpus"), [(1.5, 1), (0.5, 1), (1.0, 1), (2.0, 2), (2.9, 2), (8.0, 4)])
+def test_a_fractional_quota_rounds_down_and_never_exceeds_the_affinity(quota, cpus):
+    """Floor, at least 1 (the module docstring says why); a quota above the affinity mask changes nothing."""
+    assert _budget(affinity=4, quota=quota).cpus == cpus
+
+
+def test_cgroup_v2_cpu_max_150000_of_100000_is_1_5_cpus_and_one_thread(tmp_path):
+    root, proc = _cgroup_v2(tmp_path, "150000 100000")
+    assert tp.cgroup_cpu_limit(root, proc) == pytest.approx(1.5)
+    b = _budget(affinity=2, cgroup_root=root, proc_cgroup=proc)
+    assert b.cpus == 1 and b.quota == pytest.approx(1.5) and "quota" in b.source
+
+
+def test_cgroup_v2_max_is_no_limit(tmp_path):
+    root, proc = _cgroup_v2(tmp_path, "max 100000")
+    assert tp.cgroup_cpu_limit(root, proc) is None
+    assert _budget(affinity=2, cgroup_root=root, proc_cgroup=proc).cpus == 2
+
+
+def test_cgroup_v2_the_smallest_limit_of_the_cgroup_and_its_ancestors_wins(tmp_path):
+    root, proc = _cgroup_v2(tmp_path, "400000 100000", rel="kubepods/pod1")
+    (root / "kubepods" / "cpu.max").write_text("200000 100000\n")
+    assert tp.cgroup_cpu_limit(root, proc) == pytest.approx(2.0)
+    assert _budget(affinity=8, cgroup_root=root, proc_cgroup=proc).cpus == 2
+
+
+def test_a_cgroup_path_missing_under_the_mount_reads_the_mount_itself(tmp_path):
+    """A container with its own cgroup namespace sees its cgroup at the root of the mount."""
+    root, proc = _cgroup_v2(tmp_path, "100000 100000")
+    proc.write_text("0::/system.slice/elsewhere.scope\n")
+    assert tp.cgroup_cpu_limit(root, proc) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("folder", ["cpu", "cpu,cpuacct"])
+def test_cgroup_v1_cfs_quota_and_period(tmp_path, folder):
+    d = tmp_path / "cgroup" / folder / "docker" / "abc"
+    d.mkdir(parents=True)
+    (d / "cpu.cfs_quota_us").write_text("250000\n")
+    (d / "cpu.cfs_period_us").write_text("100000\n")
+    proc = tmp_path / "proc_cgroup"
+    proc.write_text("4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n")
+    assert tp.cgroup_cpu_limit(tmp_path / "cgroup", proc) == pytest.approx(2.5)
+    assert _budget(affinity=4, cgroup_root=tmp_path / "cgroup", proc_cgroup=proc).cpus == 2
+
+
+def test_cgroup_v1_unlimited_quota_and_no_cgroup_files(tmp_path):
+    d = tmp_path / "cgroup" / "cpu"
+    d.mkdir(parents=True)
+    (d / "cpu.cfs_quota_us").write_text("-1\n")
+    (d / "cpu.cfs_period_us").write_text("100000\n")
+    proc = tmp_path / "proc_cgroup"
+    proc.write_text("1:cpu:/\n")
+    assert tp.cgroup_cpu_limit(tmp_path / "cgroup", proc) is None
+    assert tp.cgroup_cpu_limit(tmp_path / "nothing", proc) is None
+
+
+def test_the_environment_points_at_another_cgroup_mount(tmp_path, monkeypatch):
+    root, _ = _cgroup_v2(tmp_path, "100000 100000")
+    monkeypatch.setenv(tp.CGROUP_ENV, str(root))
+    assert tp.cpu_budget(affinity=2, env={}).cpus == 1  # the mount comes from os.environ; the override from env
+
+
+def test_arcface_threads_overrides_affinity_and_quota():
+    b = _budget(affinity=2, quota=1.0, env={"ARCFACE_THREADS": "3"})
+    assert b.cpus == 3 and b.source == "ARCFACE_THREADS=3"
+    assert _budget(affinity=2, quota=None, env={"ARCFACE_THREADS": "auto"}).cpus == 2
+
+
+def test_an_explicit_threads_argument_beats_the_environment():
+    assert _budget(threads=1, affinity=4, quota=None, env={"ARCFACE_THREADS": "3"}).cpus == 1
+    assert _budget(threads="auto", affinity=4, quota=None, env={"ARCFACE_THREADS": "3"}).cpus == 3
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5", "2 threads"])
+def test_an_invalid_override_is_one_clear_error(value):
+    with pytest.raises(tp.ThreadsError) as e:
+        _budget(affinity=2, quota=None, env={"ARCFACE_THREADS": value})
+    msg = str(e.value)
+    assert "ARCFACE_THREADS" in msg and repr(value) in msg and "\n" not in msg
+    with pytest.raises(tp.ThreadsError, match="--threads"):
+        _budget(threads=0, affinity=2, quota=None)
+
+
+def test_legacy_turns_the_policy_off():
+    plan = tp.decide("embed", budget=_budget(affinity=2, quota=None, env={"ARCFACE_THREADS": "legacy"}))
+    assert plan.legacy and plan.threads is None and plan.onnx_threads is None and plan.workers == 1
+    service = tp.decide("service", budget=_budget(affinity=2, quota=None, env={"ARCFACE_THREADS": "legacy"}))
+    assert service.workers == 2  # the pool size the service had before the policy
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Per workload
+
+
+def _plan(workload: str, cpus: int, **kw) -> tp.ThreadPlan:
+    return tp.decide(workload, budget=_budget(affinity=cpus, quota=None), env=kw.pop("env", {}), **kw)
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("workload", tp.WORKLOADS)
+def test_by_default_workers_times_threads_never_exceed_the_usable_cpus(workload, cpus):
+    plan = _plan(workload, cpus)
+    assert plan.threads is not None and plan.threads >= 1 and plan.workers >= 1
+    assert plan.workers * plan.threads <= cpus
+    assert plan.onnx_threads is not None and 1 <= plan.onnx_threads <= cpus
+    assert plan.interop == 1
+
+
+def test_each_workload_gets_its_rule():
+    assert (_plan("detect", 4).workers, _plan("detect", 4).threads) == (4, 1)  # across images, one thread each
+    assert (_plan("embed", 4).workers, _plan("embed", 4).threads, _plan("embed", 4).onnx_threads) == (1, 4, 4)
+    pipe = _plan("pipeline", 4)  # the detector on one thread, photos side by side, embedding batches on four
+    assert (pipe.workers, pipe.threads, pipe.onnx_threads) == (4, 1, 4)
+    assert (_plan("service", 4).workers, _plan("service", 4).threads) == (4, 1)
+    assert _plan("train", 4).threads == 4
+
+
+def test_a_short_detection_job_gets_fewer_processes():
+    per = tp.MIN_ITEMS_PER_PROCESS
+    assert _plan("detect", 8, items=per - 1).workers == 1
+    assert _plan("detect", 8, items=3 * per).workers == 3
+    assert _plan("detect", 2, items=100 * per).workers == 2
+
+
+def test_explicit_workers_are_respected_and_their_threads_shrink():
+    assert (_plan("service", 8, workers=2).workers, _plan("service", 8, workers=2).threads) == (2, 4)
+    assert (_plan("service", 2, workers=4).workers, _plan("service", 2, workers=4).threads) == (4, 1)
+    assert _plan("detect", 2, workers=3, items=10).workers == 3
+
+
+def test_training_leaves_a_cpu_per_loader_worker_and_shares_them_between_local_ranks():
+    assert _plan("train", 8, loader_workers=2).threads == 6
+    assert _plan("train", 2, loader_workers=4).threads == 1
+    plan = _plan("train", 8, loader_workers=1, env={"LOCAL_WORLD_SIZE": "2"})
+    assert (plan.workers, plan.threads) == (2, 3)
+
+
+def test_bad_workload_or_workers_are_clear_errors():
+    with pytest.raises(tp.ThreadsError, match="unknown workload"):
+        _plan("render", 2)
+    with pytest.raises(tp.ThreadsError, match="workers"):
+        _plan("service", 2, workers=0)
+
+
+def test_worker_environment_sets_openmp_threads_before_torch_loads():
+    assert tp.worker_environment(1) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    assert tp.worker_environment(None) == {}
+
+
+def test_thread_map_keeps_order_and_raises_in_turn():
+    assert list(thread_map(lambda x: x * x, range(20), workers=3)) == [x * x for x in range(20)]
+
+    def boom(x):
+        if x == 5:
+            raise ValueError("five")
+        return x
+
+    it = thread_map(boom, range(10), workers=2)
+    assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="five"):
+        next(it)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Every entry point applies it (fresh interpreters)
+
+
+def _run(script: str, env_extra: dict[str, str], timeout: float = 600) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", tp.ENV)}
+    env.update(env_extra, ARCFACE_PROGRESS="0", PYTHONPATH=str(REPO / "src"))
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True,
+                         timeout=timeout, cwd=REPO)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+ENTRY_POINTS = """
+    import json, os, sys, tempfile
+    from pathlib import Path
+    import numpy as np
+    import torch
+
+    from arcface.runtime import threads as tp
+    seen = {"start": torch.get_num_threads()}
+    samples = sorted((Path("src/arcface/samples")).glob("*.jpg"))
+
+    # detection (CLI): one thread
+    from arcface.cli import main
+    assert main(["detect", str(samples[0])]) == 0
+    seen["detect"] = torch.get_num_threads()
+
+    # the Embedder (load_model): the "embed" plan, torch and onnxruntime
+    from arcface.inference.loader import load_model
+    emb = load_model("default", precision="fp32", backend="onnx")
+    seen["embed"] = torch.get_num_threads()
+    seen["embed_onnx"] = emb.runner.session.get_session_options().intra_op_num_threads
+
+    # the face pipeline: the detector on one thread, photos side by side, onnxruntime for the batches
+    from arcface import FaceRecognizer
+    rec = FaceRecognizer(precision="fp32", backend="onnx")
+    seen["pipeline"] = torch.get_num_threads()
+    seen["pipeline_workers"] = rec.thread_plan.workers
+    seen["pipeline_onnx"] = rec.embedder.runner.session.get_session_options().intra_op_num_threads
+    assert rec.embed_batch(samples).shape[0] == len(samples)
+
+    # evaluation: detection (in this process for a short job), then embedding with the "embed" plan
+    from arcface.eval.datasets import PairSet
+    from arcface.eval.pipeline import embed_pair_set
+    import arcface.eval.pipeline as pipeline_module
+    import arcface.runtime.workers as workers_module
+    calls = []
+    real = workers_module.process_map
+    def spy(fn, items, **kw):
+        plan = tp.decide("detect", threads=kw.get("threads"), workers=kw.get("workers"), items=len(items))
+        calls.append(plan.workers)
+        return real(fn, items, **kw)
+    pipeline_module.process_map = spy
+    pairs = PairSet(name="samples", images=[str(p) for p in samples], pairs=np.array([[0, 1], [1, 2]]),
+                    labels=np.array([False, True]), folds=np.array([0, 1]), source="samples")
+    embed_pair_set(pairs, rec.embedder, progress=False)
+    seen["eval"] = torch.get_num_threads()
+    seen["eval_detect_workers"] = calls
+
+    # the service: inference workers x torch threads
+    from arcface.serve import Settings, create_app
+    app = create_app(Settings(gallery=tempfile.mkdtemp(), allow_no_auth=True))
+    seen["service"] = torch.get_num_threads()
+    seen["service_workers"] = app.state.engine.pool._max_workers
+    seen["service_onnx"] = app.state.recognizer.embedder.runner.session.get_session_options().intra_op_num_threads
+    from fastapi.testclient import TestClient
+    health = TestClient(app).get("/health").json()
+    seen["health"] = [health["workers"], health["threads"]]
+
+    # training: the step's threads (skipped with more threads than CPUs: torch's oneDNN then crashes at exit, in
+    # its primitive cache's destructor, whatever set the threads)
+    if tp.decide("train").threads > len(os.sched_getaffinity(0)):
+        print(json.dumps(seen))
+        sys.exit(0)
+    from arcface.engine.config import load_config
+    from arcface.engine.trainer import Trainer
+    cfg = load_config("configs/smoke_synthetic.yaml", ["train.max_steps=1"])
+    Trainer(cfg, tempfile.mkdtemp(), progress=False).train()
+    seen["train"] = torch.get_num_threads()
+    print(json.dumps(seen))
+"""
+
+
+def _fake_quota(tmp_path: Path, cpus: float) -> dict[str, str]:
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cpu.max").write_text(f"{int(cpus * 100000)} 100000\n")
+    return {tp.CGROUP_ENV: str(root)}
+
+
+def test_every_entry_point_applies_the_policy_under_a_cpu_quota(tmp_path):
+    """A container with a 1-CPU quota on this (multi-core) machine: every torch count is 1, every pool 1 wide,
+    although torch itself starts with more threads."""
+    pytest.importorskip("fastapi")
+    seen = _run(ENTRY_POINTS, _fake_quota(tmp_path, 1.0))
+    expect = {"detect": 1, "embed": 1, "embed_onnx": 1, "pipeline": 1, "pipeline_workers": 1, "pipeline_onnx": 1,
+              "eval": 1, "eval_detect_workers": [1], "service": 1, "service_workers": 1, "service_onnx": 1,
+              "health": [1, 1], "train": 1}  # fmt: skip
+    assert {k: seen[k] for k in expect} == expect, seen
+
+
+def test_every_entry_point_applies_the_arcface_threads_override(tmp_path):
+    """ARCFACE_THREADS=3 beats a 1-CPU quota: the workloads that use every CPU get 3 threads, the pipeline and the
+    service 3 workers of one thread. (Training is checked where 3 threads fit the machine.)"""
+    pytest.importorskip("fastapi")
+    seen = _run(ENTRY_POINTS, {tp.ENV: "3", **_fake_quota(tmp_path, 1.0)})
+    expect = {"detect": 1, "embed": 3, "embed_onnx": 3, "pipeline": 1, "pipeline_workers": 3, "pipeline_onnx": 3,
+              "eval": 3, "eval_detect_workers": [1], "service": 1, "service_workers": 3, "service_onnx": 1,
+              "health": [3, 1]}  # fmt: skip
+    if len(os.sched_getaffinity(0)) >= 3:
+        expect["train"] = 3
+    assert {k: seen[k] for k in expect} == expect, seen
+
+
+def test_the_cli_threads_option_reaches_the_library():
+    """``--threads`` of a computing command (here ``arcface train``) beats ``ARCFACE_THREADS``: it is the budget its
+    library call divides."""
+    script = """
+        import json, tempfile, torch
+        from arcface.cli import main
+        out = tempfile.mkdtemp()
+        assert main(["train", "configs/smoke_synthetic.yaml", "--out", out, "--max-steps", "1", "--no-progress",
+                     "--threads", "1"]) == 0
+        print(json.dumps({"train": torch.get_num_threads()}))
+    """
+    assert _run(script, {tp.ENV: "2"})["train"] == 1
+
+
+def test_process_map_sizes_its_pool_and_each_worker_from_the_policy(monkeypatch):
+    """Two usable CPUs (the override), a job long enough for two processes: two workers of one torch thread each,
+    whose OpenMP pool was sized before torch loaded."""
+    monkeypatch.setenv(tp.ENV, "2")
+    monkeypatch.setattr(tp, "MIN_ITEMS_PER_PROCESS", 1)
+    out = list(process_map(_worker_report, range(8), chunksize=1))
+    assert {threads for _, threads, _ in out} == {1}
+    assert {omp for _, _, omp in out} == {"1"}
+    assert len({pid for pid, _, _ in out}) == 2
+
+
+def _worker_report(_: int) -> tuple[int, int, str | None]:
+    import time
+
+    import torch
+
+    time.sleep(0.2)  # both workers get items
+    return os.getpid(), torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+
+
+@pytest.mark.parametrize(("args", "expect"), [(["--threads", "0"], "--threads: must be a positive integer"),
+                                              (["--threads", "abc"], "--threads: must be a positive integer")])
+def test_cli_bad_threads_is_a_usage_error(capsys, args, expect):
+    from arcface.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["detect", "x.jpg", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert expect in err and "Traceback" not in err
+
+
+def test_cli_bad_environment_is_one_line(capsys, monkeypatch, tmp_path):
+    from arcface.cli import main
+
+    monkeypatch.setenv(tp.ENV, "abc")
+    samples = sorted((REPO / "src/arcface/samples").glob("*.jpg"))
+    assert main(["detect", str(samples[0])]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["arcface detect: error: ARCFACE_THREADS must be a positive integer, 'auto' or 'legacy', got 'abc'"]
