@@ -10,6 +10,8 @@ Backends, chosen by the path or URI that names the gallery (:mod:`arcface.galler
 what every backend accepts (limits, names, metadata, ids) and its errors. The drivers are imported on first use.
 """
 
+from arcface.gallery import milvus as _milvus  # noqa: F401  (registers milvus://, milvus-lite://)
+from arcface.gallery import pgvector as _pgvector  # noqa: F401  (registers postgresql://)
 from arcface.gallery.base import (
     FaceRecord,
     GalleryStore,
