@@ -384,6 +384,13 @@ class GalleryStore(ABC):
     def get_embedding(self, face_id: int) -> np.ndarray:
         """The stored (D,) float32 unit embedding of a face (KeyError when there is none)."""
 
+    def get_embeddings(self, face_ids: Sequence[int]) -> np.ndarray:
+        """(N, D) float32 stored embeddings of these faces, in this order (KeyError naming the first missing one)."""
+        out = np.empty((len(face_ids), self.dim), np.float32)
+        for i, f in enumerate(face_ids):
+            out[i] = self.get_embedding(f)
+        return out
+
     @abstractmethod
     def count(self) -> int:
         """Number of faces."""

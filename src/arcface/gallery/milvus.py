@@ -283,6 +283,19 @@ class MilvusGallery(GalleryStore):
             raise KeyError(f"no face {face_id} in the gallery {self.location}")
         return np.asarray(rows[0]["embedding"], np.float32)
 
+    def get_embeddings(self, face_ids: Sequence[int]) -> np.ndarray:
+        ids = [int(f) for f in face_ids if valid_id(f)]
+        found: dict[int, Any] = {}
+        with self._call():
+            for start in range(0, len(ids), _BATCH):
+                rows = self._client.query(self._faces, ids=ids[start : start + _BATCH],
+                                          output_fields=["id", "embedding"], consistency_level="Strong")  # fmt: skip
+                found.update((int(r["id"]), r["embedding"]) for r in rows)
+        missing = [f for f in face_ids if not valid_id(f) or int(f) not in found]
+        if missing:
+            raise KeyError(f"no face {missing[0]} in the gallery {self.location}")
+        return np.asarray([found[int(f)] for f in face_ids], np.float32).reshape(len(face_ids), self.dim)
+
     def count(self) -> int:
         with self._call():
             return self._count(self._faces)

@@ -329,6 +329,21 @@ class PgGallery(GalleryStore):
             raise KeyError(f"no face {face_id} in the gallery {self.location}")
         return np.asarray(row[0].to_numpy() if hasattr(row[0], "to_numpy") else row[0], np.float32)
 
+    def get_embeddings(self, face_ids: Sequence[int]) -> np.ndarray:
+        ids = [int(f) for f in face_ids if valid_id(f)]
+        found: dict[int, Any] = {}
+        if ids:
+            with self._read() as cur:
+                cur.execute(self._f("SELECT id, embedding FROM {faces} WHERE id = ANY(%s)"), (ids,))
+                found = {int(a): b for a, b in cur.fetchall()}
+        missing = [f for f in face_ids if not valid_id(f) or int(f) not in found]
+        if missing:
+            raise KeyError(f"no face {missing[0]} in the gallery {self.location}")
+        out = [found[int(f)] for f in face_ids]
+        return np.asarray([v.to_numpy() if hasattr(v, "to_numpy") else v for v in out], np.float32).reshape(
+            len(out), self.dim
+        )
+
     def count(self) -> int:
         with self._read() as cur:
             cur.execute(self._f("SELECT count(*) FROM {faces}"))
