@@ -56,6 +56,8 @@ class HealthDetail(Health):
     identification_threshold: float | None = Field(
         description="1:N identification threshold (cosine) of /v1/search's match; None: not calibrated"
     )
+    gallery_backend: str = Field(description="sqlite, postgresql, milvus or milvus-lite")
+    gallery: str = Field(description="the gallery's folder or URI, any password masked")
 
 
 class IdentityCreate(BaseModel):
