@@ -25,8 +25,9 @@ decides differently:
 - **Search** goes to Milvus every time. The faces collection's index is chosen when the gallery is created and stays:
   ``index="exact"`` -> ``FLAT`` (exact), ``"hnsw"`` -> ``HNSW`` (COSINE, ``M``, ``efConstruction``; searched with
   ``ef`` = max(``ef_search``, faces asked)), ``"ivf"`` -> ``IVF_FLAT`` (``nlist``; ``nprobe``). Opening an existing
-  gallery with another kind keeps the collection's and says so in the log. One search asks for at most 16,384 faces
-  (Milvus's limit), so an identity with more faces than that near the query can hide others.
+  gallery with another kind keeps the collection's (:attr:`index_kind` says which; a debug log line too). One search
+  asks for at most 16,384 faces (Milvus's limit), so an identity with more faces than that near the query can hide
+  others.
 - **Removal** deletes by primary key: gone from the next search and query at once; the bytes stay in the segment
   files until compaction rewrites them (see docs/SECURITY.md).
 - **Filters** are built from integers only (ids and the name's hash); a name is compared in Python, so no text of a
@@ -463,7 +464,7 @@ class MilvusGallery(GalleryStore):
             raise contract_refused(self.location, bound, contract)
         kind = meta.get("index", "exact")
         if kind != index:
-            logger.info("gallery %s: its faces are indexed %s (chosen at creation); index=%r is not used",
+            logger.debug("gallery %s: its faces are indexed %s (chosen at creation); index=%r is not used",
                         self.location, kind, index)  # fmt: skip
         self._create_data(bound, kind)
         return bound, kind
