@@ -8,6 +8,7 @@ Servers are real (dbservers.py: PostgreSQL with pgvector, a Milvus Lite gRPC ser
 from __future__ import annotations
 
 import dataclasses
+import stat
 import threading
 from pathlib import Path
 
@@ -217,7 +218,10 @@ def test_milvus_lite_file_keeps_the_gallery(tmp_path):
     pytest.importorskip("pymilvus")
     where = f"milvus-lite://{tmp_path}/g.db?gallery=lite"
     v = unit(np.random.default_rng(13), 2)
+    with pytest.raises(FileNotFoundError):
+        Gallery.open(where, CONTRACT, create=False)
     with Gallery.open(where, CONTRACT) as g:
+        assert stat.S_IMODE((tmp_path / "g.db").stat().st_mode) == 0o700
         a = g.add_identity("a")
         g.add_faces(a, v, CONTRACT.id, ["a1.jpg", None])
         assert g.backend == "milvus-lite" and g.search(v[1], 1)[0].name == "a"

@@ -32,7 +32,8 @@ decides differently:
   files until compaction rewrites them (see docs/SECURITY.md).
 - **Filters** are built from integers only (ids and the name's hash); a name is compared in Python, so no text of a
   caller ever reaches Milvus's expression parser. Messages show the URI with the password masked.
-- Milvus Lite serves one process per data folder: a second process that opens it gets :class:`GalleryStorageError`.
+- Milvus Lite serves one process per data folder (created 0700): a second process that opens it gets
+  :class:`GalleryStorageError`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from arcface.gallery._sqlite import make_private_dir
 from arcface.gallery.base import (
     GALLERY_BACKENDS,
     FaceRecord,
@@ -148,6 +150,10 @@ class MilvusGallery(GalleryStore):
         self._lock = threading.Lock()
         name = target.name
         self._meta, self._identities = f"{name}_meta", f"{name}_identities"
+        if target.kind == "milvus-lite" and target.path is not None and not target.path.exists():
+            if not create:
+                raise FileNotFoundError(f"no gallery at {self.location}; enroll faces first")
+            make_private_dir(target.path)  # Milvus Lite's data folder: 0700, like a SQLite gallery's
         with self._errors():
             if target.kind == "milvus-lite":
                 self._client = self._pm.MilvusClient(uri=str(target.path), timeout=CALL_TIMEOUT_S)
