@@ -154,13 +154,16 @@ class MilvusGallery(GalleryStore):
             if not create:
                 raise FileNotFoundError(f"no gallery at {self.location}; enroll faces first")
             make_private_dir(target.path)  # Milvus Lite's data folder: 0700, like a SQLite gallery's
+        # No keepalive pings on an idle connection: a server with gRPC's default policy (Milvus Lite's) answers them
+        # with GOAWAY "too_many_pings" and a log line every few seconds; a dead connection shows at the next call.
+        grpc = {"grpc.keepalive_permit_without_calls": False}
         with self._errors():
             if target.kind == "milvus-lite":
-                self._client = self._pm.MilvusClient(uri=str(target.path), timeout=CALL_TIMEOUT_S)
+                self._client = self._pm.MilvusClient(uri=str(target.path), timeout=CALL_TIMEOUT_S, grpc_options=grpc)
             else:
                 token = f"{target.user}:{target.password}" if target.user or target.password else ""
                 self._client = self._pm.MilvusClient(uri=target.connect, token=token, db_name=target.database,
-                                                     timeout=CALL_TIMEOUT_S)  # fmt: skip
+                                                     timeout=CALL_TIMEOUT_S, grpc_options=grpc)  # fmt: skip
         try:
             with self._errors():
                 self.contract, self.index_kind = self._bind(contract, index, create)
