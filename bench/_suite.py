@@ -41,6 +41,10 @@ SUITE: dict[str, list[str]] = {
     "gallery_search.py": ["--sizes", "10000", "100000", "--hnsw-max", "100000"],
     "contention.py": ["--photos", "40", "--pairs", "100", "--seconds", "15", "--lfw-timeout", "60",
                       "--max-neighbours", "1"],
+    # 10K faces at 192-D only; the README's 100K / 1M table (both sizes, 192-D and 512-D, REST replicas) is
+    # `python bench/gallery_backends.py --sizes 100000 1000000 --dims 192 512 --http --name gallery_backends_1m`
+    "gallery_backends.py": ["--sizes", "10000", "--queries", "100", "--pg-ef", "40", "100", "--milvus-ef", "64", "128",
+                            "--exact-queries", "10"],
 }
 
 
@@ -241,12 +245,28 @@ def _contention(d: dict) -> list[list[str]]:
     return rows
 
 
+def _gallery_backends(d: dict) -> list[list[str]]:
+    res = d["results"]
+    rows = []
+    for r in res:
+        if "http" in r or r["backend"] == "sqlite":
+            continue
+        base = next(b for b in res if b.get("backend") == "sqlite" and b.get("n") == r["n"] and b["dim"] == r["dim"])
+        how = next((f"hnsw {k}={r[k]}" for k in ("ef_search", "ef") if k in r), "exact scan")
+        inserts = f"; {_fmt(r['inserts_per_s'])} inserts/s" if "inserts_per_s" in r else ""
+        rows.append([f"gallery {r['backend']} {r['n']:,} faces x {r['dim']}-D, {how}: "
+                     f"ms/query (recall@10 {r['recall_at_10']:.3f}{inserts})", _fmt(r["mean_ms"]),
+                     f"{_fmt(base['mean_ms'])} (SQLite + FAISS exact)",
+                     f"{base['mean_ms'] / r['mean_ms']:.2f}x"])  # fmt: skip
+    return rows
+
+
 EXTRACT = {
     "train_speed": _train_speed, "embed_speed": _embed_speed, "allocator": _allocator,
     "lfw_end_to_end": _lfw_end_to_end,
     "detect_speed": _detect_speed, "mtcnn_speed": _mtcnn_speed, "detect_rate": _detect_rate,
     "partial_fc_scale": _partial_fc_scale, "identification_scale": _identification_scale,
-    "gallery_search": _gallery_search, "contention": _contention,
+    "gallery_search": _gallery_search, "contention": _contention, "gallery_backends": _gallery_backends,
 }  # fmt: skip
 
 

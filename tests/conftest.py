@@ -150,3 +150,9 @@ def pytest_runtest_setup(item):
 
 def pytest_runtest_teardown(item):
     _CURRENT.pop("item", None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Real database servers for the gallery backends (session-scoped; see dbservers.py)
+
+from dbservers import gallery_uri, milvus_server, postgres_server  # noqa: E402, F401

@@ -1,4 +1,9 @@
-"""arcface.gallery.Gallery with synthetic unit vectors: CRUD, search, aggregation, contract, durability, index."""
+"""arcface.gallery with synthetic unit vectors: CRUD, search, aggregation, contract, durability, index.
+
+The tests that take ``gallery_uri`` are the conformance suite: they run on every backend (a SQLite folder, a schema on
+a real PostgreSQL server, collections on a real Milvus Lite gRPC server; see dbservers.py), through the same
+``Gallery.open(location, ...)``. The index-cache and approximate-index tests are the SQLite store's own.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ import logging
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,9 +34,9 @@ def near(v: np.ndarray, rng: np.random.Generator, noise: float = 0.3) -> np.ndar
     return (x / np.linalg.norm(x)).astype(np.float32)
 
 
-def test_add_search_remove(tmp_path):
+def test_add_search_remove(gallery_uri):
     rng = np.random.default_rng(0)
-    with Gallery.open(tmp_path / "g", CONTRACT) as g:
+    with Gallery.open(gallery_uri(), CONTRACT) as g:
         people = {name: unit(rng) for name in ("ann", "bob", "cid")}
         ids = {name: g.add_identity(name, {"team": name[0]}) for name in people}
         faces = {name: g.add_face(ids[name], v, CONTRACT.id, source=f"{name}.jpg") for name, v in people.items()}
@@ -68,9 +72,9 @@ def test_add_search_remove(tmp_path):
         assert g.search(people["cid"]) == []
 
 
-def test_embeddings_are_normalised_and_checked(tmp_path):
+def test_embeddings_are_normalised_and_checked(gallery_uri):
     rng = np.random.default_rng(1)
-    with Gallery.open(tmp_path, CONTRACT) as g:
+    with Gallery.open(gallery_uri(), CONTRACT) as g:
         a = g.add_identity("a")
         v = unit(rng)
         f = g.add_face(a, 7.0 * v, CONTRACT.id)  # stored as the unit vector
@@ -90,10 +94,13 @@ def test_embeddings_are_normalised_and_checked(tmp_path):
             g.add_identity("")
         with pytest.raises(ValueError):
             g.add_identity("x", {"bad": object()})
+        for bad_source in ("nul\x00byte", "\ud800", "x" * 4097, 5):
+            with pytest.raises(ValueError, match="source"):
+                g.add_face(a, v, CONTRACT.id, source=bad_source)
         assert g.count() == 1
 
 
-def test_aggregation_max_vs_mean_top(tmp_path):
+def test_aggregation_max_vs_mean_top(gallery_uri):
     rng = np.random.default_rng(2)
     q = unit(rng)
     basis = unit(rng)
@@ -103,7 +110,7 @@ def test_aggregation_max_vs_mean_top(tmp_path):
     def at(cos: float) -> np.ndarray:  # a unit vector with cosine `cos` to q
         return (cos * q + np.sqrt(1 - cos**2) * perp).astype(np.float32)
 
-    with Gallery.open(tmp_path, CONTRACT) as g:
+    with Gallery.open(gallery_uri(), CONTRACT) as g:
         lucky, steady = g.add_identity("lucky"), g.add_identity("steady")
         for cos in (0.95, 0.1, 0.0):
             g.add_face(lucky, at(cos), CONTRACT.id)
@@ -122,11 +129,11 @@ def test_aggregation_max_vs_mean_top(tmp_path):
             g.search(q, aggregate="median")
 
 
-def test_over_fetch_finds_k_identities_behind_many_faces(tmp_path):
+def test_over_fetch_finds_k_identities_behind_many_faces(gallery_uri):
     """One identity owns the 100 nearest faces; the other 4 identities must still be found."""
     rng = np.random.default_rng(3)
     q = unit(rng)
-    with Gallery.open(tmp_path, CONTRACT) as g:
+    with Gallery.open(gallery_uri(), CONTRACT) as g:
         crowd = g.add_identity("crowd")
         g.add_faces(crowd, np.stack([near(q, rng, 0.2) for _ in range(100)]), CONTRACT.id)
         others = [g.add_identity(f"p{i}") for i in range(4)]
@@ -137,36 +144,39 @@ def test_over_fetch_finds_k_identities_behind_many_faces(tmp_path):
             assert res[0].name == "crowd" and {m.identity_id for m in res[1:]} == set(others)
 
 
-def test_contract_binding_and_refusal(tmp_path):
+def test_contract_binding_and_refusal(gallery_uri, tmp_path):
     rng = np.random.default_rng(4)
-    with Gallery.open(tmp_path, CONTRACT) as g:
+    where = gallery_uri()
+    with Gallery.open(where, CONTRACT) as g:
         a = g.add_identity("a")
         with pytest.raises(GalleryContractError) as e:
             g.add_face(a, unit(rng), OTHER.id)
         assert CONTRACT.id in str(e.value) and OTHER.id in str(e.value)
         assert g.count() == 0
     with pytest.raises(GalleryContractError) as e:
-        Gallery.open(tmp_path, OTHER)
+        Gallery.open(where, OTHER)
     assert CONTRACT.id in str(e.value) and OTHER.id in str(e.value)
-    with Gallery.open(tmp_path) as g:  # no contract: the bound one
+    with Gallery.open(where) as g:  # no contract: the bound one
         assert g.contract == CONTRACT
     with pytest.raises(FileNotFoundError):
-        Gallery.open(tmp_path / "none", CONTRACT, create=False)
+        Gallery.open(gallery_uri("none"), CONTRACT, create=False)
     with pytest.raises(GalleryError, match="contract"):
-        Gallery.open(tmp_path / "new")
-    (tmp_path / "junk").mkdir()
-    (tmp_path / "junk" / "gallery.sqlite3").write_bytes(b"not a database at all" * 100)
-    with pytest.raises(GalleryError, match="not a usable gallery"):
-        Gallery.open(tmp_path / "junk", CONTRACT)
+        Gallery.open(gallery_uri("new"))
+    if gallery_uri.kind == "sqlite":
+        (tmp_path / "junk").mkdir()
+        (tmp_path / "junk" / "gallery.sqlite3").write_bytes(b"not a database at all" * 100)
+        with pytest.raises(GalleryError, match="not a usable gallery"):
+            Gallery.open(tmp_path / "junk", CONTRACT)
 
 
-def test_reopen_persistence_and_process_crash_durability(tmp_path):
+def test_reopen_persistence_and_process_crash_durability(gallery_uri, tmp_path):
     rng = np.random.default_rng(5)
     v = unit(rng)
-    with Gallery.open(tmp_path, CONTRACT) as g:
+    where = gallery_uri()
+    with Gallery.open(where, CONTRACT) as g:
         a = g.add_identity("a", {"k": 1})
         g.add_face(a, v, CONTRACT.id)
-    with Gallery.open(tmp_path) as g:
+    with Gallery.open(where) as g:
         assert g.count() == 1 and g.search(v, 1)[0].name == "a" and g.get_identity(a).metadata == {"k": 1}
     # Another process adds a face and dies without closing: the acknowledged write must be there.
     w = unit(rng)
@@ -176,18 +186,19 @@ def test_reopen_persistence_and_process_crash_durability(tmp_path):
         "from arcface.gallery import Gallery\n"
         "g = Gallery.open(sys.argv[1])\n"
         "b = g.add_identity('b')\n"
-        "g.add_face(b, np.load(sys.argv[1] + '/w.npy'), g.contract_id)\n"
+        "g.add_face(b, np.load(sys.argv[2]), g.contract_id)\n"
         "os._exit(0)\n"
     )
-    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=120)
-    with Gallery.open(tmp_path) as g:
+    subprocess.run([sys.executable, "-c", code, where, str(tmp_path / "w.npy")], check=True, timeout=120)
+    with Gallery.open(where) as g:
         assert g.count() == 2 and g.search(w, 1)[0].name == "b"
 
 
-def test_writes_of_another_connection_are_seen(tmp_path):
+def test_writes_of_another_connection_are_seen(gallery_uri):
     rng = np.random.default_rng(6)
     v = unit(rng)
-    with Gallery.open(tmp_path, CONTRACT) as reader, Gallery.open(tmp_path, CONTRACT) as writer:
+    where = gallery_uri()
+    with Gallery.open(where, CONTRACT) as reader, Gallery.open(where, CONTRACT) as writer:
         assert reader.search(v) == []
         writer.add_face(writer.add_identity("late"), v, CONTRACT.id)
         assert reader.search(v, 1)[0].name == "late"
@@ -258,11 +269,12 @@ def test_approximate_index_agrees_with_exact_on_a_small_set(tmp_path, kind):
         assert approx.search(queries[1], 1)[0].name == "p1"
 
 
-def test_concurrent_add_face_from_threads(tmp_path):
+def test_concurrent_add_face_from_threads(gallery_uri):
     rng = np.random.default_rng(9)
     vecs = unit(rng, 200)
     errors: list[BaseException] = []
-    with Gallery.open(tmp_path, CONTRACT) as g:
+    where = gallery_uri()
+    with Gallery.open(where, CONTRACT) as g:
         ids = [g.add_identity(f"t{t}") for t in range(8)]
 
         def work(t: int) -> None:
@@ -284,13 +296,14 @@ def test_concurrent_add_face_from_threads(tmp_path):
         for n, v in enumerate(vecs):
             top = g.search(v, 1)[0]
             assert top.identity_id == ids[n // 25] and top.similarity == pytest.approx(1.0, abs=1e-4)
-    with Gallery.open(tmp_path) as g:
+    with Gallery.open(where) as g:
         assert g.count() == 200 and sorted(int(f.source) for f in g.list_faces()) == list(range(200))
 
 
-def test_closed_gallery_refuses(tmp_path):
-    g = Gallery.open(Path(tmp_path), CONTRACT)
+def test_closed_gallery_refuses(gallery_uri):
+    g = Gallery.open(gallery_uri(), CONTRACT)
     g.close()
     g.close()  # idempotent
-    with pytest.raises(GalleryError, match="closed"):
-        g.count()
+    for call in (g.count, lambda: g.add_identity("late"), lambda: g.search(np.ones(D))):
+        with pytest.raises(GalleryError, match="closed"):
+            call()

@@ -1,6 +1,6 @@
 """The gallery's promises beyond CRUD, with synthetic vectors: erasure from every file, private modes, an index cache
 bound to its database, limits on names, metadata and ids, paging, busy errors, and readers that never wait for a
-writer."""
+writer. The tests that take ``gallery_uri`` run on every backend (see dbservers.py)."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def test_another_database_key_refuses_a_copied_cache(tmp_path):
         assert g.search(y, 1)[0].similarity == pytest.approx(1.0, abs=1e-5)
 
 
-def test_names_metadata_and_ids(tmp_path):
+def test_names_metadata_and_ids(gallery_uri):
     for bad in ("", "   ", "a\x00b", "\x1b[31mred", "line\nbreak", "tab\there", "rtl\u202eoverride", "\u2067iso",
                 "\ud800", "x" * 257, 5, None):  # fmt: skip
         with pytest.raises(ValueError):
@@ -144,7 +144,7 @@ def test_names_metadata_and_ids(tmp_path):
     for bad in ([1], "x", {"a": float("nan")}, {"a": object()}, {"a": "\ud800"}):
         with pytest.raises(ValueError):
             check_metadata(bad)
-    with Gallery.open(tmp_path, CONTRACT) as g:
+    with Gallery.open(gallery_uri(), CONTRACT) as g:
         with pytest.raises(ValueError):
             g.add_identity("bad\x00name")
         ident = g.add_identity("ok", {"n": [1, 2, {"x": None}]})
@@ -162,8 +162,8 @@ def test_names_metadata_and_ids(tmp_path):
         assert g.get_identity(ident).metadata == {"n": [1, 2, {"x": None}]}
 
 
-def test_paging_by_id(tmp_path):
-    with Gallery.open(tmp_path, CONTRACT) as g:
+def test_paging_by_id(gallery_uri):
+    with Gallery.open(gallery_uri(), CONTRACT) as g:
         ids = [g.add_identity(f"p{i}") for i in range(7)]
         g.remove_identity(ids[3])
         pages, after = [], 0
@@ -224,10 +224,11 @@ def test_busy_database_and_readers_that_do_not_wait(tmp_path):
         other.close()
 
 
-def test_writes_of_another_process_are_seen_by_generation(tmp_path):
+def test_writes_of_another_process_are_seen_by_generation(gallery_uri):
     rng = np.random.default_rng(6)
     v, w = unit(rng, 2)
-    with Gallery.open(tmp_path, CONTRACT) as reader, Gallery.open(tmp_path) as writer:
+    where = gallery_uri()
+    with Gallery.open(where, CONTRACT) as reader, Gallery.open(where) as writer:
         a = writer.add_identity("a")
         writer.add_face(a, v, CONTRACT.id)
         assert reader.search(v, 1)[0].name == "a"

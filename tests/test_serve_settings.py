@@ -73,3 +73,19 @@ def test_cli_escapes_names(tmp_path, capsys):
     rc, out, _ = run_cli(capsys, "gallery", "list", "--gallery", tmp_path)
     assert rc == 0 and "\x1b" not in out and "\u202e" not in out
     assert "evil\\x1b[2J\\u202ename" in out and "plain" in out
+
+
+def test_gallery_uri_in_settings_is_kept_validated_and_masked(tmp_path):
+    uri = "postgresql://svc:t0p-s3cret@db.example:5432/faces?gallery=team"
+    s = Settings(gallery=uri, api_keys=("k",))
+    assert s.gallery == uri and "t0p-s3cret" not in repr(s)
+    assert s.gallery_display == "postgresql://svc:***@db.example:5432/faces?gallery=team"
+    assert Settings(gallery=tmp_path / "g", api_keys=("k",)).gallery == tmp_path / "g"
+    assert Settings(gallery=f"sqlite://{tmp_path}/g", api_keys=("k",)).gallery == tmp_path / "g"
+    f = tmp_path / "serve.yaml"
+    f.write_text("gallery: milvus://root:pw-in-file@10.0.0.5:19530?gallery=prod\n")
+    assert Settings.load(f, env={}).gallery == "milvus://root:pw-in-file@10.0.0.5:19530?gallery=prod"
+    for bad in ("mysql://u:hunter2@h/db", "postgresql://u:hunter2@h/db?gallery=No-Caps"):
+        with pytest.raises(SettingsError, match="gallery") as e:
+            Settings(gallery=bad, api_keys=("k",))
+        assert "hunter2" not in str(e.value)

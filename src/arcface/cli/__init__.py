@@ -29,6 +29,7 @@ from arcface.cli import (
 from arcface.cli._args import CliError
 from arcface.engine.config import ConfigError
 from arcface.engine.trainer import TrainingDiverged
+from arcface.gallery.rules import GalleryStorageError
 from arcface.inference.recognizer import NoFaceError
 from arcface.io.images import ImageError
 from arcface.runtime.workers import WorkerDied
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # the known failure kinds: one line, no traceback
         known = (
             CliError, ConfigError, TrainingDiverged, ImageError, NoFaceError, WorkerDied,
-            FileNotFoundError, ValueError, KeyError, OSError,
+            FileNotFoundError, ValueError, KeyError, OSError, GalleryStorageError,
         )  # fmt: skip
         if isinstance(e, known) and not args.verbose:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e

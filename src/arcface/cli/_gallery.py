@@ -1,8 +1,9 @@
-"""``arcface gallery enroll|search|list|remove``: a persistent face gallery (:mod:`arcface.gallery`).
+"""``arcface gallery enroll|search|list|remove|copy``: a persistent face gallery (:mod:`arcface.gallery`).
 
-Every action takes ``--gallery DIR`` (default ``$ARCFACE_GALLERY``, else ``.arcface-gallery``) and ``--model``
-(default "default"); the first enrolment binds the gallery to that model's contract, and a later search
-with another model is refused.
+Every action takes ``--gallery DIR|URI`` (default ``$ARCFACE_GALLERY``, else ``.arcface-gallery``): a folder (SQLite
++ FAISS), or ``postgresql://...``, ``milvus://host:port``, ``milvus-lite:///file.db`` (a password is never printed),
+and ``--model`` (default "default"); the first enrolment binds the gallery to that model's contract, and a later
+search with another model is refused.
 
 - ``enroll DIR``: one sub-folder per person (the folder name is the identity's name: a new identity, or the
   existing one of that name). The main face of each photo is enrolled; unreadable photos and photos without a
@@ -13,6 +14,9 @@ with another model is refused.
   not the 1:1 threshold of ``arcface verify``). Exit 0 (also with no match), 3 no face, 1 error.
 - ``list``: identities with their face counts.
 - ``remove ID``: an identity and its faces (``--face``: one face), from every file of the gallery.
+- ``copy SRC DST``: the whole gallery into another place, any backend to any backend (same contract or refused),
+  resumable, then verified by counts and by the same searches on both (:mod:`arcface.gallery.copy`). Exit 0 when
+  verified, 1 otherwise.
 
 Names are printed with control and bidirectional characters escaped (``\\x1b``, ``\\u202e``), so a name cannot
 rewrite the terminal; the gallery refuses such names for new identities. Enrolment stores each photo's path below
@@ -39,19 +43,22 @@ from arcface.cli._args import (
     print_failures,
     recognizer_from_args,
 )
-from arcface.gallery import Gallery, check_name
+from arcface.gallery import Gallery, check_name, mask_uri
+from arcface.gallery.copy import copy_gallery
 from arcface.gallery.rules import BIDI_CONTROLS
 from arcface.index import INDEX_KINDS
 from arcface.inference.recognizer import NoFaceError
 from arcface.io.files import find_images, is_image_name
-from arcface.runtime.progress import progress
+from arcface.runtime.progress import Progress, progress
 
 DEFAULT_GALLERY = ".arcface-gallery"
 
 
 def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
     default = os.environ.get("ARCFACE_GALLERY") or DEFAULT_GALLERY
-    p.add_argument("--gallery", default=default, metavar="DIR", help=f"the gallery folder (default {default})")
+    p.add_argument("--gallery", default=default, metavar="DIR|URI",
+                   help=f"the gallery: a folder, or a postgresql://, milvus://, milvus-lite:// URI "
+                        f"(default {mask_uri(default)})")  # fmt: skip
     if model:
         add_model_args(p)
         p.add_argument(
@@ -102,6 +109,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rm.add_argument("--face", action="store_true", help="ID is a face id: remove that face only")
     _common(rm, model=False)
     rm.set_defaults(func=run_remove)
+
+    cp = actions.add_parser("copy", help="copy a gallery to another place (any backend), resumable, verified")
+    cp.add_argument("source", metavar="SRC", help="the gallery to copy (a folder or URI)")
+    cp.add_argument("destination", metavar="DST", help="where to (empty, or a copy this command began)")
+    cp.add_argument("--index", choices=INDEX_KINDS, default="exact",
+                    help="the destination's search index (Milvus: fixed when it is created)")  # fmt: skip
+    cp.add_argument("--sample", type=int, default=100, help="searches compared on both (default 100)")
+    cp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cp.set_defaults(func=run_copy)
 
 
 def shown(name: str) -> str:
@@ -187,7 +203,7 @@ def run_enroll(args: argparse.Namespace) -> int:
         total_people, total_faces = gallery.count_identities(), gallery.count()
 
     print(
-        f"enrolled {enrolled} face(s) of {len(photos)} photo(s) into {args.gallery} "
+        f"enrolled {enrolled} face(s) of {len(photos)} photo(s) into {mask_uri(args.gallery)} "
         f"({len(new_people)} new identities; gallery: {total_people} identities, {total_faces} faces; "
         f"contract {rec.contract.id})"
         + (f"; {skipped} already enrolled" if skipped else "")
@@ -236,14 +252,14 @@ def run_search(args: argparse.Namespace) -> int:
         print(json.dumps(doc))
         return EXIT_OK
     if not matches:
-        print(f"the gallery {args.gallery} is empty")
+        print(f"the gallery {mask_uri(args.gallery)} is empty")
         return EXIT_OK
     thr = (
         "no identification threshold (pass --threshold)"
         if threshold is None
         else f"match: cosine > {threshold:.4f}, the identification (1:N) threshold"
     )
-    print(f"top {len(matches)} of {args.gallery} ({thr})")
+    print(f"top {len(matches)} of {mask_uri(args.gallery)} ({thr})")
     for rank, m in enumerate(matches, start=1):
         verdict = {True: "match", False: "-", None: "?"}[passes(m.similarity)]
         print(f"{rank:>3}  {m.similarity:.4f}  {verdict:<5}  {m.identity_id:>6}  {shown(m.name)}")
@@ -259,7 +275,7 @@ def run_list(args: argparse.Namespace) -> int:
         faces = gallery.count()
     if args.json:
         doc = {
-            "gallery": args.gallery,
+            "gallery": mask_uri(args.gallery),
             "contract": contract.id,
             "architecture": contract.architecture,
             "faces": faces,
@@ -267,7 +283,8 @@ def run_list(args: argparse.Namespace) -> int:
         }
         print(json.dumps(doc))
         return EXIT_OK
-    print(f"{args.gallery}: {len(people)} identities, {faces} faces (contract {contract.id}, {contract.architecture})")
+    print(f"{mask_uri(args.gallery)}: {len(people)} identities, {faces} faces (contract {contract.id}, "
+          f"{contract.architecture})")  # fmt: skip
     for i in people:
         print(f"{i.id:>6}  {i.faces:>4}  {shown(i.name)}")
     return EXIT_OK
@@ -279,9 +296,41 @@ def run_remove(args: argparse.Namespace) -> int:
     with Gallery.open(args.gallery, create=False) as gallery:
         if args.face:
             gallery.remove_face(args.id)
-            print(f"removed face {args.id} from {args.gallery}")
+            print(f"removed face {args.id} from {mask_uri(args.gallery)}")
         else:
             name = gallery.get_identity(args.id).name
             n = gallery.remove_identity(args.id)
-            print(f"removed identity {args.id} ({shown(name)}) and its {n} face(s) from {args.gallery}")
+            print(f"removed identity {args.id} ({shown(name)}) and its {n} face(s) from {mask_uri(args.gallery)}")
+    return EXIT_OK
+
+
+def run_copy(args: argparse.Namespace) -> int:
+    """Copy a gallery, then say whether the copy gives the same counts and the same searches."""
+    _quiet_faiss()
+    if args.sample < 0:
+        raise CliError(f"--sample must be >= 0, got {args.sample}")
+    src, dst = mask_uri(args.source), mask_uri(args.destination)
+    bar: list[Progress] = []
+
+    def step(done: int, total: int) -> None:
+        if not bar:
+            bar.append(Progress(total, "copy", unit="identity", enabled=not args.no_progress))
+        bar[0].update(done - bar[0].n)
+
+    try:
+        r = copy_gallery(args.source, args.destination, index=args.index, sample=args.sample, progress=step)
+    finally:
+        if bar:
+            bar[0].close()
+    print(f"copied {r.copied_identities} identities and {r.copied_faces} faces from {src} to {dst}"
+          + (f" ({r.resumed_identities} identities were there from an earlier run)" if r.resumed_identities else "")
+          + f"; contract {r.contract_id}")  # fmt: skip
+    counts = "equal" if r.counts_equal else "DIFFERENT (did the source change during the copy?)"
+    print(f"counts: {counts}: {r.identities} identities, {r.faces} faces in the source")
+    print(f"searches: {r.identical} of {r.sample} sampled searches identical on both")
+    for d in r.differences:
+        print(f"  {d}", file=sys.stderr)
+    if not r.verified:
+        print(f"arcface gallery: error: the copy in {dst} is not verified", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK

@@ -1,4 +1,10 @@
-"""``arcface serve --gallery DIR``: the REST service (:mod:`arcface.serve`) under uvicorn.
+"""``arcface serve --gallery DIR|URI``: the REST service (:mod:`arcface.serve`) under uvicorn.
+
+The gallery is a folder (SQLite + FAISS in this process) or a URI: ``postgresql://...`` (pgvector) or
+``milvus://host:port`` (a Milvus server or cluster), which several replicas of the service may share, or
+``milvus-lite:///file.db``. A password in a URI is never printed; keep it out of the command line (other users see
+it in the process list): put the URI in the settings file, or leave the password out of a PostgreSQL URI and let
+libpq read ``PGPASSWORD`` or ``~/.pgpass``.
 
 API keys come from ``ARCFACE_API_KEY`` (comma-separated for several) or ``api_keys`` in a ``--settings`` file
 (JSON or YAML, keys named as :class:`arcface.serve.Settings` fields); without one the service refuses to start
@@ -20,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run the REST service (gallery, search, verify) with uvicorn",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
-    p.add_argument("--gallery", default=None, metavar="DIR", help="the gallery folder (or gallery in --settings)")
+    p.add_argument("--gallery", default=None, metavar="DIR|URI",
+                   help="the gallery: a folder, or a postgresql://, milvus://, milvus-lite:// URI (or gallery in "
+                        "--settings)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--model", default=None, help="default, sface, or a .safetensors/.onnx model file")

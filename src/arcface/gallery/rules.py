@@ -19,6 +19,7 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "MAX_METADATA_DEPTH",
     "MAX_NAME_CHARS",
+    "MAX_SOURCE_CHARS",
     "GalleryBusyError",
     "GalleryContractError",
     "GalleryError",
@@ -26,6 +27,7 @@ __all__ = [
     "GalleryStorageError",
     "check_metadata",
     "check_name",
+    "check_source",
     "valid_id",
 ]
 
@@ -37,6 +39,8 @@ MAX_METADATA_BYTES = 16 * 1024
 """Largest identity metadata, as compact JSON in UTF-8 bytes."""
 MAX_METADATA_DEPTH = 8
 """Deepest nesting of identity metadata (the object itself is level 1)."""
+MAX_SOURCE_CHARS = 4096
+"""Longest face source (a file path, as ``arcface gallery enroll`` stores it), in characters."""
 # Bidirectional formatting characters: they reorder what a terminal or a page shows (a name that reads as another).
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
@@ -115,6 +119,27 @@ def check_metadata(metadata: Mapping[str, Any] | None) -> str:
     if size > MAX_METADATA_BYTES:
         raise ValueError(f"metadata is {size:,} bytes of JSON, the limit is {MAX_METADATA_BYTES:,}")
     return text
+
+
+def check_source(source: object) -> str | None:
+    """A face's source as every backend stores it (None, or text); raises ValueError naming what is wrong.
+
+    Refused: a non-string, longer than :data:`MAX_SOURCE_CHARS` characters, a NUL character (no PostgreSQL text holds
+    one) or a lone surrogate (not valid Unicode). Other characters are kept: a file name may hold them.
+    """
+    if source is None:
+        return None
+    if not isinstance(source, str):
+        raise ValueError(f"a face source must be text or None, got {type(source).__name__}")
+    if len(source) > MAX_SOURCE_CHARS:
+        raise ValueError(f"a face source has at most {MAX_SOURCE_CHARS} characters, got {len(source)}")
+    if "\x00" in source:
+        raise ValueError("a face source may not hold a NUL character")
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a face source holds a lone surrogate (not valid Unicode)") from None
+    return source
 
 
 def valid_id(value: object) -> bool:

@@ -69,7 +69,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +83,18 @@ from arcface.gallery._sqlite import (
     suppress_os,
     suppress_sqlite,
     warn_if_shared,
+)
+from arcface.gallery.base import (
+    GALLERY_BACKENDS,
+    FaceRecord,
+    GalleryStore,
+    GalleryTarget,
+    Identity,
+    Match,
+    checked_faces,
+    checked_query,
+    contract_refused,
+    open_gallery,
 )
 from arcface.gallery.rules import (
     INT64_MAX,
@@ -125,7 +136,6 @@ logger = logging.getLogger(__name__)
 
 DB_NAME = "gallery.sqlite3"
 SCHEMA_VERSION = 1
-AGGREGATES = ("max", "mean_top")
 BUSY_TIMEOUT_S = 1.5
 """Default time a write waits for another connection's lock before :class:`GalleryBusyError`."""
 _CACHE_MAGIC = b"ARCFACE-GALLERY-INDEX 2\n"
@@ -152,62 +162,7 @@ CREATE INDEX IF NOT EXISTS identities_name ON identities(name);
 """
 
 
-@dataclass(frozen=True)
-class Identity:
-    """A person of the gallery.
-
-    Attributes:
-        id: database id.
-        name: display name (not unique: two people may share a name).
-        metadata: JSON object given at creation.
-        created: creation time, seconds since the epoch (UTC).
-        faces: number of faces enrolled.
-    """
-
-    id: int
-    name: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    created: float = 0.0
-    faces: int = 0
-
-
-@dataclass(frozen=True)
-class FaceRecord:
-    """One enrolled face (without its embedding).
-
-    Attributes:
-        id: database id (also its id in the search index).
-        identity_id: the person it belongs to.
-        contract_id: the model contract id it was embedded under.
-        created: enrolment time, seconds since the epoch (UTC).
-        source: where it came from (e.g. a file name), or None.
-    """
-
-    id: int
-    identity_id: int
-    contract_id: str
-    created: float
-    source: str | None = None
-
-
-@dataclass(frozen=True)
-class Match:
-    """One identity found by :meth:`Gallery.search`.
-
-    Attributes:
-        identity_id: the identity.
-        name: its name.
-        similarity: its score (cosine): best face, or mean of the top faces with ``aggregate="mean_top"``.
-        face_id: its most similar face.
-    """
-
-    identity_id: int
-    name: str
-    similarity: float
-    face_id: int
-
-
-class Gallery:
+class Gallery(GalleryStore):
     """Identities and face embeddings of one model contract, persisted in SQLite and searched with FAISS.
 
     Use :meth:`open`; the object is a context manager (``with Gallery.open(d, contract) as g:``). See the module
@@ -244,6 +199,7 @@ class Gallery:
         if index not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {index!r}; expected one of {INDEX_KINDS}")
         self.directory = Path(directory)
+        self.backend = "sqlite"
         self.index_kind = index
         self._index_params = dict(index_params or {})
         self._cache = bool(cache)
@@ -289,7 +245,7 @@ class Gallery:
     @classmethod
     def open(
         cls,
-        directory: str | os.PathLike,
+        directory: str | os.PathLike | GalleryTarget,
         contract: ModelContract | None = None,
         *,
         index: str = "exact",
@@ -297,9 +253,14 @@ class Gallery:
         index_params: Mapping[str, Any] | None = None,
         cache: bool = True,
         busy_timeout: float = BUSY_TIMEOUT_S,
-    ) -> Gallery:
-        """Open (or create) the gallery in ``directory``; the arguments are those of :class:`Gallery`."""
-        return cls(
+    ) -> GalleryStore:
+        """Open (or create) the gallery at a folder, or at any URI :func:`~arcface.gallery.base.open_gallery` takes.
+
+        A folder or ``sqlite://`` URI gives this SQLite store; ``postgresql://``, ``milvus://`` and ``milvus-lite://``
+        give that backend's store (the same methods and semantics). The other arguments are those of
+        :class:`Gallery`.
+        """
+        return open_gallery(
             directory, contract, index=index, create=create, index_params=index_params, cache=cache,
             busy_timeout=busy_timeout,
         )  # fmt: skip
@@ -307,16 +268,13 @@ class Gallery:
     def __enter__(self) -> Gallery:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"Gallery({str(self.directory)!r}, contract={self.contract.id}, index={self.index_kind!r})"
 
     @property
-    def contract_id(self) -> str:
-        """The id of the bound model contract."""
-        return self.contract.id
+    def location(self) -> str:
+        """The gallery folder."""
+        return str(self.directory)
 
     # ----------------------------------------------------------------------------------------------
     # Identities
@@ -457,17 +415,8 @@ class Gallery:
         Raises:
             see :meth:`add_face`.
         """
-        cid = contract_id.id if isinstance(contract_id, ModelContract) else str(contract_id)
-        if cid != self.contract.id:
-            raise GalleryContractError(
-                f"embedding of model contract {cid} refused: the gallery {self.directory} is bound to contract "
-                f"{self.contract.id} ({self.contract.architecture}); embeddings of different contracts are never "
-                "compared"
-            )
-        x = _unit_rows(embeddings, self.dim)  # (N, D)
-        sources = [None] * x.shape[0] if sources is None else list(sources)
-        if len(sources) != x.shape[0]:
-            raise ValueError(f"{x.shape[0]} embeddings but {len(sources)} sources")
+        x, sources = checked_faces(self, embeddings, contract_id, sources)  # (N, D) unit rows
+        cid = self.contract.id
         if not valid_id(identity_id):
             raise KeyError(f"no identity {identity_id} in the gallery {self.directory}")
         now = time.time()
@@ -561,15 +510,8 @@ class Gallery:
         Returns:
             Up to ``k`` :class:`Match` records sorted by similarity, highest first (ties: lower identity id first).
         """
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"unknown aggregate {aggregate!r}; expected one of {AGGREGATES}")
-        k, top = int(k), int(top)
-        if k < 1 or top < 1:
-            raise ValueError(f"k and top must be >= 1, got k={k}, top={top}")
-        e = np.asarray(embedding)
-        if e.ndim != 1:
-            raise ValueError(f"expected a ({self.dim},) query embedding, got shape {e.shape}")
-        q = _unit_rows(e[None], self.dim)  # (1, D)
+        q1, k, top = checked_query(embedding, self.dim, k, aggregate, top)
+        q = q1[None]  # (1, D)
         with self._storage():
             reader = self._reader()
             self._catch_up(reader)
@@ -747,11 +689,7 @@ class Gallery:
             )
         bound = ModelContract.from_json(meta["contract"])
         if contract is not None and contract.id != bound.id:
-            raise GalleryContractError(
-                f"the gallery {self.directory} is bound to model contract {bound.id} ({bound.architecture}, "
-                f"{bound.embedding_size}-D); the model given has contract {contract.id} ({contract.architecture}, "
-                f"{contract.embedding_size}-D); embeddings of different contracts are never compared"
-            )
+            raise contract_refused(str(self.directory), bound, contract)
         return bound, bytes.fromhex(meta["cache_key"])
 
     @staticmethod
@@ -942,14 +880,8 @@ def _identity(row: tuple) -> Identity:
     return Identity(int(ident), name, json.loads(meta), float(created), int(faces))
 
 
-def _unit_rows(x: np.ndarray, dim: int) -> np.ndarray:
-    """(N, D) float32 rows L2-normalised; refuses another D, zero rows and non-finite values."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != dim:
-        raise ValueError(f"expected ({dim},) embeddings (the gallery's contract is {dim}-D), got shape {x.shape[1:]}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("embedding has non-finite values")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)  # (N, 1)
-    if np.any(norms < 1e-12):
-        raise ValueError("embedding is a zero vector")
-    return np.ascontiguousarray(x / norms, dtype=np.float32)
+def _open_sqlite(target: GalleryTarget, contract: ModelContract | None, **options: Any) -> Gallery:
+    return Gallery(target.path, contract, **options)
+
+
+GALLERY_BACKENDS.register("sqlite", _open_sqlite)

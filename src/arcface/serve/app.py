@@ -5,7 +5,8 @@ Routes (``/v1`` ones need ``Authorization: Bearer KEY``; API docs at ``/docs`` u
     GET    /                             no auth: the web page (static/index.html; it asks for the key)
     GET    /static/...                   no auth: the page's script and style sheet
     GET    /health                       no auth: {"status": "ok"}; with a valid key also model, contract, thresholds,
-                                         inference workers and threads
+                                         inference workers and threads, the gallery's backend and location (a password
+                                         masked)
     POST   /v1/identities                {"name", "metadata"} -> 201 {"id", "name"}
     GET    /v1/identities?limit&after    {"identities": [...], "next_after"}: one page by id
     GET    /v1/identities/{id}           one identity with its face ids
@@ -32,6 +33,9 @@ Decisions:
 - **The event loop never runs the model.** Decoding, detection and embedding run in a bounded thread pool
   (``settings.workers``); gallery calls (SQLite with fsync) run in anyio's worker threads. So ``/health`` answers
   while uploads are being embedded.
+- **The gallery is any backend** (:mod:`arcface.gallery`): a folder (SQLite + FAISS in this process) or a
+  PostgreSQL/Milvus URI, whose searches go to the server, so several replicas of the service over one database agree
+  (an identity enrolled through one is found through another at the next request).
 - **Search is open-set identification**: ``match`` uses the model's identification threshold (chosen for a
   false-positive identification rate), not the 1:1 verification threshold of ``/v1/verify``.
 - **Nothing of the client is kept but what it asks to keep**: an upload's file name is stored only with
@@ -67,7 +71,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from arcface.align.face import Face
-from arcface.gallery import Gallery
+from arcface.gallery import Gallery, GalleryStore
 from arcface.gallery.rules import (
     INT64_MAX,
     GalleryBusyError,
@@ -190,18 +194,21 @@ class _Engine:
 
 
 async def _gallery_call(fn: Callable[..., T], *args: Any) -> T:
-    """A gallery method in a worker thread (SQLite writes fsync)."""
+    """A gallery method in a worker thread (SQLite writes fsync; server backends wait for the network)."""
     return await anyio.to_thread.run_sync(functools.partial(fn, *args))
 
 
-def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gallery: Gallery | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, recognizer: FaceRecognizer | None = None, gallery: GalleryStore | None = None
+) -> FastAPI:
     """The FastAPI application of the service, behind its guard (:class:`~arcface.serve.guard.Guard`).
 
     Args:
         settings: see :class:`~arcface.serve.settings.Settings`.
         recognizer: the engine; default ``FaceRecognizer(settings.model, settings.detector)`` with the thread plan's
             threads per worker (this process's torch threads are set to the plan's either way).
-        gallery: the gallery; default ``Gallery.open(settings.gallery, recognizer.contract)`` (closed on shutdown).
+        gallery: the gallery (any backend); default ``Gallery.open(settings.gallery, recognizer.contract)``, a folder
+            or URI (closed on shutdown).
 
     Returns:
         The app (serve it with :func:`arcface.serve.server.serve`, as ``arcface serve`` does, for the connection
@@ -210,6 +217,8 @@ def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gal
     Raises:
         SettingsError: no API key without ``allow_no_auth``, a gallery bound to another contract, or a bad
             ``ARCFACE_THREADS``.
+        GalleryContractError: the gallery at ``settings.gallery`` is bound to another contract.
+        GalleryStorageError: its server cannot be reached.
     """
     settings.check_auth()
     try:
@@ -226,7 +235,7 @@ def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gal
         gallery = Gallery.open(settings.gallery, contract, index=settings.index, busy_timeout=settings.busy_timeout)
     elif gallery.contract_id != contract.id:
         raise SettingsError(
-            f"the gallery {gallery.directory} is bound to contract {gallery.contract_id}, the model has {contract.id}"
+            f"the gallery {gallery.location} is bound to contract {gallery.contract_id}, the model has {contract.id}"
         )
     engine = _Engine(recognizer, settings, plan)
     docs_assets = _docs_assets(settings)
@@ -239,7 +248,7 @@ def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gal
             try:  # a read-only or full disk must not fail the shutdown (the writes are durable already)
                 gallery.close()
             except Exception:
-                logger.exception("closing the gallery %s failed", gallery.directory)
+                logger.exception("closing the gallery %s failed", gallery.location)
 
     app = FastAPI(
         title="arcface",
@@ -372,6 +381,8 @@ def create_app(settings: Settings, recognizer: FaceRecognizer | None = None, gal
             identification_threshold=recognizer.identification_threshold,
             workers=engine.plan.workers,
             threads=engine.plan.threads,
+            gallery_backend=gallery.backend,
+            gallery=gallery.location,
         )
 
     @app.post(

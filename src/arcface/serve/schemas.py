@@ -58,6 +58,8 @@ class HealthDetail(Health):
     )
     workers: int = Field(description="inference threads of the model pool")
     threads: int | None = Field(description="torch threads of each inference worker (null: the policy is off)")
+    gallery_backend: str = Field(description="sqlite, postgresql, milvus or milvus-lite")
+    gallery: str = Field(description="the gallery's folder or URI, any password masked")
 
 
 class IdentityCreate(BaseModel):

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arcface.gallery.base import GalleryTarget, mask_uri
+from arcface.gallery.rules import GalleryError
 from arcface.runtime import threads as thread_policy
 
 __all__ = ["API_KEY_ENV", "Settings", "SettingsError"]
@@ -54,7 +56,9 @@ class Settings:
     """Configuration of :func:`arcface.serve.create_app`.
 
     Attributes:
-        gallery: the gallery folder (created on first use, bound to the model's contract).
+        gallery: the gallery: a folder, or a URI (``postgresql://``, ``milvus://``, ``milvus-lite://``,
+            ``sqlite://``; see :mod:`arcface.gallery.base`), created on first use and bound to the model's contract.
+            Not in ``repr()`` (a URI may carry a password); :attr:`gallery_display` is the masked form.
         model: model name or file, as :class:`~arcface.inference.recognizer.FaceRecognizer` takes it.
         detector: face detector name ("mtcnn", "yunet", "scrfd").
         index: gallery search index ("exact", "hnsw", "ivf").
@@ -86,7 +90,7 @@ class Settings:
         busy_timeout: seconds a gallery write waits for another process's lock (then 503 with Retry-After).
     """
 
-    gallery: Path
+    gallery: Path | str = field(repr=False)
     model: str = "default"
     detector: str = "mtcnn"
     index: str = "exact"
@@ -111,7 +115,13 @@ class Settings:
     busy_timeout: float = 1.5
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "gallery", Path(self.gallery))
+        if not isinstance(self.gallery, (str, os.PathLike)):
+            raise SettingsError(f"settings: gallery must be a folder or a URI, got {type(self.gallery).__name__}")
+        try:
+            target = GalleryTarget.parse(self.gallery)  # a URI stays text (Path would fold its //)
+        except GalleryError as e:
+            raise SettingsError(f"settings: {e}") from None
+        object.__setattr__(self, "gallery", target.path if target.kind == "sqlite" else str(self.gallery))
         if self.docs_assets is not None:
             object.__setattr__(self, "docs_assets", Path(self.docs_assets))
         keys = _split_keys(self.api_keys)
@@ -150,6 +160,11 @@ class Settings:
             raise SettingsError(str(e)) from None
         if self.index not in ("exact", "hnsw", "ivf"):
             raise SettingsError(f"settings: index must be exact, hnsw or ivf, got {self.index!r}")
+
+    @property
+    def gallery_display(self) -> str:
+        """The gallery's folder or URI with any password masked, for messages and ``/health``."""
+        return mask_uri(self.gallery)
 
     def check_auth(self) -> None:
         """Refuse to serve without API keys unless ``allow_no_auth`` was set explicitly.
@@ -195,7 +210,7 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["api_keys"] = tuple(dict.fromkeys(keys))
         if "gallery" not in values:
-            raise SettingsError("settings: no gallery folder given (--gallery DIR or gallery in the settings file)")
+            raise SettingsError("settings: no gallery given (--gallery DIR|URI or gallery in the settings file)")
         try:
             return cls(**values)
         except TypeError as e:

@@ -1,0 +1,545 @@
+"""The gallery in Milvus: ``milvus://[USER:PASSWORD@]HOST:PORT[/DB]`` (a server or cluster; ``milvus+https://`` over
+TLS) or ``milvus-lite:///path/file.db`` (an embedded Milvus Lite data folder), ``?gallery=NAME&ef_search=N``.
+
+Collections of a gallery (``NAME``, default ``arcface``), created on first use with ``consistency_level="Strong"``::
+
+    NAME_meta                   key (primary), value: the schema version, the contract (JSON), its id, the index kind
+    NAME_identities             id (auto), name, name_key (int64 hash of the name), metadata (JSON text), created
+    NAME_faces_<contract id>    id (auto), identity_id, embedding FLOAT_VECTOR(D), contract_id, created, source
+
+One faces collection per contract: its name says which model made its vectors. Milvus wants a vector field in every
+collection, so ``meta`` and ``identities`` carry a 2-D zero vector they never search.
+
+The semantics are the SQLite store's (:mod:`arcface.gallery.store`, :mod:`arcface.gallery.rules`); where Milvus
+decides differently:
+
+- **Consistency**: every query and search asks for ``Strong`` consistency, so an acknowledged write (and a removal)
+  is visible to the next call of any client, replicas included.
+- **Durability**: a write returns once Milvus acknowledged it: in its write-ahead log (a cluster's message storage;
+  Milvus Lite's WAL file, flushed to the operating system on every write and fsynced when its segments are sealed, so
+  it survives a crash of the process, not of the machine).
+- **No transactions across collections**: each insert or delete is atomic, a call that touches two collections is
+  not. So the order is chosen to be safe: ``add_faces`` inserts, then checks the identity still exists (and deletes
+  what it inserted if not); ``remove_identity`` deletes the identity, then its faces (again if any arrived meanwhile);
+  a search drops faces whose identity is gone.
+- **Search** goes to Milvus every time. The faces collection's index is chosen when the gallery is created and stays:
+  ``index="exact"`` -> ``FLAT`` (exact), ``"hnsw"`` -> ``HNSW`` (COSINE, ``M``, ``efConstruction``; searched with
+  ``ef`` = max(``ef_search``, faces asked)), ``"ivf"`` -> ``IVF_FLAT`` (``nlist``; ``nprobe``). Opening an existing
+  gallery with another kind keeps the collection's (:attr:`index_kind` says which; a debug log line too). One search
+  asks for at most 16,384 faces (Milvus's limit), so an identity with more faces than that near the query can hide
+  others.
+- **Removal** deletes by primary key: gone from the next search and query at once; the bytes stay in the segment
+  files until compaction rewrites them (see docs/SECURITY.md).
+- **Filters** are built from integers only (ids and the name's hash); a name is compared in Python, so no text of a
+  caller ever reaches Milvus's expression parser. Messages show the URI with the password masked.
+- Milvus Lite serves one process per data folder (created 0700): a second process that opens it gets
+  :class:`GalleryStorageError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from arcface.gallery._sqlite import make_private_dir
+from arcface.gallery.base import (
+    GALLERY_BACKENDS,
+    FaceRecord,
+    GalleryStore,
+    GalleryTarget,
+    Identity,
+    Match,
+    checked_faces,
+    checked_query,
+    contract_refused,
+    rank_identities,
+)
+from arcface.gallery.rules import (
+    INT64_MAX,
+    GalleryError,
+    GalleryStorageError,
+    check_metadata,
+    check_name,
+    valid_id,
+)
+from arcface.index import INDEX_KINDS
+from arcface.inference.contract import ModelContract
+
+__all__ = ["DEFAULT_EF_SEARCH", "MilvusGallery"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+DEFAULT_EF_SEARCH = 100
+"""HNSW search beam width when neither the URI nor ``index_params`` give one (see the README's benchmark)."""
+DEFAULT_M = 16
+DEFAULT_EF_CONSTRUCTION = 200
+DEFAULT_NLIST = 1024
+DEFAULT_NPROBE = 32
+MAX_TOPK = 16384
+"""Most results of one Milvus search or query."""
+CALL_TIMEOUT_S = 60.0
+_BATCH = 1000
+_INDEX_TYPES = {"exact": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT"}
+_DUMMY = [0.0, 0.0]
+
+
+def _driver() -> Any:
+    try:  # optional: the [milvus] extra
+        import pymilvus
+    except ImportError as e:
+        raise GalleryError(
+            f"a milvus:// gallery needs pymilvus ({e.name} is missing): pip install 'arcface[milvus]'"
+        ) from None
+    # pymilvus logs every failed call at ERROR with a traceback; this backend turns each into one error of its own.
+    logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
+    return pymilvus
+
+
+def name_key(name: str) -> int:
+    """The int64 a name is found by (its SHA-256's first 8 bytes); the name itself is compared afterwards."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()[:8], "big", signed=True)
+
+
+class MilvusGallery(GalleryStore):
+    """The gallery in Milvus or Milvus Lite (see the module docstring).
+
+    Use :func:`~arcface.gallery.base.open_gallery` (or ``Gallery.open``) with a ``milvus://`` or ``milvus-lite://``
+    URI.
+
+    Args:
+        target: the parsed URI.
+        contract: the model contract; required to create the gallery, checked against the bound one otherwise.
+        index: the faces collection's index when the gallery is created (``exact``, ``hnsw``, ``ivf``).
+        create: create the collections when there are none (else :class:`FileNotFoundError`).
+        index_params: ``m``, ``ef_construction``, ``nlist`` (at creation), ``ef_search``, ``nprobe``.
+        busy_timeout: unused (Milvus has no locks to wait for); accepted like the other backends.
+    """
+
+    def __init__(
+        self,
+        target: GalleryTarget,
+        contract: ModelContract | None = None,
+        *,
+        index: str = "exact",
+        create: bool = True,
+        index_params: Mapping[str, Any] | None = None,
+        busy_timeout: float = 1.5,
+        cache: bool = True,
+    ) -> None:
+        if index not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {index!r}; expected one of {INDEX_KINDS}")
+        self._pm = _driver()
+        self._target = target
+        self.backend = target.kind
+        params = dict(index_params or {})
+        self._params = params
+        self._ef_search = int(target.options.get("ef_search", params.get("ef_search", DEFAULT_EF_SEARCH)))
+        self._nprobe = int(params.get("nprobe", DEFAULT_NPROBE))
+        self._secrets = [s for s in (target.password,) if s]
+        self._closed = False
+        self._lock = threading.Lock()
+        name = target.name
+        self._meta, self._identities = f"{name}_meta", f"{name}_identities"
+        if target.kind == "milvus-lite" and target.path is not None and not target.path.exists():
+            if not create:
+                raise FileNotFoundError(f"no gallery at {self.location}; enroll faces first")
+            make_private_dir(target.path)  # Milvus Lite's data folder: 0700, like a SQLite gallery's
+        # No keepalive pings on an idle connection: a server with gRPC's default policy (Milvus Lite's) answers them
+        # with GOAWAY "too_many_pings" and a log line every few seconds; a dead connection shows at the next call.
+        grpc = {"grpc.keepalive_permit_without_calls": False}
+        with self._errors():
+            if target.kind == "milvus-lite":
+                self._client = self._pm.MilvusClient(uri=str(target.path), timeout=CALL_TIMEOUT_S, grpc_options=grpc)
+            else:
+                token = f"{target.user}:{target.password}" if target.user or target.password else ""
+                self._client = self._pm.MilvusClient(uri=target.connect, token=token, db_name=target.database,
+                                                     timeout=CALL_TIMEOUT_S, grpc_options=grpc)  # fmt: skip
+        try:
+            with self._errors():
+                self.contract, self.index_kind = self._bind(contract, index, create)
+        except BaseException:
+            self._client.close()
+            raise
+        self.dim = self.contract.embedding_size
+        self._faces = f"{name}_faces_{self.contract.id}"
+
+    def __repr__(self) -> str:
+        return f"MilvusGallery({self._target.display!r}, contract={self.contract.id}, index={self.index_kind!r})"
+
+    @property
+    def location(self) -> str:
+        """The URI with the password masked."""
+        return self._target.display
+
+    # ----------------------------------------------------------------------------------------------
+    # Identities
+
+    def add_identity(self, name: str, metadata: Mapping[str, Any] | None = None) -> int:
+        name = check_name(name)
+        meta = check_metadata(metadata)
+        row = {"name": name, "name_key": name_key(name), "metadata": meta, "created": time.time(), "v": _DUMMY}
+        with self._call():
+            return int(self._client.insert(self._identities, [row])["ids"][0])
+
+    def get_identity(self, identity_id: int) -> Identity:
+        found = self._identity_rows([int(identity_id)]) if valid_id(identity_id) else []
+        if not found:
+            raise KeyError(f"no identity {identity_id} in the gallery {self.location}")
+        return self._with_counts(found)[0]
+
+    def list_identities(self, limit: int | None = None, after: int = 0) -> list[Identity]:
+        if limit is not None and int(limit) < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        after = max(0, min(int(after), INT64_MAX))
+        with self._call():
+            ids = sorted(int(r["id"]) for r in self._all(self._identities, f"id > {after}", ["id"]))
+        if limit is not None:
+            ids = ids[: int(limit)]
+        return self._with_counts(self._identity_rows(ids)) if ids else []
+
+    def find_identities(self, name: str) -> list[Identity]:
+        if not isinstance(name, str):
+            return []
+        with self._call():
+            rows = self._all(self._identities, f"name_key == {name_key(name)}", _IDENTITY_FIELDS)
+        return self._with_counts(sorted((r for r in rows if r["name"] == name), key=lambda r: int(r["id"])))
+
+    def remove_identity(self, identity_id: int) -> int:
+        if not valid_id(identity_id) or not self._identity_rows([int(identity_id)]):
+            raise KeyError(f"no identity {identity_id} in the gallery {self.location}")
+        ident = int(identity_id)
+        with self._call():
+            self._client.delete(self._identities, ids=[ident])  # first: an add_faces from now on is undone
+            removed = 0
+            while True:  # faces, and any face an add_faces inserted meanwhile
+                faces = [int(r["id"]) for r in self._all(self._faces, f"identity_id == {ident}", ["id"])]
+                if not faces:
+                    return removed
+                for start in range(0, len(faces), _BATCH):
+                    self._client.delete(self._faces, ids=faces[start : start + _BATCH])
+                removed += len(faces)
+
+    def count_identities(self) -> int:
+        with self._call():
+            return self._count(self._identities)
+
+    # ----------------------------------------------------------------------------------------------
+    # Faces
+
+    def add_faces(
+        self,
+        identity_id: int,
+        embeddings: np.ndarray,
+        contract_id: str | ModelContract,
+        sources: Sequence[str | None] | None = None,
+    ) -> list[int]:
+        self._check_open()
+        x, srcs = checked_faces(self, embeddings, contract_id, sources)  # (N, D) unit rows
+        if not valid_id(identity_id) or not self._identity_rows([int(identity_id)]):
+            raise KeyError(f"no identity {identity_id} in the gallery {self.location}")
+        ident, now, cid = int(identity_id), time.time(), self.contract.id
+        rows = [{"identity_id": ident, "embedding": row.tolist(), "contract_id": cid, "created": now, "source": src}
+                for row, src in zip(x, srcs, strict=True)]  # fmt: skip
+        ids: list[int] = []
+        with self._call():
+            try:
+                for start in range(0, len(rows), _BATCH):
+                    ids += [int(i) for i in self._client.insert(self._faces, rows[start : start + _BATCH])["ids"]]
+            except BaseException:
+                if ids:  # a later batch failed: the earlier ones must not stay
+                    self._client.delete(self._faces, ids=ids)
+                raise
+            if not self._identity_rows([ident]):  # removed meanwhile: what was inserted goes too
+                if ids:
+                    self._client.delete(self._faces, ids=ids)
+                raise KeyError(f"no identity {identity_id} in the gallery {self.location}")
+        return ids
+
+    def remove_face(self, face_id: int) -> None:
+        with self._call():
+            there = valid_id(face_id) and self._client.query(
+                self._faces, ids=[int(face_id)], output_fields=["id"], consistency_level="Strong"
+            )  # fmt: skip
+            if not there:
+                raise KeyError(f"no face {face_id} in the gallery {self.location}")
+            self._client.delete(self._faces, ids=[int(face_id)])
+
+    def list_faces(self, identity_id: int | None = None) -> list[FaceRecord]:
+        if identity_id is not None and not valid_id(identity_id):
+            return []
+        expr = "id > 0" if identity_id is None else f"identity_id == {int(identity_id)}"
+        with self._call():
+            rows = self._all(self._faces, expr, ["id", "identity_id", "contract_id", "created", "source"])
+        return sorted((FaceRecord(int(r["id"]), int(r["identity_id"]), r["contract_id"], float(r["created"]),
+                                  r.get("source")) for r in rows), key=lambda f: f.id)  # fmt: skip
+
+    def get_embedding(self, face_id: int) -> np.ndarray:
+        rows = []
+        if valid_id(face_id):
+            with self._call():
+                rows = self._client.query(self._faces, ids=[int(face_id)], output_fields=["embedding"],
+                                          consistency_level="Strong")  # fmt: skip
+        if not rows:
+            raise KeyError(f"no face {face_id} in the gallery {self.location}")
+        return np.asarray(rows[0]["embedding"], np.float32)
+
+    def get_embeddings(self, face_ids: Sequence[int]) -> np.ndarray:
+        ids = [int(f) for f in face_ids if valid_id(f)]
+        found: dict[int, Any] = {}
+        with self._call():
+            for start in range(0, len(ids), _BATCH):
+                rows = self._client.query(self._faces, ids=ids[start : start + _BATCH],
+                                          output_fields=["id", "embedding"], consistency_level="Strong")  # fmt: skip
+                found.update((int(r["id"]), r["embedding"]) for r in rows)
+        missing = [f for f in face_ids if not valid_id(f) or int(f) not in found]
+        if missing:
+            raise KeyError(f"no face {missing[0]} in the gallery {self.location}")
+        return np.asarray([found[int(f)] for f in face_ids], np.float32).reshape(len(face_ids), self.dim)
+
+    def count(self) -> int:
+        with self._call():
+            return self._count(self._faces)
+
+    # ----------------------------------------------------------------------------------------------
+    # Search
+
+    def search(self, embedding: np.ndarray, k: int = 5, *, aggregate: str = "max", top: int = 3) -> list[Match]:
+        q, k, top = checked_query(embedding, self.dim, k, aggregate, top)
+        query = q.tolist()
+
+        def nearest(n: int) -> list[tuple[float, int, int]]:
+            if self.index_kind == "hnsw":
+                params: dict[str, Any] = {"ef": max(self._ef_search, n)}
+            elif self.index_kind == "ivf":
+                params = {"nprobe": self._nprobe}
+            else:
+                params = {}
+            hits = self._client.search(self._faces, data=[query], limit=n, output_fields=["identity_id"],
+                                       search_params={"metric_type": "COSINE", "params": params},
+                                       consistency_level="Strong")[0]  # fmt: skip
+            return [(float(h["distance"]), int(h["id"]), int(h["entity"]["identity_id"])) for h in hits]
+
+        def mean_top(identities: list[int], top: int) -> dict[int, float]:
+            rows = self._all(self._faces, f"identity_id in {[int(i) for i in identities]}",
+                             ["identity_id", "embedding"])  # fmt: skip
+            sims: dict[int, list[float]] = {}
+            for r in rows:
+                sims.setdefault(int(r["identity_id"]), []).append(float(np.asarray(r["embedding"], np.float32) @ q))
+            return {i: float(np.mean(sorted(s, reverse=True)[:top])) for i, s in sims.items()}
+
+        with self._call():
+            ranked = rank_identities(nearest, INT64_MAX, k, aggregate, top, mean_top, max_fetch=MAX_TOPK)
+            names = {int(r["id"]): r["name"] for r in self._identity_rows([i for _, i, _ in ranked[: 2 * k]])}
+        # A face whose identity was removed (a removal in progress) is not an answer.
+        chosen = [(s, ident, f) for s, ident, f in ranked if ident in names][:k]
+        return [Match(ident, names[ident], float(s), int(f)) for s, ident, f in chosen]
+
+    # ----------------------------------------------------------------------------------------------
+    # Lifecycle
+
+    def close(self) -> None:
+        """Close the client (writes are already acknowledged)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._client.close()
+        except Exception as e:  # closing: nothing left to protect
+            logger.debug("closing the Milvus client failed: %s", e)
+
+    # ----------------------------------------------------------------------------------------------
+    # Internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GalleryError(f"the gallery {self.location} is closed")
+
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        self._check_open()
+        with self._errors():
+            yield
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Milvus's errors (unreachable, refused, timed out) as :class:`GalleryStorageError`, without credentials."""
+        try:
+            yield
+        except self._pm.exceptions.MilvusException as e:
+            raise GalleryStorageError(
+                f"the gallery {self.location} cannot be reached or written now ({self._scrub(e)})"
+            ) from None
+        except Exception as e:
+            if type(e).__module__.split(".")[0] in ("grpc", "milvus_lite"):
+                raise GalleryStorageError(
+                    f"the gallery {self.location} cannot be reached or written now ({self._scrub(e)})"
+                ) from None
+            raise
+
+    def _scrub(self, e: BaseException) -> str:
+        text = " ".join(str(getattr(e, "message", "") or e).split("\n")[0].split()) or type(e).__name__
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text[:500]
+
+    def _all(self, collection: str, expr: str, fields: list[str]) -> list[dict]:
+        """Every row matching ``expr`` (an expression built from integers only): one query, or batches past
+        Milvus's limit on one answer."""
+        rows = self._client.query(collection, filter=expr, output_fields=fields, limit=MAX_TOPK,
+                                  consistency_level="Strong")  # fmt: skip
+        if len(rows) < MAX_TOPK:
+            return [dict(r) for r in rows]
+        it = self._client.query_iterator(collection, batch_size=_BATCH, filter=expr, output_fields=fields)
+        rows = []
+        try:
+            while True:
+                batch = it.next()
+                if not batch:
+                    return rows
+                rows += [dict(r) for r in batch]
+        finally:
+            it.close()
+
+    def _count(self, collection: str) -> int:
+        res = self._client.query(collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        return int(res[0]["count(*)"])
+
+    def _identity_rows(self, ids: list[int]) -> list[dict]:
+        """The identities with these ids (those that exist), by id."""
+        if not ids:
+            return []
+        with self._call():
+            rows: list[dict] = []
+            for start in range(0, len(ids), _BATCH):
+                rows += self._client.query(self._identities, ids=ids[start : start + _BATCH],
+                                           output_fields=_IDENTITY_FIELDS, consistency_level="Strong")  # fmt: skip
+        return sorted((dict(r) for r in rows), key=lambda r: int(r["id"]))
+
+    def _with_counts(self, rows: list[dict]) -> list[Identity]:
+        """Identities with their face counts."""
+        if not rows:
+            return []
+        ids = [int(r["id"]) for r in rows]
+        counts: Counter = Counter()
+        with self._call():
+            for start in range(0, len(ids), _BATCH):
+                chunk = ids[start : start + _BATCH]
+                counts.update(int(r["identity_id"]) for r in self._all(self._faces, f"identity_id in {chunk}",
+                                                                       ["identity_id"]))  # fmt: skip
+        return [Identity(int(r["id"]), r["name"], json.loads(r["metadata"]), float(r["created"]), counts[int(r["id"])])
+                for r in rows]  # fmt: skip
+
+    def _bind(self, contract: ModelContract | None, index: str, create: bool) -> tuple[ModelContract, str]:
+        """Create the collections (first use) or read the bound contract and index kind; load them."""
+        c = self._client
+        if not c.has_collection(self._meta):
+            if not create:
+                raise FileNotFoundError(f"no gallery at {self.location} (no collection {self._meta}); enroll "
+                                        "faces first")  # fmt: skip
+            if contract is None:
+                raise GalleryError(f"{self.location}: creating a gallery needs a model contract")
+            self._create_meta()
+        c.load_collection(self._meta)
+        rows = c.query(self._meta, ids=["schema", "contract", "index"], output_fields=["key", "value"],
+                       consistency_level="Strong")  # fmt: skip
+        meta = {r["key"]: r["value"] for r in rows}
+        if not meta:
+            if contract is None:
+                raise GalleryError(f"{self.location}: creating a gallery needs a model contract")
+            meta = {"schema": SCHEMA_VERSION, "contract": contract.to_json(), "index": index}
+            c.upsert(self._meta, [{"key": k, "value": v, "v": _DUMMY} for k, v in meta.items()])
+            # Two processes creating at once: the contract read back is the one that stays.
+            rows = c.query(self._meta, ids=list(meta), output_fields=["key", "value"], consistency_level="Strong")
+            meta = {r["key"]: r["value"] for r in rows}
+        if meta.get("schema") != SCHEMA_VERSION or "contract" not in meta:
+            raise GalleryError(f"{self.location}: gallery schema {meta.get('schema')} (this code reads "
+                               f"{SCHEMA_VERSION})")  # fmt: skip
+        try:
+            bound = ModelContract.from_json(meta["contract"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise GalleryError(f"{self.location}: the stored model contract is unreadable ({e})") from None
+        if contract is not None and contract.id != bound.id:
+            raise contract_refused(self.location, bound, contract)
+        kind = meta.get("index", "exact")
+        if kind != index:
+            logger.debug("gallery %s: its faces are indexed %s (chosen at creation); index=%r is not used",
+                        self.location, kind, index)  # fmt: skip
+        self._create_data(bound, kind)
+        return bound, kind
+
+    def _schema(self) -> Any:
+        return self._pm.MilvusClient.create_schema(auto_id=True, enable_dynamic_field=False)
+
+    def _create_meta(self) -> None:
+        DataType = self._pm.DataType
+        s = self._pm.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        s.add_field("key", DataType.VARCHAR, is_primary=True, max_length=64)
+        s.add_field("value", DataType.VARCHAR, max_length=65535)
+        s.add_field("v", DataType.FLOAT_VECTOR, dim=2)
+        self._create(self._meta, s, "v", "FLAT", "L2", {})
+
+    def _create_data(self, contract: ModelContract, kind: str) -> None:
+        """The identities and faces collections (when absent), loaded."""
+        DataType = self._pm.DataType
+        if not self._client.has_collection(self._identities):
+            s = self._schema()
+            s.add_field("id", DataType.INT64, is_primary=True)
+            s.add_field("name", DataType.VARCHAR, max_length=4096)
+            s.add_field("name_key", DataType.INT64)
+            s.add_field("metadata", DataType.VARCHAR, max_length=65535)
+            s.add_field("created", DataType.DOUBLE)
+            s.add_field("v", DataType.FLOAT_VECTOR, dim=2)
+            self._create(self._identities, s, "v", "FLAT", "L2", {}, scalar="name_key")
+        faces = f"{self._target.name}_faces_{contract.id}"
+        if not self._client.has_collection(faces):
+            s = self._schema()
+            s.add_field("id", DataType.INT64, is_primary=True)
+            s.add_field("identity_id", DataType.INT64)
+            s.add_field("embedding", DataType.FLOAT_VECTOR, dim=int(contract.embedding_size))
+            s.add_field("contract_id", DataType.VARCHAR, max_length=64)
+            s.add_field("created", DataType.DOUBLE)
+            s.add_field("source", DataType.VARCHAR, max_length=65535, nullable=True)
+            p = self._params
+            build = {
+                "exact": {},
+                "hnsw": {"M": int(p.get("m", DEFAULT_M)), "efConstruction": int(p.get("ef_construction",
+                                                                                      DEFAULT_EF_CONSTRUCTION))},
+                "ivf": {"nlist": int(p.get("nlist", DEFAULT_NLIST))},
+            }[kind]  # fmt: skip
+            self._create(faces, s, "embedding", _INDEX_TYPES[kind], "COSINE", build, scalar="identity_id")
+        for name in (self._identities, faces):
+            self._client.load_collection(name)
+
+    def _create(self, name: str, schema: Any, field: str, index_type: str, metric: str, params: dict,
+                scalar: str | None = None) -> None:  # fmt: skip
+        ip = self._client.prepare_index_params()
+        ip.add_index(field, index_type=index_type, metric_type=metric, params=params)
+        if scalar is not None:
+            ip.add_index(scalar, index_type="INVERTED")
+        try:
+            self._client.create_collection(name, schema=schema, index_params=ip, consistency_level="Strong")
+        except self._pm.exceptions.MilvusException:
+            if not self._client.has_collection(name):  # not another process that created it first
+                raise
+
+
+_IDENTITY_FIELDS = ["id", "name", "metadata", "created"]
+
+
+def _open_milvus(target: GalleryTarget, contract: ModelContract | None, **options: Any) -> MilvusGallery:
+    return MilvusGallery(target, contract, **options)
+
+
+GALLERY_BACKENDS.register("milvus", _open_milvus)
+GALLERY_BACKENDS.register("milvus-lite", _open_milvus)
