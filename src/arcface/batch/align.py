@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from arcface.align.transform import CropSpec
-from arcface.batch.engines import EngineOptions, JobReport, run_job
+from arcface.batch.engines import EngineOptions, JobReport, check_engine, run_job
 from arcface.batch.failures import Failure
 from arcface.batch.jobs import Item, JobSettings, encode_image
 from arcface.io.files import find_images, write_bytes_atomic
@@ -122,6 +122,7 @@ def align_tree(
     outputs = _plan_outputs(images, src, dst, FORMATS[image_format])
     items = [Item(str(i), output=str(o)) for i, o in zip(images, outputs)]
     options = engine or EngineOptions(workers=workers)
+    check_engine(options)
     if options.engine == "local":  # an output that exists is done; with Ray a written shard is
         items = [it for it in items if not Path(it.output).exists()]
     settings = JobSettings("align", detector=detector, detector_options=det_options, size=size, quality=quality)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arcface.batch.engines import EngineOptions, JobReport, run_job
+from arcface.batch.engines import EngineOptions, JobReport, check_engine, run_job
 from arcface.batch.failures import Failure
 from arcface.batch.jobs import Item, JobSettings, cached_worker, release_workers
 from arcface.inference.contract import ModelContract
@@ -80,6 +80,7 @@ def embed_images(
     if not str(out).lower().endswith(".npz"):
         raise ValueError(f"--out {out}: the output must be an .npz file")
     options = options or EngineOptions()
+    check_engine(options)
     contract = cached_worker(settings).contract  # the model, loaded here first: a bad one fails before any work
     assert contract is not None
     if options.engine != "local":

@@ -30,7 +30,7 @@ from arcface.batch.jobs import Item, JobSettings, Row, cached_worker, release_wo
 from arcface.runtime.progress import progress
 from arcface.runtime.workers import process_map
 
-__all__ = ["ENGINES", "EngineOptions", "JobReport", "run_job"]
+__all__ = ["ENGINES", "EngineOptions", "JobReport", "check_engine", "run_job"]
 
 ENGINES = ("local", "ray")
 
@@ -134,6 +134,16 @@ class JobReport:
         if self.shard_retries or self.actors_replaced:
             text += f"; {self.shard_retries} shard(s) handed out again after {self.actors_replaced} actor(s) died"
         return text + ")"
+
+
+def check_engine(options: EngineOptions | None) -> None:
+    """Fail early, with one line, when the engine's packages are missing (before a model is loaded).
+
+    Raises:
+        JobError: ``ray`` without Ray or pyarrow installed.
+    """
+    if options is not None and options.engine == "ray":
+        ray_engine.check_installed()
 
 
 def run_job(

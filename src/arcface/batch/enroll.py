@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arcface.batch.engines import EngineOptions, JobReport, run_job
+from arcface.batch.engines import EngineOptions, JobReport, check_engine, run_job
 from arcface.batch.failures import Failure
 from arcface.batch.jobs import Item, JobSettings, Row, cached_worker, release_workers
 from arcface.gallery import Gallery
@@ -103,6 +103,7 @@ def enroll_folder(
     root = Path(root)
     photos, loose = people_photos(root)
     options = options or EngineOptions()
+    check_engine(options)
     contract = cached_worker(settings).contract  # the model, loaded here first: a bad one fails before any work
     assert contract is not None
     if options.engine != "local":

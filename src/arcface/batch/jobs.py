@@ -199,7 +199,7 @@ class Worker:
             try:
                 row, crop = self._one(item)
             except Exception as e:  # one bad photo must not stop a long batch: it becomes a failure row
-                rows.append(Row(item.path, item.identity, output=item.output, failure=failure_of(item.path, e)))
+                rows.append(Row(item.path, item.identity, failure=failure_of(item.path, e)))
                 continue
             rows.append(row)
             if crop is not None:

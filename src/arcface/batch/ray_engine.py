@@ -46,7 +46,7 @@ from arcface.runtime.workers import usable_cpus
 if TYPE_CHECKING:
     from arcface.batch.engines import EngineOptions, JobReport
 
-__all__ = ["ACTOR_START_TIMEOUT", "MAX_ATTEMPTS", "ArcfaceBatchActor", "run"]
+__all__ = ["ACTOR_START_TIMEOUT", "MAX_ATTEMPTS", "ArcfaceBatchActor", "check_installed", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,12 @@ def run(
 
 # --------------------------------------------------------------------------------------------------
 # Connecting
+
+
+def check_installed() -> None:
+    """Raise :class:`JobError` (one line) unless Ray and pyarrow can be imported."""
+    _pa()
+    _ray()
 
 
 def _ray():
