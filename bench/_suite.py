@@ -38,6 +38,7 @@ SUITE: dict[str, list[str]] = {
     "partial_fc_scale.py": [],
     "identification_scale.py": ["--sizes", "10000", "100000"],
     "gallery_search.py": ["--sizes", "10000", "100000", "--hnsw-max", "100000"],
+    "ray_batch.py": ["--limit", "300"],
 }
 
 
@@ -197,12 +198,26 @@ def _gallery_search(d: dict) -> list[list[str]]:
     return rows
 
 
+def _ray_batch(d: dict) -> list[list[str]]:
+    res = d["results"]
+    base = next(r for r in res if r["engine"] != "ray" and not r.get("default_threads"))
+    rows = []
+    for r in res:
+        if r["engine"] != "ray":
+            continue
+        rows.append([f"embed {d['images']} LFW photos on Ray, {r['actors']} actor(s) x 0.5 CPU: img/s (actor start "
+                     f"{r['start_s']:.1f} s, {r['task_overhead_ms']:.0f} ms/task; load {d['loadavg_before']})",
+                     _fmt(r["img_per_s"]), f"{_fmt(base['img_per_s'])} (single process, 1 thread)",
+                     f"{r['img_per_s'] / base['img_per_s']:.2f}x"])  # fmt: skip
+    return rows
+
+
 EXTRACT = {
     "train_speed": _train_speed, "embed_speed": _embed_speed, "allocator": _allocator,
     "lfw_end_to_end": _lfw_end_to_end,
     "detect_speed": _detect_speed, "detect_rate": _detect_rate,
     "partial_fc_scale": _partial_fc_scale, "identification_scale": _identification_scale,
-    "gallery_search": _gallery_search,
+    "gallery_search": _gallery_search, "ray_batch": _ray_batch,
 }  # fmt: skip
 
 
