@@ -5,8 +5,9 @@ the main face of each photo is enrolled with the source ``person/photo.jpg``. A 
 person (same source) is skipped before any work; an unreadable photo or one without a face is recorded and skipped.
 
 The engine computes the embeddings (rows in input order, so each person's photos come together); this process
-enrols them, one transaction per person (with the Ray engine: per person per shard group), so the gallery has one
-writer whatever the engine.
+enrols them, one transaction per person, so the gallery has one writer whatever the engine. With the Ray engine the
+enrolment starts once every shard is written: a driver killed before then leaves the gallery as it was, and the same
+command resumes from the shards.
 """
 
 from __future__ import annotations
