@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -106,8 +107,9 @@ class Head:
     env: dict[str, str]
 
     def processes(self) -> list[int]:
-        """The head's own processes (their command lines name its temporary folder) and their children."""
-        own = {pid for pid in _pids() if any(str(self.temp) in a for a in _cmdline(pid))}
+        """The head's own processes (their command lines name its temporary folder or its address) and their
+        children."""
+        own = {pid for pid in _pids() if any(str(self.temp) in a or self.address in a for a in _cmdline(pid))}
         return sorted(own | {pid for pid in _pids() if _ppid(pid) in own})
 
     def actors(self, driver: int) -> list[int]:
@@ -128,7 +130,11 @@ def head():
     port = _free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
            # the node's address is loopback (else Ray picks the machine's outward address for the node)
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # fmt: skip
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           # token authentication with a token of this head's own, whatever ~/.ray/auth_token holds
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # fmt: skip
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    env.pop("RAY_ADDRESS", None)
     ray_bin = str(Path(sys.executable).with_name("ray"))
     cmd = [
         ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
@@ -211,9 +217,12 @@ def photos(tmp_path_factory) -> tuple[Path, list[Path]]:
 
 @pytest.fixture(scope="module")
 def local_npz(photos, tmp_path_factory) -> Path:
-    """The single-process run (today's ``arcface embed``) of the same photos: the reference."""
+    """The single-process run (today's ``arcface embed``, the local engine) of the same photos: the reference. In a
+    process of its own with one thread, as each actor runs (two OpenMP threads on two busy cores crawl)."""
     out = tmp_path_factory.mktemp("ray_local") / "local.npz"
-    assert main(["embed", str(photos[0]), "--out", str(out), "--no-progress"]) == 0
+    cmd = [sys.executable, "-m", "arcface", "embed", str(photos[0]), "--out", str(out), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr
     return out
 
 

@@ -33,18 +33,16 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import torch
 
 from arcface.batch.jobs import Item, JobError, JobSettings, Row, Worker
+from arcface.batch.options import EngineOptions, JobReport
 from arcface.batch.shards import JobDir, Plan, Shard, _pa, open_job_dir, rows_to_table
 from arcface.runtime.progress import Progress
 from arcface.runtime.workers import usable_cpus
-
-if TYPE_CHECKING:
-    from arcface.batch.engines import EngineOptions, JobReport
 
 __all__ = ["ACTOR_START_TIMEOUT", "MAX_ATTEMPTS", "ArcfaceBatchActor", "check_installed", "run"]
 
@@ -153,7 +151,11 @@ def _connect(ray, address: str | None) -> bool:
         ray.init(address=address, **kwargs)
     except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError...: one line naming the address
         where = f"--address {address}" if address else "a Ray instance on this machine"
-        raise JobError(f"ray: cannot connect to {where}: {_cause(e)}") from None
+        hint = ""
+        if address and address not in ("auto", "local"):
+            hint = (f"; the port answers, so check that this machine has the cluster's token (RAY_AUTH_TOKEN or "
+                    f"~/.ray/auth_token) and runs its Ray version ({ray.__version__} here)")  # fmt: skip
+        raise JobError(f"ray: cannot connect to {where}: {_cause(e)}{hint}") from None
     return True
 
 
