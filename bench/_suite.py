@@ -45,6 +45,7 @@ SUITE: dict[str, list[str]] = {
     # `python bench/gallery_backends.py --sizes 100000 1000000 --dims 192 512 --http --name gallery_backends_1m`
     "gallery_backends.py": ["--sizes", "10000", "--queries", "100", "--pg-ef", "40", "100", "--milvus-ef", "64", "128",
                             "--exact-queries", "10"],
+    "ray_batch.py": ["--limit", "300"],
 }
 
 
@@ -261,12 +262,27 @@ def _gallery_backends(d: dict) -> list[list[str]]:
     return rows
 
 
+def _ray_batch(d: dict) -> list[list[str]]:
+    res = d["results"]
+    base = next(r for r in res if r["engine"] != "ray" and not r.get("default_threads"))
+    rows = []
+    for r in res:
+        if r["engine"] != "ray":
+            continue
+        rows.append([f"embed {d['images']} LFW photos on Ray, {r['actors']} actor(s) x 0.5 CPU: img/s (actor start "
+                     f"{r['start_s']:.1f} s, {r['task_overhead_ms']:.0f} ms/task; load {d['loadavg_before']})",
+                     _fmt(r["img_per_s"]), f"{_fmt(base['img_per_s'])} (single process, 1 thread)",
+                     f"{r['img_per_s'] / base['img_per_s']:.2f}x"])  # fmt: skip
+    return rows
+
+
 EXTRACT = {
     "train_speed": _train_speed, "embed_speed": _embed_speed, "allocator": _allocator,
     "lfw_end_to_end": _lfw_end_to_end,
     "detect_speed": _detect_speed, "mtcnn_speed": _mtcnn_speed, "detect_rate": _detect_rate,
     "partial_fc_scale": _partial_fc_scale, "identification_scale": _identification_scale,
     "gallery_search": _gallery_search, "contention": _contention, "gallery_backends": _gallery_backends,
+    "ray_batch": _ray_batch,
 }  # fmt: skip
 
 

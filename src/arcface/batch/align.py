@@ -1,11 +1,14 @@
 """Align a tree of photos into crops (a training set): ``SRC/person/photo.jpg`` -> ``DST/person/photo.png``.
 
 The tree is mirrored: each photo's main face is cut by the face pipeline's aligner
-(:class:`~arcface.align.FaceAligner`, the embedding contract's template at ``size`` pixels square). The work is
-spread over worker processes (:func:`arcface.runtime.workers.process_map`), each with its own aligner.
+(:class:`~arcface.align.FaceAligner`, the embedding contract's template at ``size`` pixels square), the per-image
+work of :class:`arcface.batch.jobs.Worker`. An engine (:mod:`arcface.batch.engines`) runs it: local worker
+processes (:func:`arcface.runtime.workers.process_map`), each with its own aligner, or an actor pool on Ray.
 
 Resumable: a crop is written under a temporary name and renamed when complete, so an existing output is a finished
-one and is skipped on the next run (files that failed are tried again).
+one and is skipped on the next run (files that failed are tried again). With the Ray engine
+(:mod:`arcface.batch.ray_engine`) the unit of resume is the job's shard: a shard an earlier run wrote is not computed
+again, and its rows (detector score, landmarks, the crop's file) stay in the job folder.
 
 Every run writes a report (JSON, or a table for a ``.tsv`` name) with the counts and each failed file with its
 reason: ``no_face``, or the image loader's reason (``corrupt``, ``not_image``, ``empty``, ``too_large``,
@@ -18,31 +21,22 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
-
-from arcface.align.aligner import cached_aligner
 from arcface.align.transform import CropSpec
-from arcface.batch.failures import Failure, failure_of
-from arcface.inference.recognizer import NoFaceError
+from arcface.batch.engines import EngineOptions, JobReport, check_engine, run_job
+from arcface.batch.failures import Failure
+from arcface.batch.jobs import Item, JobSettings, encode_image
 from arcface.io.files import find_images, write_bytes_atomic
-from arcface.io.images import load_image
-from arcface.runtime.progress import progress
-from arcface.runtime.workers import process_map
 
 __all__ = ["FORMATS", "REPORT_NAME", "AlignResult", "align_tree", "encode_image"]
 
 #: Output formats: lossless PNG (default) or JPEG.
 FORMATS = {"png": ".png", "jpg": ".jpg"}
 REPORT_NAME = "align_report.json"
-
-# One task: (source, output, crop size, JPEG quality, detector, options); one result: (source, faces, failure).
-_Task = tuple[str, str, int, int, str, dict]
-_Result = tuple[str, int, "Failure | None"]
 
 
 @dataclass
@@ -56,6 +50,7 @@ class AlignResult:
         failures: photos that could not be aligned (relative paths), with their reasons.
         several_faces: photos with more than one face (the main one was kept).
         report: the report file.
+        job: what the engine did (shards, actors).
     """
 
     images: int = 0
@@ -64,22 +59,7 @@ class AlignResult:
     failures: list[Failure] = field(default_factory=list)
     several_faces: list[str] = field(default_factory=list)
     report: Path | None = None
-
-
-def encode_image(rgb, path: str | os.PathLike, *, quality: int = 95) -> bytes:
-    """Encode an (H, W, 3) uint8 RGB image in the format of ``path``'s suffix (.png, .jpg, ...) with OpenCV.
-
-    Raises:
-        ValueError: the suffix is not an image format OpenCV can write.
-    """
-    suffix = Path(path).suffix.lower()
-    if not suffix or not cv2.haveImageWriter(f"x{suffix}"):
-        raise ValueError(f"{path}: cannot write an image of type {suffix or '(no suffix)'}; use .png or .jpg")
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if suffix in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
-    if not ok:
-        raise ValueError(f"{path}: OpenCV could not encode the image as {suffix}")
-    return buf.tobytes()
+    job: JobReport = field(default_factory=JobReport)
 
 
 def align_tree(
@@ -95,6 +75,7 @@ def align_tree(
     report: str | os.PathLike | None = None,
     progress_bar: bool = True,
     threads: int | str | None = None,
+    engine: EngineOptions | None = None,
 ) -> AlignResult:
     """Align the main face of every photo under ``src`` into ``dst``, mirroring the folders.
 
@@ -106,11 +87,14 @@ def align_tree(
         quality: JPEG quality.
         detector: detector name.
         detector_options: its options (``max_side``, ``model_path``, ...).
-        workers: processes (1 runs in this process); None: the thread policy's (one per usable CPU, fewer for a
-            short job; see :mod:`arcface.runtime.threads`).
+        workers: processes of the local engine (1 runs in this process); None: the thread policy's (one per usable
+            CPU, fewer for a short job; see :mod:`arcface.runtime.threads`).
         report: the report file (default ``dst/align_report.json``; a ``.tsv`` name writes a table).
         progress_bar: report progress on stderr.
-        threads: CPUs the job may use (workers x threads each); None: ``ARCFACE_THREADS``, else the usable CPUs.
+        threads: CPUs the local engine may use (workers x threads each); None: ``ARCFACE_THREADS``, else the usable
+            CPUs.
+        engine: the engine (default: local with ``workers`` processes on ``threads`` CPUs); with Ray, ``src`` and
+            ``dst`` must be on storage every node of the cluster mounts at the same path.
 
     Returns:
         An :class:`AlignResult`.
@@ -119,6 +103,7 @@ def align_tree(
         FileNotFoundError: ``src`` is not a folder.
         ValueError: a bad option, ``dst`` equal to ``src``, or no images under ``src``.
         WorkerDied: a worker process died (the crops written so far are kept: run again to resume).
+        JobError: the Ray engine cannot run the job (the shards written so far are kept: run again to resume).
     """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
@@ -132,27 +117,32 @@ def align_tree(
     if image_format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {image_format!r}")
     CropSpec.square(size)  # ValueError for a size the template does not scale to
-    options = dict(detector_options or {})
+    det_options = dict(detector_options or {})
     report_path = Path(report) if report else dst / REPORT_NAME
 
     images = find_images(src, exclude=dst)
     if not images:
         raise ValueError(f"{src}: no images found")
     outputs = _plan_outputs(images, src, dst, FORMATS[image_format])
-    tasks: list[_Task] = [(str(i), str(o), size, quality, detector, options)
-                          for i, o in zip(images, outputs) if not o.exists()]  # fmt: skip
-    result = AlignResult(images=len(images), skipped_existing=len(images) - len(tasks), report=report_path)
+    items = [Item(str(i), output=str(o)) for i, o in zip(images, outputs)]
+    options = engine or EngineOptions(workers=workers, threads=threads)
+    check_engine(options)
+    if options.engine == "local":  # an output that exists is done; with Ray a written shard is
+        items = [it for it in items if not Path(it.output).exists()]
+    settings = JobSettings("align", detector=detector, detector_options=det_options, size=size, quality=quality)
+    result = AlignResult(images=len(images), skipped_existing=len(images) - len(items), report=report_path)
     dst.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(dst)
 
-    results: Iterator[_Result] = process_map(_align_one, tasks, workers=workers, threads=threads)
-    for path, n_faces, failure in progress(results, total=len(tasks), desc="align", enabled=progress_bar):
-        rel = Path(path).relative_to(src).as_posix()
-        if failure is not None:
-            result.failures.append(Failure(rel, failure.reason, failure.message))
-            continue
-        result.aligned += 1
-        if n_faces > 1:
+    for row in run_job(settings, items, options, report=result.job, progress_bar=progress_bar):
+        rel = Path(row.path).relative_to(src).as_posix()
+        if row.failure is not None:
+            result.failures.append(Failure(rel, row.failure.reason, row.failure.message))
+        elif row.reused:
+            result.skipped_existing += 1
+        else:
+            result.aligned += 1
+        if row.faces > 1:
             result.several_faces.append(rel)
 
     counts = {
@@ -162,8 +152,8 @@ def align_tree(
         "failed": len(result.failures),
         "several_faces": len(result.several_faces),
     }
-    settings = {"src": str(src), "dst": str(dst), "size": size, "format": image_format, "detector": detector}
-    _write_report(report_path, settings, counts, result.failures, result.several_faces)
+    info = {"src": str(src), "dst": str(dst), "size": size, "format": image_format, "detector": detector}
+    _write_report(report_path, info, counts, result.failures, result.several_faces)
     return result
 
 
@@ -190,20 +180,6 @@ def _remove_stale_temporaries(dst: Path) -> None:
             if pattern.match(f):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(dirpath, f))
-
-
-def _align_one(task: _Task) -> _Result:
-    """Load, detect, crop the main face, write the crop atomically; a failure is returned, not raised."""
-    src, out, size, quality, detector, options = task
-    try:
-        faces = cached_aligner(detector, options, CropSpec.square(size)).faces(load_image(src), max_faces=1)
-        if not faces:
-            raise NoFaceError(src)
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(out, encode_image(faces[0].crop, out, quality=quality))
-        return src, len(faces), None
-    except Exception as e:  # one bad photo must not stop a long batch: it goes into the report with its reason
-        return src, 0, failure_of(src, e)
 
 
 def _write_report(

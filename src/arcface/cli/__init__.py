@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from arcface.batch.jobs import JobError
 from arcface.cli import (
     _align,
     _convert,
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as e:  # the known failure kinds: one line, no traceback
         known = (
-            CliError, ConfigError, TrainingDiverged, ImageError, NoFaceError, WorkerDied,
+            CliError, ConfigError, TrainingDiverged, ImageError, NoFaceError, WorkerDied, JobError,
             FileNotFoundError, ValueError, KeyError, OSError, GalleryStorageError,
         )  # fmt: skip
         if isinstance(e, known) and not args.verbose:

@@ -1,7 +1,8 @@
 """``arcface align SRC_DIR DST_DIR``: detect and align every photo of a tree, to prepare a training set.
 
 The work is :func:`arcface.batch.align.align_tree` (see there: mirrored tree, resumable, a report of the failed
-files). Exit status 0 even when some files failed; 1 when no photo could be aligned (or on a bad option).
+files); ``--engine ray`` runs it on a Ray cluster. Exit status 0 even when some files failed; 1 when no photo could
+be aligned (or on a bad option).
 """
 
 from __future__ import annotations
@@ -10,7 +11,15 @@ import argparse
 import sys
 
 from arcface.batch.align import FORMATS, REPORT_NAME, align_tree
-from arcface.cli._args import EXIT_ERROR, EXIT_OK, add_detector_args, detector_options, print_failures
+from arcface.cli._args import (
+    EXIT_ERROR,
+    EXIT_OK,
+    add_detector_args,
+    add_engine_args,
+    detector_options,
+    engine_options,
+    print_failures,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "process",
     )  # fmt: skip
     add_detector_args(p)
+    add_engine_args(p)
     p.add_argument(
         "--report", default=None, metavar="PATH",
         help=f"the report file (default DST_DIR/{REPORT_NAME}); a .tsv name writes a table",
@@ -43,16 +53,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Align what is missing, write the report, print a summary."""
     name, options = detector_options(args, threads=1)
+    engine = engine_options(args, workers=args.workers)
     r = align_tree(
         args.src_dir, args.dst_dir, size=args.size, image_format=args.format, quality=args.quality, detector=name,
         detector_options=options, workers=args.workers, report=args.report, progress_bar=not args.no_progress,
-        threads=args.threads,
+        threads=args.threads, engine=engine,
     )  # fmt: skip
     several = f", {len(r.several_faces)} with several faces (main face kept)" if r.several_faces else ""
     print(
         f"aligned {r.aligned} of {r.images} images into {args.dst_dir} ({r.skipped_existing} already done, "
         f"{len(r.failures)} failed{several}); report: {r.report}"
     )
+    if r.job.summary():
+        print(r.job.summary())
     print_failures(r.failures)
     if r.aligned + r.skipped_existing == 0:
         print(

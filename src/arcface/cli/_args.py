@@ -22,7 +22,9 @@ from typing import Any
 
 from arcface.align.detection import FaceDetector
 from arcface.align.detectors import DETECTORS, create_detector
+from arcface.batch.engines import ENGINES, EngineOptions
 from arcface.batch.failures import Failure
+from arcface.batch.jobs import JobSettings
 from arcface.inference.embedder import BACKENDS, PRECISIONS
 from arcface.inference.recognizer import FaceRecognizer
 from arcface.io.files import IMAGE_EXTENSIONS, find_images
@@ -143,6 +145,70 @@ def recognizer_from_args(args: argparse.Namespace, **options: Any) -> FaceRecogn
         args.model, name, flip=bool(getattr(args, "flip", False)), precision=args.precision, backend=args.backend,
         threshold=threshold, device=getattr(args, "device", "cpu"), max_side=max_side, detector_options=det_options,
         model_options=model_options, threads=getattr(args, "threads", None),
+    )  # fmt: skip
+
+
+def job_settings(args: argparse.Namespace, kind: str, **options: Any) -> JobSettings:
+    """The :class:`~arcface.batch.jobs.JobSettings` of a batch job from the parsed detector (and model) options.
+
+    Args:
+        args: parsed ``add_detector_args`` (+ ``add_model_args``) options.
+        kind: "align", "embed" or "enroll".
+        **options: more ``JobSettings`` fields (``aligned``, ``batch_size``, ``size``, ``quality``).
+    """
+    name, det_options = detector_options(args, threads=1 if kind == "align" else None)
+    threads = getattr(args, "threads", None)
+    if kind == "align":
+        return JobSettings(kind, detector=name, detector_options=det_options, threads=threads, **options)
+    return JobSettings(
+        kind, model=args.model, model_options={"arch": args.arch} if args.arch else {}, flip=bool(args.flip),
+        precision=args.precision, backend=args.backend, detector=name, detector_options=det_options,
+        threads=threads, **options,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# Engine options (the batch jobs)
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """Add ``--engine`` and the Ray engine's options to a batch subcommand."""
+    g = p.add_argument_group("engine", "where the per-image work runs (see the README's 'Past one machine')")
+    g.add_argument(
+        "--engine", choices=ENGINES, default="local",
+        help="local: this machine (default); ray: an actor pool on a Ray cluster, writing Parquet shards that a "
+        "re-run resumes",
+    )  # fmt: skip
+    g.add_argument(
+        "--address", default=None, metavar="ADDR",
+        help="--engine ray: the cluster's head, HOST:PORT (or auto, or ray://HOST:PORT); default $RAY_ADDRESS, else "
+        "a Ray instance started on this machine for the job",
+    )  # fmt: skip
+    g.add_argument(
+        "--job-dir", default=None, metavar="DIR",
+        help="--engine ray: the job folder (plan and shards; default .arcface-jobs/KIND-DIGEST here); the same "
+        "command resumes from it",
+    )  # fmt: skip
+    g.add_argument("--actors", type=int, default=None, metavar="N",
+                   help="--engine ray: actors (default: one per CPU of the cluster)")  # fmt: skip
+    g.add_argument("--actor-cpus", type=float, default=0.5, metavar="C",
+                   help="--engine ray: CPUs each actor asks for (default 0.5; a fraction is fine)")  # fmt: skip
+    g.add_argument("--actor-gpus", type=float, default=0.0, metavar="G",
+                   help="--engine ray: GPUs each actor asks for (default 0; > 0 runs on CUDA)")  # fmt: skip
+    g.add_argument("--shard-size", type=int, default=256, metavar="N",
+                   help="--engine ray: inputs per shard, the unit of work and of resume (default 256)")  # fmt: skip
+
+
+def engine_options(args: argparse.Namespace, *, workers: int | None = None) -> EngineOptions:
+    """The :class:`~arcface.batch.engines.EngineOptions` of the parsed ``add_engine_args`` options (and ``--threads``).
+
+    Raises:
+        ValueError: a bad value, or a Ray option with ``--engine local``.
+    """
+    return EngineOptions(
+        args.engine, workers=workers, threads=getattr(args, "threads", None), address=args.address,
+        job_dir=args.job_dir, actors=args.actors,
+        actor_cpus=args.actor_cpus, actor_gpus=args.actor_gpus, shard_size=args.shard_size,
     )  # fmt: skip
 
 

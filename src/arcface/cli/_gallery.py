@@ -8,7 +8,8 @@ search with another model is refused.
 - ``enroll DIR``: one sub-folder per person (the folder name is the identity's name: a new identity, or the
   existing one of that name). The main face of each photo is enrolled; unreadable photos and photos without a
   face are listed and skipped, and a photo already enrolled for that person (same ``person/file`` source) is
-  skipped. Exit 0 when something was enrolled or was already there, 1 when nothing could be.
+  skipped. Exit 0 when something was enrolled or was already there, 1 when nothing could be. The work is
+  :func:`arcface.batch.enroll.enroll_folder`; ``--engine ray`` computes the embeddings on a Ray cluster.
 - ``search IMG [-k 5]``: the ``k`` most similar identities with their similarity and "match" where it is
   above the model's identification threshold (open-set 1:N, calibrated for a false-positive identification rate;
   not the 1:1 threshold of ``arcface verify``). Exit 0 (also with no match), 3 no face, 1 error.
@@ -30,26 +31,27 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
-from arcface.batch.failures import Failure, failure_of
+from arcface.batch.enroll import enroll_folder
 from arcface.cli._args import (
     EXIT_ERROR,
     EXIT_NO_FACE,
     EXIT_OK,
     CliError,
     add_detector_args,
+    add_engine_args,
     add_model_args,
+    engine_options,
+    job_settings,
     print_failures,
     recognizer_from_args,
 )
-from arcface.gallery import Gallery, check_name, mask_uri
+from arcface.gallery import Gallery, mask_uri
 from arcface.gallery.copy import copy_gallery
 from arcface.gallery.rules import BIDI_CONTROLS
 from arcface.index import INDEX_KINDS
 from arcface.inference.recognizer import NoFaceError
-from arcface.io.files import find_images, is_image_name
-from arcface.runtime.progress import Progress, progress
+from arcface.runtime.progress import Progress
 
 DEFAULT_GALLERY = ".arcface-gallery"
 
@@ -80,6 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = actions.add_parser("enroll", help="enrol the main face of each photo of DIR/<person>/...")
     e.add_argument("dir", metavar="DIR", help="one sub-folder per person, named after them")
     _common(e)
+    add_engine_args(e)
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=run_enroll)
 
@@ -139,79 +142,28 @@ def _quiet_faiss() -> None:
 
 
 def run_enroll(args: argparse.Namespace) -> int:
-    """Enrol the main face of every photo of each person folder."""
+    """Enrol the main face of every photo of each person folder (:func:`arcface.batch.enroll.enroll_folder`)."""
     _quiet_faiss()
-
-    root = Path(args.dir)
-    if not root.is_dir():
-        raise CliError(f"{root}: no such folder (enroll takes a folder with one sub-folder per person)")
-    people = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    refused = []
-    for d in people:
-        try:
-            check_name(d.name)
-        except ValueError as e:
-            refused.append(d)
-            print(f"skipped the folder {shown(d.name)!s}: {e}", file=sys.stderr)
-    people = [d for d in people if d not in refused]
-    photos = [(person, path) for person in people for path in find_images(person)]
-    loose = [f for f in root.iterdir() if f.is_file() and is_image_name(f)]
-    if loose:
-        print(f"ignored {len(loose)} image(s) directly in {root}: put each person's photos in a sub-folder named "
-              "after them", file=sys.stderr)  # fmt: skip
-    if not photos:
-        raise CliError(f"{root}: no person sub-folder with images")
-
-    rec = recognizer_from_args(args)
-    failures: list[Failure] = []
-    enrolled = skipped = 0
-    new_people: list[str] = []
-    with Gallery.open(args.gallery, rec.contract, index=args.index) as gallery:
-
-        def flush(person: Path, items: list) -> None:
-            """Enrol one person's crops in one transaction (identity created on its first face)."""
-            nonlocal enrolled, skipped
-            existing = gallery.find_identities(person.name)
-            ident = existing[0].id if existing else None
-            done = {f.source for f in gallery.list_faces(ident)} if ident is not None else set()
-            todo = [(src, crop) for src, crop in items if src not in done]
-            skipped += len(items) - len(todo)
-            if not todo:
-                return
-            embeddings = rec.embed_batch([crop for _, crop in todo], aligned=True)  # (N, D)
-            if ident is None:
-                ident = gallery.add_identity(person.name)
-                new_people.append(person.name)
-            gallery.add_faces(ident, embeddings, rec.contract.id, [src for src, _ in todo])
-            enrolled += len(todo)
-
-        current: Path | None = None
-        items: list = []  # (source, (H, W, 3) crop) of the current person
-        crops = rec.main_crops(path for _, path in photos)  # photos side by side (the thread policy's workers)
-        for (person, path), crop in progress(zip(photos, crops), total=len(photos), desc="enroll",
-                                             enabled=not args.no_progress):  # fmt: skip
-            if person != current:
-                if current is not None:
-                    flush(current, items)
-                current, items = person, []
-            if isinstance(crop, Exception):
-                failures.append(failure_of(str(path), crop))
-                continue
-            items.append((f"{person.name}/{path.relative_to(person).as_posix()}", crop))
-        if current is not None:
-            flush(current, items)
-        total_people, total_faces = gallery.count_identities(), gallery.count()
-
+    options = engine_options(args)
+    settings = job_settings(args, "enroll")
+    r = enroll_folder(args.dir, args.gallery, settings, options, index=args.index, progress_bar=not args.no_progress)
+    for name, why in r.refused:
+        print(f"skipped the folder {shown(name)!s}: {why}", file=sys.stderr)
+    if r.loose:
+        print(f"ignored {len(r.loose)} image(s) directly in {args.dir}: put each person's photos in a sub-folder "
+              "named after them", file=sys.stderr)  # fmt: skip
     print(
-        f"enrolled {enrolled} face(s) of {len(photos)} photo(s) into {mask_uri(args.gallery)} "
-        f"({len(new_people)} new identities; gallery: {total_people} identities, {total_faces} faces; "
-        f"contract {rec.contract.id})"
-        + (f"; {skipped} already enrolled" if skipped else "")
-        + (f"; {len(failures)} failed" if failures else "")
+        f"enrolled {r.enrolled} face(s) of {r.photos} photo(s) into {mask_uri(args.gallery)} "
+        f"({len(r.new_identities)} new identities; gallery: {r.identities} identities, {r.faces} faces; "
+        f"contract {r.contract_id})"
+        + (f"; {r.skipped} already enrolled" if r.skipped else "")
+        + (f"; {len(r.failures)} failed" if r.failures else "")
     )
-    print_failures(failures)
-    if enrolled == 0 and skipped == 0:
-        print(f"arcface gallery: error: no photo of {root} could be enrolled", file=sys.stderr)
+    if r.job.summary():
+        print(r.job.summary())
+    print_failures(r.failures)
+    if r.enrolled == 0 and r.skipped == 0:
+        print(f"arcface gallery: error: no photo of {args.dir} could be enrolled", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
 

@@ -1,0 +1,169 @@
+"""The batch jobs' shards and plan (``arcface.batch.shards``), the engine options, and the one-line errors of
+``--engine ray`` that need no cluster. No Ray head here: see ``test_batch_ray.py``."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from arcface.batch.engines import EngineOptions
+from arcface.batch.failures import Failure
+from arcface.batch.jobs import Item, JobError, JobSettings, Row
+from conftest import run_cli as cli
+
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "arcface" / "samples" / "grace_hopper_1.jpg"
+
+
+def _needs_pyarrow() -> None:
+    """pyarrow comes with the [ray] extra that ``make test`` installs: skip without it, fail under CI."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("pyarrow is missing: make test installs the [ray] extra")
+        pytest.skip("pyarrow is not installed (pip install 'arcface[ray]')")
+
+
+@pytest.fixture
+def job(tmp_path):
+    _needs_pyarrow()
+    from arcface.batch.shards import Plan, open_job_dir
+
+    items = [Item(f"/photos/p{i}.jpg", identity=f"id{i % 3}") for i in range(10)]
+    plan = Plan.of(JobSettings("embed"), items, 4, {"contract": "c0ffee"})
+    with open_job_dir(tmp_path / "job", plan, items) as j:
+        yield j
+
+
+def _rows(items, d: int = 8) -> list[Row]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, it in enumerate(items):
+        if i % 4 == 3:
+            rows.append(Row(it.path, it.identity, failure=Failure(it.path, "no_face", f"{it.path}: no face found")))
+        else:
+            e = rng.normal(size=d).astype(np.float32)
+            lms = rng.uniform(0, 250, (5, 2)).astype(np.float32)
+            rows.append(Row(it.path, it.identity, e / np.linalg.norm(e), 0.99, lms, faces=1 + i % 2))
+    return rows
+
+
+def test_plan_cuts_inputs_into_shards_and_names_them(job):
+    plan = job.plan
+    assert [(s.name, s.start, s.stop) for s in plan.shards] == [
+        ("shard-00000.parquet", 0, 4), ("shard-00001.parquet", 4, 8), ("shard-00002.parquet", 8, 10),
+    ]  # fmt: skip
+    doc = json.loads((job.path / "plan.json").read_text())
+    assert doc["inputs"] == 10 and doc["shard_size"] == 4 and doc["settings"]["contract"] == "c0ffee"
+    assert [s["file"] for s in doc["shards"]] == [s.name for s in plan.shards]
+    assert (job.path / "inputs.parquet").is_file()
+    assert job.missing() == plan.shards
+    # Align jobs do not depend on the model; embed jobs do.
+    assert "model" not in JobSettings("align").describe() and "model" in JobSettings("embed").describe()
+
+
+def test_shard_round_trip_is_exact_and_resume_skips_written_shards(job):
+    first = job.plan.shards[0]
+    rows = _rows(job.items_of(first))
+    from arcface.batch.shards import rows_to_table
+
+    job.write(first, rows_to_table(rows, first.start))
+    back = job.read(first, reused=True)
+    assert [r.path for r in back] == [r.path for r in rows] and all(r.reused for r in back)
+    for a, b in zip(rows, back):
+        assert a.identity == b.identity and a.faces == b.faces and a.failure == b.failure
+        if a.ok:
+            np.testing.assert_array_equal(a.embedding, b.embedding)
+            np.testing.assert_array_equal(a.landmarks, b.landmarks)
+            assert a.score == b.score
+        else:
+            assert b.embedding is None and b.landmarks is None and b.score is None
+    assert job.missing() == job.plan.shards[1:]
+    assert not [p for p in job.path.iterdir() if ".tmp" in p.name]  # written atomically
+
+
+def test_rows_that_are_not_the_shards_inputs_are_refused(job):
+    from arcface.batch.shards import rows_to_table
+
+    first, second = job.plan.shards[:2]
+    rows = _rows(job.items_of(first))
+    with pytest.raises(JobError, match="once each"):
+        job.write(first, rows_to_table(rows[:-1], first.start))  # a row lost
+    with pytest.raises(JobError, match="once each"):
+        job.write(first, rows_to_table(rows + rows[:1], first.start))  # a row twice
+    with pytest.raises(JobError):
+        job.write(second, rows_to_table(rows, second.start))  # another shard's photos
+    assert job.missing() == job.plan.shards
+
+
+def test_a_folder_holds_one_job_and_one_run(job, tmp_path):
+    from arcface.batch.shards import Plan, open_job_dir
+
+    # The same job while a run holds the folder: refused; once it is released, opened again.
+    with pytest.raises(JobError, match="in use"):
+        open_job_dir(job.path, job.plan, job.items)
+    job.close()
+    other_items = [Item(f"/photos/q{i}.jpg") for i in range(10)]
+    other = Plan.of(JobSettings("embed"), other_items, 4, {"contract": "c0ffee"})
+    with pytest.raises(JobError, match="holds another job .*inputs"):
+        open_job_dir(job.path, other, other_items)
+    bigger = Plan.of(JobSettings("embed"), job.items, 5, {"contract": "c0ffee"})
+    with pytest.raises(JobError, match="shard size"):
+        open_job_dir(job.path, bigger, job.items)
+    stale = job.path / ".shard-00001.parquet.tmp4242.parquet"  # left by a killed run
+    stale.write_bytes(b"PAR1 half")
+    damaged = job.path / "shard-00002.parquet"
+    damaged.write_bytes(b"not parquet")
+    with open_job_dir(job.path, job.plan, job.items) as again:
+        assert not stale.exists()
+        assert again.missing() == again.plan.shards and not damaged.exists()  # a damaged shard is redone
+
+
+def test_engine_options_are_checked():
+    with pytest.raises(ValueError, match="--engine"):
+        EngineOptions("spark")
+    with pytest.raises(ValueError, match="--address only apply to --engine ray"):
+        EngineOptions("local", address="127.0.0.1:6379")
+    with pytest.raises(ValueError, match="--actor-cpus"):
+        EngineOptions("ray", actor_cpus=0)
+    with pytest.raises(ValueError, match="--shard-size"):
+        EngineOptions("ray", shard_size=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_engine_errors_are_one_line(capsys, tmp_path, monkeypatch):
+    out = tmp_path / "e.npz"
+    # Nothing listens at the address: one line naming it, before any model is loaded or Ray is started.
+    _needs_pyarrow()
+    pytest.importorskip("ray")
+    addr = f"127.0.0.1:{_free_port()}"
+    rc, _, err = cli(capsys, "embed", SAMPLE, "--out", out, "--engine", "ray", "--address", addr, "--no-progress")
+    assert rc == 1 and f"--address {addr}" in err and "no Ray cluster answers" in err and err.count("\n") == 1
+    rc, _, err = cli(capsys, "embed", SAMPLE, "--out", out, "--engine", "ray", "--address", "nonsense")
+    assert rc == 1 and "HOST:PORT" in err and err.count("\n") == 1
+    # Ray options without --engine ray.
+    rc, _, err = cli(capsys, "embed", SAMPLE, "--out", out, "--address", addr)
+    assert rc == 1 and "only apply to --engine ray" in err and err.count("\n") == 1
+    rc, _, err = cli(capsys, "align", SAMPLE.parent, tmp_path / "a", "--engine", "ray", "--actors", "0")
+    assert rc == 1 and "--actors" in err and err.count("\n") == 1
+    # Ray not installed: one line saying what to install (for each batch command).
+    monkeypatch.setitem(sys.modules, "ray", None)
+    for args in (["embed", SAMPLE, "--out", out], ["align", SAMPLE.parent, tmp_path / "a"],
+                 ["gallery", "enroll", tmp_path, "--gallery", tmp_path / "g"]):  # fmt: skip
+        if args[0] == "gallery":
+            (tmp_path / "Grace_Hopper").mkdir(exist_ok=True)
+            (tmp_path / "Grace_Hopper" / SAMPLE.name).write_bytes(SAMPLE.read_bytes())
+        rc, _, err = cli(capsys, *args, "--engine", "ray", "--no-progress")
+        assert rc == 1 and "pip install 'arcface[ray]'" in err and err.count("\n") == 1, err
+    assert not out.exists()
