@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from arcface.batch.engines import EngineOptions, JobReport, check_engine, run_job
+from arcface.batch.engines import EngineOptions, JobReport, model_contract, run_job
 from arcface.batch.failures import Failure
-from arcface.batch.jobs import Item, JobSettings, cached_worker, release_workers
+from arcface.batch.jobs import Item, JobSettings
 from arcface.inference.contract import ModelContract
 from arcface.io.files import atomic_path
 
@@ -80,11 +80,7 @@ def embed_images(
     if not str(out).lower().endswith(".npz"):
         raise ValueError(f"--out {out}: the output must be an .npz file")
     options = options or EngineOptions()
-    check_engine(options)
-    contract = cached_worker(settings).contract  # the model, loaded here first: a bad one fails before any work
-    assert contract is not None
-    if options.engine != "local":
-        release_workers()  # the actors load their own
+    contract = model_contract(settings, options)
     items = [Item(os.fspath(p)) for p in sources]
     report = JobReport()
     rows = run_job(settings, items, options, plan_extra={"contract": contract.id}, report=report,

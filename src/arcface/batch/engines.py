@@ -25,11 +25,12 @@ from typing import Any
 from arcface.batch import ray_engine
 from arcface.batch.jobs import Item, JobSettings, Row, cached_worker, release_workers
 from arcface.batch.options import ENGINES, EngineOptions, JobReport
+from arcface.inference.contract import ModelContract
 from arcface.runtime import threads as thread_policy
 from arcface.runtime.progress import progress
 from arcface.runtime.workers import process_map
 
-__all__ = ["ENGINES", "EngineOptions", "JobReport", "check_engine", "run_job"]
+__all__ = ["ENGINES", "EngineOptions", "JobReport", "check_engine", "model_contract", "run_job"]
 
 def check_engine(options: EngineOptions | None) -> None:
     """Fail early, with one line, when the engine's packages are missing (before a model is loaded).
@@ -39,6 +40,23 @@ def check_engine(options: EngineOptions | None) -> None:
     """
     if options is not None and options.engine == "ray":
         ray_engine.check_installed()
+
+
+def model_contract(settings: JobSettings, options: EngineOptions) -> ModelContract:
+    """The model's contract of an ``embed`` / ``enroll`` job, with the engine checked first and the model loaded in
+    this process (a bad engine or model fails before any work); for the Ray engine the model is then dropped here,
+    since the actors load their own.
+
+    Raises:
+        JobError: the engine's packages are missing. FileNotFoundError, ValueError: a bad model.
+    """
+    check_engine(options)
+    contract = cached_worker(settings).contract
+    if contract is None:
+        raise ValueError(f"a {settings.kind} job has no model")
+    if options.engine != "local":
+        release_workers()
+    return contract
 
 
 def run_job(

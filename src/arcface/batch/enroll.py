@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from arcface.batch.engines import EngineOptions, JobReport, check_engine, run_job
+from arcface.batch.engines import EngineOptions, JobReport, model_contract, run_job
 from arcface.batch.failures import Failure
-from arcface.batch.jobs import Item, JobSettings, Row, cached_worker, release_workers
+from arcface.batch.jobs import Item, JobSettings, Row
 from arcface.gallery import Gallery, check_name
 from arcface.io.files import find_images, is_image_name
 
@@ -118,11 +118,7 @@ def enroll_folder(
     root = Path(root)
     photos, loose, refused = people_photos(root)
     options = options or EngineOptions()
-    check_engine(options)
-    contract = cached_worker(settings).contract  # the model, loaded here first: a bad one fails before any work
-    assert contract is not None
-    if options.engine != "local":
-        release_workers()  # the actors load their own
+    contract = model_contract(settings, options)
     result = EnrollResult(photos=len(photos), contract_id=contract.id, loose=loose, refused=refused)
     with Gallery.open(gallery, contract, index=index) as g:
         enrolled: dict[str, tuple[int | None, set[str]]] = {}  # person -> (identity id, sources enrolled)

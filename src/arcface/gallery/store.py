@@ -375,28 +375,6 @@ class Gallery(GalleryStore):
     # ----------------------------------------------------------------------------------------------
     # Faces
 
-    def add_face(
-        self, identity_id: int, embedding: np.ndarray, contract_id: str | ModelContract, source: str | None = None
-    ) -> int:
-        """Enrol one face of an identity; returns the face id.
-
-        Args:
-            identity_id: an existing identity.
-            embedding: (D,) the face's embedding under ``contract_id`` (L2-normalised here).
-            contract_id: the id (or the contract) of the model that made it; must be the gallery's.
-            source: where it came from (a file name, ...), or None; stored as given.
-
-        Raises:
-            GalleryContractError: another contract.
-            ValueError: a shape other than (D,), or a zero or non-finite vector.
-            KeyError: no such identity.
-            GalleryBusyError, GalleryFullError: nothing was written.
-        """
-        e = np.asarray(embedding)
-        if e.ndim != 1:
-            raise ValueError(f"expected a ({self.dim},) embedding, got shape {e.shape}")
-        return self.add_faces(identity_id, e[None], contract_id, [source])[0]
-
     def add_faces(
         self,
         identity_id: int,

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from arcface.inference.contract import ModelContract, save_model
+from arcface.inference.contract import ModelContract
 from arcface.inference.converters._common import ConversionError
-from arcface.inference.converters.treb1en import convert_state_dict, rename_ir, rename_mobilefacenet
-from arcface.models import iresnet, resnet
+from arcface.inference.converters.treb1en import convert_state_dict, ir_or_mbf_renamer
+from arcface.models import resnet
 
 __all__ = ["EVOLVE_ARCHS", "convert_evolve", "rename_resnet"]
 
@@ -86,15 +86,9 @@ def convert_evolve(path: str | Path, arch: str, out: str | Path | None = None) -
         raise ConversionError(f"unknown face.evoLVe arch {arch!r}; known: {', '.join(EVOLVE_ARCHS)}")
     path, ours = Path(path), EVOLVE_ARCHS[arch]
     what = f"{path}: not a face.evoLVe {arch} state dict"
-    if ours.startswith("mbf"):
-        rename, key = (lambda sd: rename_mobilefacenet(sd, what)), "features.layers.2.weight"
-    elif ours.startswith("resnet"):
+    if ours.startswith("resnet"):
         res_layers = tuple(resnet.VARIANTS[ours].args["layers"])
         rename, key = (lambda sd: rename_resnet(sd, res_layers, what)), "fc.weight"
     else:
-        layers = iresnet.VARIANTS[ours].args["layers"]
-        rename, key = (lambda sd: rename_ir(sd, layers, what)), "fc.weight"
-    module, contract = convert_state_dict(path, ours, rename, key, "face.evoLVe")
-    if out is not None:
-        contract = save_model(module, contract, out)
-    return module, contract
+        rename, key = ir_or_mbf_renamer(ours, what)
+    return convert_state_dict(path, ours, rename, key, "face.evoLVe", out)

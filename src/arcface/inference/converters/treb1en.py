@@ -132,8 +132,10 @@ def convert_state_dict(
     rename: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]],
     embedding_key: str,
     system: str,
+    out: str | Path | None = None,
 ) -> tuple[nn.Module, ModelContract]:
     """Read ``path`` weights-only, rename its keys, load them strictly into ``arch``; the contract is RGB 127.5/127.5.
+    With ``out``, the model is saved there (``.safetensors`` with its contract) and the saved contract returned.
 
     Raises:
         FileNotFoundError / ConversionError: as ``read_torch_state_dict``, or keys that do not fit ``arch``.
@@ -153,7 +155,20 @@ def convert_state_dict(
         source=f"{path.name} ({system}; converted by arcface)",
         license="the source model's terms",
     )
+    if out is not None:
+        contract = save_model(module, contract, out)
     return module, contract
+
+
+def ir_or_mbf_renamer(
+    ours: str, what: str
+) -> tuple[Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]], str]:
+    """The key renaming of an IR net's or MobileFaceNet's state dict into our ``ours`` variant, and the key of its
+    embedding layer (TreB1eN and face.evoLVe share these layouts). ``what`` names the file in errors."""
+    if ours.startswith("mbf"):
+        return (lambda sd: rename_mobilefacenet(sd, what)), "features.layers.2.weight"
+    layers = iresnet.VARIANTS[ours].args["layers"]
+    return (lambda sd: rename_ir(sd, layers, what)), "fc.weight"
 
 
 def convert_treb1en(path: str | Path, arch: str, out: str | Path | None = None) -> tuple[nn.Module, ModelContract]:
@@ -175,13 +190,5 @@ def convert_treb1en(path: str | Path, arch: str, out: str | Path | None = None) 
     if arch not in TREB1EN_ARCHS:
         raise ConversionError(f"unknown TreB1eN arch {arch!r}; known: {', '.join(TREB1EN_ARCHS)}")
     path, ours = Path(path), TREB1EN_ARCHS[arch]
-    what, system = f"{path}: not a TreB1eN {arch} state dict", "TreB1eN InsightFace_Pytorch"
-    if ours.startswith("mbf"):
-        rename, key = (lambda sd: rename_mobilefacenet(sd, what)), "features.layers.2.weight"
-    else:
-        layers = iresnet.VARIANTS[ours].args["layers"]
-        rename, key = (lambda sd: rename_ir(sd, layers, what)), "fc.weight"
-    module, contract = convert_state_dict(path, ours, rename, key, system)
-    if out is not None:
-        contract = save_model(module, contract, out)
-    return module, contract
+    rename, key = ir_or_mbf_renamer(ours, f"{path}: not a TreB1eN {arch} state dict")
+    return convert_state_dict(path, ours, rename, key, "TreB1eN InsightFace_Pytorch", out)
