@@ -6,7 +6,9 @@
   number of bytes the client had sent when the answer arrived;
 - :func:`raw_exchange`: one raw request, the raw answer;
 - :func:`rss_mib`: a process's resident memory from ``/proc/PID/status``;
-- :func:`float32_runs_near`: offsets in a file's bytes where a float32 run is close (cosine) to an embedding.
+- :func:`float32_runs_near`: offsets in a file's bytes where a float32 run is close (cosine) to an embedding;
+- :func:`kill_during_enrolment` and :func:`check_acknowledged`: SIGKILL a server with enrolments in flight, then check
+  on a restarted one that every enrolment answered 201 is there.
 """
 
 from __future__ import annotations
@@ -276,3 +278,85 @@ def float32_runs_near(data: bytes, embedding: np.ndarray, min_cosine: float = 0.
             cos = np.where(norms > 1e-12, dots / norms, 0.0)
         found += [align + 4 * int(i) for i in np.flatnonzero(cos >= min_cosine)]
     return sorted(found)
+
+
+def kill_during_enrolment(
+    server: Served, photos: Sequence[tuple[str, bytes]], *, kill_after: int = 12, wait_s: float = 120.0
+) -> tuple[list[tuple[int, str]], list[tuple[int, int, int]]]:
+    """3 client threads create identities and enrol ``photos`` ((person, JPEG bytes)) in turn; once ``kill_after``
+    enrolments were answered 201 the server is SIGKILLed (by PID) with requests in flight.
+
+    Returns:
+        The identities answered 201 as (id, name), and the faces answered 201 as (identity, face, photo index).
+    """
+    acked_ids: list[tuple[int, str]] = []
+    acked_faces: list[tuple[int, int, int]] = []
+    lock = threading.Lock()
+    stop, enough = threading.Event(), threading.Event()
+
+    def stream(t: int) -> None:
+        with server.client() as c:
+            i = 0
+            while not stop.is_set() and i < 200:
+                which = (t + i) % len(photos)
+                person, data = photos[which]
+                i += 1
+                name = f"{person}-{t}-{i}"
+                try:
+                    r = c.post("/v1/identities", json={"name": name})
+                    if r.status_code != 201:
+                        continue
+                    ident = r.json()["id"]
+                    with lock:
+                        acked_ids.append((ident, name))
+                    files = {"image": ("face.jpg", data, "image/jpeg")}
+                    r = c.post(f"/v1/identities/{ident}/faces", files=files)
+                    if r.status_code == 201:
+                        with lock:
+                            acked_faces.append((ident, r.json()["id"], which))
+                            if len(acked_faces) >= kill_after:
+                                enough.set()
+                except httpx.HTTPError:  # the server is gone
+                    return
+
+    streams = [threading.Thread(target=stream, args=(t,), daemon=True) for t in range(3)]
+    try:
+        for th in streams:
+            th.start()
+        assert enough.wait(timeout=wait_s), f"only {len(acked_faces)} enrolments acknowledged in {wait_s:.0f} s"
+        server.kill()  # SIGKILL by PID: the other threads are mid-request
+        stop.set()
+        for th in streams:
+            th.join(timeout=HTTP_TIMEOUT + 5)
+        assert not any(th.is_alive() for th in streams)
+    finally:
+        stop.set()
+        server.kill()
+    with lock:
+        assert len(acked_faces) >= kill_after
+        return list(acked_ids), list(acked_faces)
+
+
+def check_acknowledged(
+    c: httpx.Client,
+    photos: Sequence[tuple[str, bytes]],
+    ids: Sequence[tuple[int, str]],
+    faces: Sequence[tuple[int, int, int]],
+) -> None:
+    """On a restarted server: every identity and face of :func:`kill_during_enrolment`'s answers is there, and an
+    acknowledged photo finds an identity it was enrolled under."""
+    listed = {i["id"]: i["name"] for i in c.get("/v1/identities", params={"limit": 1000}).json()["identities"]}
+    for ident, name in ids:
+        assert listed.get(ident) == name, (ident, name)
+    by_identity: dict[int, set[int]] = {}
+    for ident, face, _ in faces:
+        by_identity.setdefault(ident, set()).add(face)
+    for ident, want in by_identity.items():
+        r = c.get(f"/v1/identities/{ident}")
+        assert r.status_code == 200, r.text
+        assert want <= set(r.json()["face_ids"]), ident
+    person, data = photos[faces[0][2]]
+    r = c.post("/v1/search", params={"k": 1}, files={"image": ("q.jpg", data, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    top = r.json()["matches"][0]
+    assert top["name"].startswith(person) and top["similarity"] > 0.9, top

@@ -11,14 +11,8 @@ killed in a ``finally``. Every client call has a timeout.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,99 +23,35 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from conftest import REPO, require_shared  # noqa: E402
+from conftest import require_shared  # noqa: E402
+from served import HTTP_TIMEOUT, Served, check_acknowledged, kill_during_enrolment  # noqa: E402
 
 LFW = "data/lfw/lfw-deepfunneled"
 KEY = "reliability-key-0123456789"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 PEOPLE = (
     "Colin_Powell", "Tony_Blair", "George_W_Bush", "Donald_Rumsfeld", "Gerhard_Schroeder",
     "Ariel_Sharon", "Hugo_Chavez", "Jacques_Chirac", "Junichiro_Koizumi", "Jean_Chretien",
 )  # fmt: skip
-START_TIMEOUT = 60.0
-HTTP_TIMEOUT = 30.0
 
 
 def _photo(lfw: Path, person: str, n: int) -> bytes:
     return (lfw / person / f"{person}_{n:04d}.jpg").read_bytes()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server:
-    """``python -m arcface serve`` on a free port of 127.0.0.1 (log in ``log``)."""
-
-    def __init__(self, gallery: Path, log: Path) -> None:
-        self.gallery = gallery
-        self.log = log
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "ARCFACE_API_KEY": KEY, "PYTHONPATH": str(REPO / "src")}
-        # These tests are about concurrency and crashes, not throttling: one key sends far more than the default
-        # per-key rate on a fast machine (test_serve_hardening covers the limiter).
-        settings = log.with_name(log.stem + ".settings.json")
-        settings.write_text(json.dumps({"rate_limit": 0}))
-        cmd = [sys.executable, "-m", "arcface", "serve", "--gallery", str(gallery), "--settings", str(settings),
-               "--host", "127.0.0.1", "--port", str(self.port)]  # fmt: skip
-        with open(log, "ab") as f:
-            self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.kill()
-            raise
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"the server did not answer /health within {START_TIMEOUT:.0f} s:\n{self.log.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        """SIGKILL (no shutdown code runs)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        """SIGTERM, the clean shutdown (the app's lifespan closes the gallery, which writes its index cache).
-
-        uvicorn (0.29+) re-raises the captured signal once it has shut down, so a clean stop exits with -SIGTERM
-        (0 on older versions); the log's "Finished server process" says the shutdown ran.
-        """
-        assert self.proc.poll() is None, f"the server had already exited with {self.proc.returncode}"
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail("the server did not stop within 20 s of SIGTERM")
-        assert code in (0, -signal.SIGTERM), f"exit code {code}:\n{self.log.read_text()[-3000:]}"
-        assert "Finished server process" in self.log.read_text().splitlines()[-1], self.log.read_text()[-3000:]
-
-
 @contextmanager
-def _serve(gallery: Path, log: Path) -> Iterator[_Server]:
-    server = _Server(gallery, log)
+def _serve(gallery: Path, log: Path) -> Iterator[Served]:
+    """``arcface serve`` on a free port of 127.0.0.1, killed (by PID) at the end. These tests are about concurrency
+    and crashes, not throttling: one key sends far more than the default per-key rate on a fast machine
+    (test_serve_hardening covers the limiter), so the rate limit is off."""
+    server = Served(gallery, log, KEY, settings={"rate_limit": 0})
     try:
         yield server
     finally:
         server.kill()
 
 
-def _client(server: _Server) -> httpx.Client:
-    return httpx.Client(base_url=server.url, headers=AUTH, timeout=HTTP_TIMEOUT)
+def _client(server: Served) -> httpx.Client:
+    return server.client()
 
 
 def _create(c: httpx.Client, name: str) -> int:
@@ -152,7 +82,7 @@ def lfw() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(lfw, tmp_path_factory) -> Iterator[_Server]:
+def server(lfw, tmp_path_factory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("served")
     with _serve(folder / "gallery", folder / "server.log") as s:
         yield s
@@ -281,68 +211,10 @@ def test_sigkill_during_enrolment_loses_no_acknowledged_write(lfw, tmp_path):
     """Stream enrolments from 3 threads, SIGKILL the server with requests in flight, restart: every 201 is there."""
     gallery, log = tmp_path / "gallery", tmp_path / "server.log"
     photos = [(p, _photo(lfw, p, n)) for p in PEOPLE[:5] for n in (1, 2)]
-    acked_ids: list[tuple[int, str]] = []  # identities answered 201
-    acked_faces: list[tuple[int, int, int]] = []  # (identity, face, photo index) answered 201
-    lock = threading.Lock()
-    stop = threading.Event()
-    enough = threading.Event()
-    kill_after = 12
-
-    server = _Server(gallery, log)
-    try:
-
-        def stream(t: int) -> None:
-            with _client(server) as c:
-                i = 0
-                while not stop.is_set() and i < 200:
-                    which = (t + i) % len(photos)
-                    person, data = photos[which]
-                    i += 1
-                    try:
-                        r = c.post("/v1/identities", json={"name": f"{person}-{t}-{i}"})
-                        if r.status_code != 201:
-                            continue
-                        ident = r.json()["id"]
-                        with lock:
-                            acked_ids.append((ident, f"{person}-{t}-{i}"))
-                        r = _enrol(c, ident, data)
-                        if r.status_code == 201:
-                            with lock:
-                                acked_faces.append((ident, r.json()["id"], which))
-                                if len(acked_faces) >= kill_after:
-                                    enough.set()
-                    except httpx.HTTPError:  # the server is gone
-                        return
-
-        streams = [threading.Thread(target=stream, args=(t,), daemon=True) for t in range(3)]
-        for s in streams:
-            s.start()
-        assert enough.wait(timeout=60), f"only {len(acked_faces)} enrolments acknowledged in 60 s"
-        server.kill()  # the other threads are mid-request
-        stop.set()
-        for s in streams:
-            s.join(timeout=HTTP_TIMEOUT + 5)
-        assert not any(s.is_alive() for s in streams)
-    finally:
-        stop.set()
-        server.kill()
-
-    with lock:
-        ids, faces = list(acked_ids), list(acked_faces)
-    assert len(faces) >= kill_after
+    with _serve(gallery, log) as server:
+        ids, faces = kill_during_enrolment(server, photos, wait_s=60)
     with _serve(gallery, log) as again, _client(again) as c:
-        listed = {i["id"]: i["name"] for i in c.get("/v1/identities").json()["identities"]}
-        for ident, name in ids:
-            assert listed.get(ident) == name, (ident, name)
-        by_identity: dict[int, set[int]] = {}
-        for ident, face, _ in faces:
-            by_identity.setdefault(ident, set()).add(face)
-        for ident, want in by_identity.items():
-            assert want <= _face_ids(c, ident), ident
-        # the restarted index holds them: an acknowledged photo finds an identity it was enrolled under
-        person, data = photos[faces[0][2]]
-        top = _search(c, data, k=1)[0]
-        assert top["name"].startswith(person) and top["similarity"] > 0.9, top
+        check_acknowledged(c, photos, ids, faces)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "flipped-byte"])

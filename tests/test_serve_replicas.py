@@ -18,7 +18,7 @@ httpx = pytest.importorskip("httpx")
 
 from conftest import require_shared  # noqa: E402
 from dbservers import unique_name  # noqa: E402
-from served import HTTP_TIMEOUT, Served  # noqa: E402
+from served import Served, check_acknowledged, kill_during_enrolment  # noqa: E402
 
 LFW = "data/lfw/lfw-deepfunneled"
 KEY = "replica-key-0123456789"
@@ -107,69 +107,11 @@ def test_sigkill_during_enrolment_against_postgres_loses_no_acknowledged_face(po
     PostgreSQL gallery has every identity and face that was answered 201."""
     uri = f"{postgres_server.uri}?gallery={unique_name()}"
     photos = [(p, _photo(lfw, p, n)) for p in PEOPLE for n in (1, 2)]
-    acked_ids: list[tuple[int, str]] = []
-    acked_faces: list[tuple[int, int, int]] = []  # (identity, face, photo index)
-    lock = threading.Lock()
-    stop = threading.Event()
-    enough = threading.Event()
-    kill_after = 12
-
     server = Served(uri, tmp_path / "server.log", KEY)  # type: ignore[arg-type]
-    try:
-
-        def stream(t: int) -> None:
-            with server.client() as c:
-                i = 0
-                while not stop.is_set() and i < 200:
-                    which = (t + i) % len(photos)
-                    person, data = photos[which]
-                    i += 1
-                    try:
-                        r = c.post("/v1/identities", json={"name": f"{person}-{t}-{i}"})
-                        if r.status_code != 201:
-                            continue
-                        ident = r.json()["id"]
-                        with lock:
-                            acked_ids.append((ident, f"{person}-{t}-{i}"))
-                        r = _enrol(c, ident, data)
-                        if r.status_code == 201:
-                            with lock:
-                                acked_faces.append((ident, r.json()["id"], which))
-                                if len(acked_faces) >= kill_after:
-                                    enough.set()
-                    except httpx.HTTPError:  # the server is gone
-                        return
-
-        streams = [threading.Thread(target=stream, args=(t,), daemon=True) for t in range(3)]
-        for s in streams:
-            s.start()
-        assert enough.wait(timeout=120), f"only {len(acked_faces)} enrolments acknowledged in 120 s"
-        server.kill()  # SIGKILL by PID: the other threads are mid-request
-        stop.set()
-        for s in streams:
-            s.join(timeout=HTTP_TIMEOUT + 5)
-        assert not any(s.is_alive() for s in streams)
-    finally:
-        stop.set()
-        server.kill()
-
-    with lock:
-        ids, faces = list(acked_ids), list(acked_faces)
-    assert len(faces) >= kill_after
+    ids, faces = kill_during_enrolment(server, photos)
     again = Served(uri, tmp_path / "again.log", KEY)  # type: ignore[arg-type]
     try:
         with again.client() as c:
-            listed = {i["id"]: i["name"] for i in c.get("/v1/identities", params={"limit": 1000}).json()["identities"]}
-            for ident, name in ids:
-                assert listed.get(ident) == name, (ident, name)
-            by_identity: dict[int, set[int]] = {}
-            for ident, face, _ in faces:
-                by_identity.setdefault(ident, set()).add(face)
-            for ident, want in by_identity.items():
-                got = set(c.get(f"/v1/identities/{ident}").json()["face_ids"])
-                assert want <= got, ident
-            person, data = photos[faces[0][2]]
-            top = _search(c, data, k=1)[0]
-            assert top["name"].startswith(person) and top["similarity"] > 0.9, top
+            check_acknowledged(c, photos, ids, faces)
     finally:
         again.stop()
