@@ -76,8 +76,10 @@ __all__ = ["DEFAULT_EF_SEARCH", "PgGallery"]
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-DEFAULT_EF_SEARCH = 100
-"""HNSW search beam width when neither the URI nor ``index_params`` give one (see the README's benchmark)."""
+DEFAULT_EF_SEARCH = 400
+"""HNSW search beam width when neither the URI nor ``index_params`` give one: the smallest of the benchmark's values
+with recall@10 >= 0.95 against exact search at 1M faces (0.951 at 1M, 0.996 at 100K; 100 gave 0.750 and 0.932;
+docs/benchmarks.md, bench/gallery_backends.py). A smaller gallery may lower it in the URI for speed."""
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 64
 POOL_SIZE = 8
