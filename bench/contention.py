@@ -34,6 +34,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -201,6 +202,22 @@ def _fmt_wall(r: dict | None, timeout: float) -> str:
     return f"> {timeout:.0f}" if r.get("lfw") is None else f"{r['lfw']['wall_s']:.1f}"
 
 
+def _median_of(runs: list[dict]) -> dict:
+    """One run, or the medians of several runs of one configuration (photo rates, LFW wall time)."""
+    if len(runs) == 1:
+        return runs[0]
+    out = json.loads(json.dumps(runs[0]))
+    out["runs"] = len(runs)
+    photos = [r["photo"] for r in runs if r.get("photo")]
+    if out.get("photo") and len(photos) == len(runs):
+        for key in ("one_at_a_time", "side_by_side"):
+            out["photo"][key]["per_s"] = statistics.median(p[key]["per_s"] for p in photos)
+    walls = [r["lfw"]["wall_s"] for r in runs if r.get("lfw")]
+    if out.get("lfw") and len(walls) == len(runs):
+        out["lfw"]["wall_s"] = statistics.median(walls)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--photos", type=int, default=80, help="LFW photos per photo measurement (after the warm-up)")
@@ -213,6 +230,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="a check that it runs: 12 photos, 40 pairs, one neighbour at most, short limits")  # fmt: skip
     ap.add_argument("--name", default="contention", help="result file bench/results/NAME.json")
+    ap.add_argument("--one-cpu-reps", type=int, default=1,
+                    help="runs of each one-CPU configuration, alternating; the table gives their medians")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -228,7 +247,7 @@ def main() -> None:
         print("note: this process may use one CPU only; the neighbour cases share it", file=sys.stderr)
 
     configs = [(s, n, False) for n in range(args.max_neighbours + 1) for s in ("before", "policy")]
-    configs += [("before_omp1", 0, True), ("policy", 0, True)]
+    configs += [("before_omp1", 0, True), ("policy", 0, True)] * max(1, args.one_cpu_reps)
     load0 = os.getloadavg()
     results = []
     for setting, n, one_cpu in configs:
@@ -243,8 +262,8 @@ def main() -> None:
     load1 = os.getloadavg()
 
     def find(setting: str, n: int, one_cpu: bool = False) -> dict | None:
-        return next((r for r in results if (r["setting"], r["neighbours"], r["one_cpu"]) == (setting, n, one_cpu)),
-                    None)  # fmt: skip
+        found = [r for r in results if (r["setting"], r["neighbours"], r["one_cpu"]) == (setting, n, one_cpu)]
+        return _median_of(found) if found else None
 
     def pct(value: dict | None, base: dict | None, key: str) -> str:
         if not value or not base or not value.get("photo") or not base.get("photo"):
