@@ -317,9 +317,10 @@ class GalleryStore(ABC):
         return self.contract.id
 
     @property
-    @abstractmethod
     def location(self) -> str:
-        """Where the gallery is, fit for a message (a URI's password masked)."""
+        """Where the gallery is, fit for a message: the URI with its password masked (a server backend keeps its
+        parsed :class:`GalleryTarget` as ``_target``; a folder backend overrides this)."""
+        return self._target.display  # type: ignore[attr-defined]
 
     # Identities
     @abstractmethod

@@ -177,11 +177,6 @@ class MilvusGallery(GalleryStore):
     def __repr__(self) -> str:
         return f"MilvusGallery({self._target.display!r}, contract={self.contract.id}, index={self.index_kind!r})"
 
-    @property
-    def location(self) -> str:
-        """The URI with the password masked."""
-        return self._target.display
-
     # ----------------------------------------------------------------------------------------------
     # Identities
 

@@ -209,11 +209,6 @@ class PgGallery(GalleryStore):
     def __repr__(self) -> str:
         return f"PgGallery({self._target.display!r}, contract={self.contract.id}, index={self.index_kind!r})"
 
-    @property
-    def location(self) -> str:
-        """The URI with the password masked."""
-        return self._target.display
-
     # ----------------------------------------------------------------------------------------------
     # Identities
 
