@@ -56,6 +56,19 @@ def _need(module: str) -> None:
         pytest.skip(msg)
 
 
+def _wait_until(proc: subprocess.Popen, log: Path, name: str, what: str, ready: Callable[[], bool]) -> None:
+    """Poll ``ready()`` every 0.2 s until it is true; a server that exits or is not ready within START_TIMEOUT raises
+    RuntimeError with the end of its log."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if ready():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} did not {what} within {START_TIMEOUT:.0f} s:\n{log.read_text()[-3000:]}")
+
+
 def _stop(proc: subprocess.Popen, sig: int, timeout: float = 30.0) -> None:
     """Signal the process by its PID, wait, SIGKILL if it is still there."""
     if proc.poll() is None:
@@ -124,18 +137,15 @@ class PostgresServer:
     def _wait_ready(self) -> None:
         import psycopg
 
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"PostgreSQL exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+        def accepts() -> bool:
             try:
                 with psycopg.connect(self.uri, connect_timeout=2) as c:
                     c.execute("SELECT 1")
-                return
+                return True
             except psycopg.OperationalError:
-                time.sleep(0.2)
-        raise RuntimeError(f"PostgreSQL did not accept connections within {START_TIMEOUT:.0f} s:\n"
-                           f"{self.log.read_text()[-3000:]}")  # fmt: skip
+                return False
+
+        _wait_until(self.proc, self.log, "PostgreSQL", "accept connections", accepts)
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT to the postmaster's PID), then remove the data folder."""
@@ -169,16 +179,14 @@ class MilvusServer:
             raise
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"milvus-lite exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+        def listens() -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
-                    return
+                    return True
             except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"milvus-lite did not listen within {START_TIMEOUT:.0f} s:\n{self.log.read_text()[-3000:]}")
+                return False
+
+        _wait_until(self.proc, self.log, "milvus-lite", "listen", listens)
 
     def stop(self) -> None:
         """SIGTERM by PID (SIGKILL after 30 s), then remove the data folder."""
