@@ -9,15 +9,16 @@ Two figures, each configuration in a fresh process, all in one run:
   embedding, the 10-fold protocol) on the first pairs of every fold of View 2, no cache, flip off, with the
   recognizer's model: wall seconds.
 
-Configurations: ``before`` (``ARCFACE_THREADS=legacy``: torch, onnxruntime and OpenCV at their own defaults, as arcface
-ran before the policy) and ``policy`` (no override), each quiet, beside one and beside two neighbours (busy-loop
-processes started before the measured process and stopped after it; ``--pin`` pins neighbour i to CPU i); then the
-container-like case, the measured process's affinity restricted to one CPU (``os.sched_setaffinity`` in the child,
-as a cpuset), ``policy`` against ``before`` with ``OMP_NUM_THREADS=1``. Every child runs with the thread variables
-(``ARCFACE_THREADS``, ``OMP_NUM_THREADS``, ...) removed from its environment except those of its configuration, in
-its own process group within this session (so it and its neighbours share the scheduler as ordinary processes do).
-A run that passes ``--seconds`` of photo work stops there (its rate is what it managed); an LFW run that passes
-``--lfw-timeout`` is stopped and reported as "> T s".
+Configurations: ``before`` (arcface as it ran before the policy: ``ARCFACE_THREADS=legacy``, i.e. torch, onnxruntime
+and OpenCV at their own thread defaults, and ``backend="onnx"``, the embedding path ``auto`` chose then on CPUs
+without native bf16) and ``policy`` (no override: the policy, and ``auto``'s path of today), each quiet, beside one
+and beside two neighbours (busy-loop processes started before the measured process and stopped after it; ``--pin``
+pins neighbour i to CPU i); then the container-like case, the measured process's affinity restricted to one CPU
+(``os.sched_setaffinity`` in the child, as a cpuset), ``policy`` against ``before`` with ``OMP_NUM_THREADS=1``. Every
+child runs with the thread variables (``ARCFACE_THREADS``, ``OMP_NUM_THREADS``, ...) removed from its environment
+except those of its configuration, in its own process group within this session (so it and its neighbours share the
+scheduler as ordinary processes do). A run that passes ``--seconds`` of photo work stops there (its rate is what it
+managed); an LFW run that passes ``--lfw-timeout`` is stopped and reported as "> T s".
 
 The table names the CPU and the 1-minute load average before and after: figures from a machine busy with other
 work are not quiet-machine figures. Acceptance (issue 18, 2-core machine): beside one neighbour the policy keeps
@@ -46,11 +47,14 @@ from arcface.data.locations import LFW_HINT, find_lfw  # noqa: E402
 
 #: Variables that change thread counts or OpenMP behaviour: removed from every child's environment.
 THREAD_VARS = ("ARCFACE_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
-               "KMP_BLOCKTIME", "ARCFACE_CGROUP_ROOT")  # fmt: skip
+               "KMP_BLOCKTIME", "ARCFACE_CGROUP_ROOT", "CONTENTION_BACKEND")  # fmt: skip
+#: The embedding backend of a configuration (read by the child): "before" is arcface as it ran before the policy,
+#: library thread defaults and the path ``auto`` chose then on CPUs without native bf16 (onnxruntime float32).
+BACKEND_VAR = "CONTENTION_BACKEND"
 SETTINGS = {
-    "before": {"ARCFACE_THREADS": "legacy"},
+    "before": {"ARCFACE_THREADS": "legacy", BACKEND_VAR: "onnx"},
     "policy": {},
-    "before_omp1": {"ARCFACE_THREADS": "legacy", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    "before_omp1": {"ARCFACE_THREADS": "legacy", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", BACKEND_VAR: "onnx"},
 }
 LABELS = {
     "before": "before (library defaults)",
@@ -80,7 +84,7 @@ def child(args: argparse.Namespace) -> None:
 
     lfw = find_lfw()
     t0 = time.perf_counter()
-    rec = FaceRecognizer()
+    rec = FaceRecognizer(backend=os.environ.get(BACKEND_VAR, "auto"))
     load_s = time.perf_counter() - t0
     paths = _photos(lfw, args.photos, args.warm)
     warm, paths = paths[: args.warm], paths[args.warm :]

@@ -19,7 +19,7 @@ import time
 import cv2
 import numpy as np
 import torch
-from arcface.inference.image_io import load_image
+from arcface.io.images import load_image
 
 import _mtcnn_baseline
 from _common import machine, print_table, save

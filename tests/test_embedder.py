@@ -41,6 +41,37 @@ def test_shape_and_unit_norm():
     assert emb.embed(crops[:0]).shape == (0, 64)
 
 
+def test_passes_side_by_side_give_the_same_numbers_on_one_thread_each():
+    """The torch runner spreads a call's 16-crop passes over its threads: the same outputs as one thread, each pass
+    on one torch intra-op thread with denormals flushed (per-thread settings), and the runner still pickles."""
+    import pickle
+    import threading
+
+    from arcface.inference.runners import EagerRunner
+
+    module = _small_module()
+    crops = np.random.default_rng(5).integers(0, 256, (3 * MICRO_BATCH + 5, 112, 112, 3), dtype=np.uint8)
+    one = Embedder.from_module(module, precision="fp32", backend="torch", threads=1)
+    two = Embedder.from_module(module, precision="fp32", backend="torch", threads=2)
+    assert (one.runner.workers, two.runner.workers) == (1, 2)
+    seen = []
+    run = EagerRunner._run
+
+    def spy(self, x):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return run(self, x)
+
+    EagerRunner._run = spy
+    try:
+        np.testing.assert_array_equal(two.embed(crops, flip=True), one.embed(crops, flip=True))
+    finally:
+        EagerRunner._run = run
+    pool = [t for name, t in seen if name.startswith("arcface-embed")]
+    assert len(pool) == 8 and set(pool) == {1}  # both calls (crops, mirrored) of 4 passes each, in the pool
+    copy = pickle.loads(pickle.dumps(two.runner))
+    np.testing.assert_array_equal(copy(crops[:20]), two.runner(crops[:20]))
+
+
 def test_fp32_equals_module_output():
     module = _small_module()
     crops = np.random.default_rng(1).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)

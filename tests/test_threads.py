@@ -154,7 +154,8 @@ def test_by_default_workers_times_threads_never_exceed_the_usable_cpus(workload,
 
 def test_each_workload_gets_its_rule():
     assert (_plan("detect", 4).workers, _plan("detect", 4).threads) == (4, 1)  # across images, one thread each
-    assert (_plan("embed", 4).workers, _plan("embed", 4).threads, _plan("embed", 4).onnx_threads) == (1, 4, 4)
+    embed = _plan("embed", 4)  # 16-crop passes side by side on four threads of one torch thread each
+    assert (embed.workers, embed.threads, embed.onnx_threads) == (4, 1, 4)
     pipe = _plan("pipeline", 4)  # the detector on one thread, photos side by side, embedding batches on four
     assert (pipe.workers, pipe.threads, pipe.onnx_threads) == (4, 1, 4)
     assert (_plan("service", 4).workers, _plan("service", 4).threads) == (4, 1)
@@ -240,6 +241,7 @@ ENTRY_POINTS = """
     emb = load_model("default", precision="fp32", backend="onnx")
     seen["embed"] = torch.get_num_threads()
     seen["embed_onnx"] = emb.runner.session.get_session_options().intra_op_num_threads
+    seen["embed_workers"] = load_model("default").runner.workers  # torch: passes side by side
 
     # the face pipeline: the detector on one thread, photos side by side, onnxruntime for the batches
     from arcface import FaceRecognizer
@@ -272,7 +274,7 @@ ENTRY_POINTS = """
     app = create_app(Settings(gallery=tempfile.mkdtemp(), allow_no_auth=True))
     seen["service"] = torch.get_num_threads()
     seen["service_workers"] = app.state.engine.pool._max_workers
-    seen["service_onnx"] = app.state.recognizer.embedder.runner.session.get_session_options().intra_op_num_threads
+    seen["service_embed_workers"] = app.state.recognizer.embedder.runner.workers  # one request: one thread
     from fastapi.testclient import TestClient
     health = TestClient(app).get("/health").json()
     seen["health"] = [health["workers"], health["threads"]]
@@ -303,19 +305,21 @@ def test_every_entry_point_applies_the_policy_under_a_cpu_quota(tmp_path):
     although torch itself starts with more threads."""
     pytest.importorskip("fastapi")
     seen = _run(ENTRY_POINTS, _fake_quota(tmp_path, 1.0))
-    expect = {"detect": 1, "embed": 1, "embed_onnx": 1, "pipeline": 1, "pipeline_workers": 1, "pipeline_onnx": 1,
-              "eval": 1, "eval_detect_workers": [1], "service": 1, "service_workers": 1, "service_onnx": 1,
+    expect = {"detect": 1, "embed": 1, "embed_onnx": 1, "embed_workers": 1, "pipeline": 1, "pipeline_workers": 1,
+              "pipeline_onnx": 1, "eval": 1, "eval_detect_workers": [1], "service": 1, "service_workers": 1,
+              "service_embed_workers": 1,
               "health": [1, 1], "train": 1}  # fmt: skip
     assert {k: seen[k] for k in expect} == expect, seen
 
 
 def test_every_entry_point_applies_the_arcface_threads_override(tmp_path):
-    """ARCFACE_THREADS=3 beats a 1-CPU quota: the workloads that use every CPU get 3 threads, the pipeline and the
-    service 3 workers of one thread. (Training is checked where 3 threads fit the machine.)"""
+    """ARCFACE_THREADS=3 beats a 1-CPU quota: onnxruntime gets 3 threads; the embedding, the pipeline and the
+    service 3 workers of one torch thread each. (Training is checked where 3 threads fit the machine.)"""
     pytest.importorskip("fastapi")
     seen = _run(ENTRY_POINTS, {tp.ENV: "3", **_fake_quota(tmp_path, 1.0)})
-    expect = {"detect": 1, "embed": 3, "embed_onnx": 3, "pipeline": 1, "pipeline_workers": 3, "pipeline_onnx": 3,
-              "eval": 3, "eval_detect_workers": [1], "service": 1, "service_workers": 3, "service_onnx": 1,
+    expect = {"detect": 1, "embed": 1, "embed_onnx": 3, "embed_workers": 3, "pipeline": 1, "pipeline_workers": 3,
+              "pipeline_onnx": 3, "eval": 1, "eval_detect_workers": [1], "service": 1, "service_workers": 3,
+              "service_embed_workers": 1,
               "health": [3, 1]}  # fmt: skip
     if len(os.sched_getaffinity(0)) >= 3:
         expect["train"] = 3

@@ -124,7 +124,7 @@ def add_model_args(p: argparse.ArgumentParser, *, flip: bool | None = False) -> 
                         "cosine >= 0.99 to fp32, else fp32)")  # fmt: skip
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="embedding backend: torch (eager), jit (frozen TorchScript graph), onnx (onnxruntime); "
-                        "default auto (jit where bf16 is native; ONNX models always run in onnxruntime)")  # fmt: skip
+                        "default auto (jit where bf16 is native, else torch; ONNX files: onnxruntime)")  # fmt: skip
     if flip is not None:
         p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=flip,
                        help=f"flip-test fusion, image + mirror image (default {'on' if flip else 'off'})")  # fmt: skip

@@ -12,7 +12,8 @@ for torch models on the CPU:
 =========  ===========  ===========================================================================
 precision  backend      what runs
 =========  ===========  ===========================================================================
-fp32       torch        eager module, channels_last memory format (same numbers as the module)
+fp32       torch        eager module, channels_last memory format (same numbers as the module); on the CPU the
+                        16-crop passes of a batch run side by side on the thread policy's threads
 bf16       torch        bfloat16 autocast + channels_last (needs native bf16 to be fast)
 fp32       jit          the module traced, frozen and ``optimize_for_inference``-d (TorchScript: BN folded
                         into the convolutions), channels_last
@@ -27,15 +28,16 @@ ONNX files run float32 in onnxruntime; torch models on another device ("cuda") r
 1. CPU with native bf16 (avx512_bf16 / amx_bf16, :func:`arcface.runtime.amp.cpu_has_native_bf16`):
    bf16 on the frozen graph (``jit``; ``backend="torch"`` asks for autocast instead). Where tracing fails
    (a module with data-dependent control flow) it warns and uses bf16 autocast.
-2. otherwise, onnxruntime installed: onnxruntime float32.
-3. otherwise: torch float32, channels_last.
+2. otherwise: torch float32, channels_last, the passes side by side on the policy's threads. (Until issue 18's
+   follow-up it was onnxruntime float32; on the 2-core Ice Lake Xeon, the default model, 128 crops, one run:
+   onnxruntime with 2 threads 93-103 crops/s, torch side by side 172-201, torch with a 2-thread team 122-169.)
 
 The chosen path is run once on a calibration batch (real aligned faces if the caller passes
 ``calibration=``; otherwise a fixed synthetic batch) next to eager float32; if any embedding's cosine
 to float32 falls below ``min_cosine`` (0.99) it falls back to float32 on the same backend family. The cosines
 are computed in float64 from the raw outputs, so an output whose float32 norm overflows (an untrained
 network's) cannot fake a disagreement. ``backend="auto"`` with an explicit precision means torch; with
-``precision="auto"`` it follows the table (where the ONNX export fails under rule 2: torch float32). int8
+``precision="auto"`` it follows the table (``backend="onnx"`` asks for onnxruntime float32). int8
 (onnxruntime static quantisation) fell below cosine 0.99 and is not offered; ``torch.compile`` was measured no
 faster than the frozen graph and costs 10-16 s per model to build. Measured numbers: ``bench/embed_speed.py``
 (``--graph`` for jit.freeze and torch.compile side by side).
@@ -84,20 +86,10 @@ def resolve_auto(precision: str, backend: str) -> tuple[str, str]:
     if precision == "auto":
         if backend in ("auto", "torch", "jit") and amp.cpu_has_native_bf16():
             return "bf16", "jit" if backend == "auto" else backend
-        if backend == "auto":
-            backend = "onnx" if _has_onnxruntime() else "torch"
-        return "fp32", backend
+        return "fp32", "torch" if backend == "auto" else backend
     if backend == "auto":
         backend = "torch"
     return precision, backend
-
-
-def _has_onnxruntime() -> bool:
-    try:
-        import onnxruntime  # noqa: F401  (optional dependency: is it installed?)
-    except ImportError:
-        return False
-    return True
 
 
 def _default_contract(module: nn.Module) -> ModelContract:
@@ -236,8 +228,9 @@ class Embedder:
             calibration: (N, H, W, 3) uint8 aligned faces for the accuracy check of "auto".
             min_cosine: the least cosine to float32 the "auto" path must keep.
             batch_size: most crops per forward pass.
-            threads: CPUs it may use (torch intra-op and onnxruntime threads); None: the thread policy's choice for
-                the "embed" workload (:mod:`arcface.runtime.threads`). Sets this process's torch threads (on the CPU).
+            threads: CPUs it may use (the threads its torch passes run on side by side, onnxruntime's threads); None:
+                the thread policy's choice for the "embed" workload (:mod:`arcface.runtime.threads`). Sets this
+                process's torch intra-op threads (on the CPU: 1).
             flip: flip-test fusion default of :meth:`embed` (the accuracy check runs without it).
             device: "cpu", or another torch device, where the module runs float32 eagerly.
 
@@ -259,9 +252,9 @@ class Embedder:
         prec, back = resolve_auto(precision, backend)
         module = module.cpu()
         auto = precision == "auto"
-        threads = thread_policy.configure("embed", threads=threads).onnx_threads
+        plan = thread_policy.configure("embed", threads=threads)
         try:
-            emb = cls._build(module, contract, prec, back, batch_size, threads)
+            emb = cls._build(module, contract, prec, back, batch_size, plan)
         except Exception as e:  # "auto" picked onnx or jit, but the export / trace failed (odd module, no onnx)
             if not (auto and back in ("onnx", "jit")):
                 raise
@@ -269,7 +262,7 @@ class Embedder:
             prec = "fp32" if back == "onnx" else prec
             warnings.warn(f"{what} failed ({type(e).__name__}: {e}); using torch {prec}", stacklevel=2)
             back = "torch"
-            emb = cls._build(module, contract, prec, back, batch_size, threads)
+            emb = cls._build(module, contract, prec, back, batch_size, plan)
         checked = 1.0 if prec == "fp32" else None
         if auto and (prec, back) != ("fp32", "torch"):
             crops = calibration if calibration is not None else _synthetic_crops(8, contract.input_size)
@@ -280,7 +273,7 @@ class Embedder:
                     f"{prec}/{back} keeps cosine {checked:.4f} < {min_cosine} to float32; using float32",
                     stacklevel=2,
                 )
-                emb = cls._build(module, contract, "fp32", back, batch_size, threads)
+                emb = cls._build(module, contract, "fp32", back, batch_size, plan)
                 checked = 1.0
         emb.min_cosine_checked = checked
         emb.flip = flip
@@ -288,15 +281,16 @@ class Embedder:
 
     @classmethod
     def _build(
-        cls, module: nn.Module, contract: ModelContract, precision: str, backend: str, batch_size: int, threads
-    ) -> Embedder:
+        cls, module: nn.Module, contract: ModelContract, precision: str, backend: str, batch_size: int,
+        plan: thread_policy.ThreadPlan,
+    ) -> Embedder:  # fmt: skip
         if backend == "torch":
-            runner: Runner = EagerRunner(module, contract, precision, "cpu", batch_size)
+            runner: Runner = EagerRunner(module, contract, precision, "cpu", batch_size, plan.workers)
         elif backend == "jit":
-            runner = FrozenRunner(module, contract, precision, batch_size)
+            runner = FrozenRunner(module, contract, precision, batch_size, plan.workers)
         else:
             path = _onnx_graph(module, contract)
-            runner = OnnxRunner(open_session(path, threads=threads), contract, path, batch_size)
+            runner = OnnxRunner(open_session(path, threads=plan.onnx_threads), contract, path, batch_size)
         return cls(runner, precision, backend, batch_size=batch_size, module=module)
 
     @classmethod

@@ -29,7 +29,8 @@ workload     decision
 detect       detection of many photos (``arcface align``, the evaluation's detection): 1 torch/OpenCV thread per
              worker, N worker processes (fewer for a short job: one per ``MIN_ITEMS_PER_PROCESS`` images, since a
              process costs a torch import and a detector; one worker runs in this process)
-embed        the backbone over batches of aligned crops: 1 worker with N torch and N onnxruntime threads
+embed        the backbone over batches of aligned crops: N threads side by side, each running whole 16-crop
+             passes on 1 torch thread (:class:`~arcface.inference.runners.EagerRunner`); onnxruntime N threads
 pipeline     detect + embed in one process (``FaceRecognizer``: ``arcface embed``, ``verify``, ``gallery``): 1 torch
              and OpenCV thread (the detector's small operators), onnxruntime N threads (the embedding batches), and
              N threads across photos in :meth:`~arcface.inference.recognizer.FaceRecognizer.embed_batch`
@@ -306,7 +307,7 @@ class ThreadPlan:
         workload: one of :data:`WORKLOADS`.
         cpus: the usable CPUs the plan divides.
         workers: worker processes (detect), threads across photos (pipeline), inference threads
-            (service), training processes on this machine (train); 1 for embed.
+            (service), threads side by side (embed), training processes on this machine (train).
         threads: torch and OpenCV intra-op threads of each worker; None: leave them (legacy).
         onnx_threads: onnxruntime intra-op threads of each session; None: onnxruntime's default (legacy).
         interop: torch inter-op threads; None: leave them.
@@ -382,8 +383,8 @@ def decide(
         return workers, max(1, n // workers)
 
     if workload == "embed":
-        w, t = 1, n
-        return ThreadPlan(workload, n, w, t, t, 1, b.source)
+        w = workers or n
+        return ThreadPlan(workload, n, w, 1, n, 1, b.source)
     if workload == "detect":
         default = n if items is None else min(n, max(1, items // MIN_ITEMS_PER_PROCESS))
         w = workers or default
