@@ -4,7 +4,7 @@ Held-out people of the LFW open-set protocol (:func:`arcface.eval.identification
 calibrated on the other part): 150 people with two or more photos are enrolled in a real gallery with one photo each,
 500 people who were never enrolled search it once each, and 50 enrolled people search with another photo. A search's
 ``match`` is decided as the API, the CLI and the page decide it (``FaceRecognizer.identified``). The embeddings are
-computed once for the module (about 700 photos).
+computed once for the module (about 700 photos, side by side as ``embed_batch`` runs them).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 from arcface.eval.identification import lfw_open_set
 from arcface.gallery import Gallery
-from conftest import require_shared
+from conftest import embed_or_none, require_shared
 
 LFW = "data/lfw/lfw-deepfunneled"
 ENROLLED, STRANGERS, MATED = 150, 500, 50
@@ -24,29 +24,27 @@ ENROLLED, STRANGERS, MATED = 150, 500, 50
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
-    from arcface.inference.recognizer import FaceRecognizer, NoFaceError
+    from arcface.inference.recognizer import FaceRecognizer
 
     root = require_shared(LFW)
     proto = lfw_open_set(root, "heldout")
     rec = FaceRecognizer("default", "mtcnn")
 
-    def embed(path: Path) -> np.ndarray | None:
-        try:
-            return rec.embed(path)
-        except NoFaceError:
-            return None
+    def embed(paths: list[Path]) -> list[np.ndarray | None]:
+        return embed_or_none(rec, paths)
 
     gallery_dir = tmp_path_factory.mktemp("open-set") / "gallery"
     enrolled: dict[str, int] = {}
     with Gallery.open(gallery_dir, rec.contract) as g:
-        for name, path in proto.gallery[:ENROLLED]:
-            e = embed(path)
+        people = proto.gallery[:ENROLLED]
+        for (name, _), e in zip(people, embed([p for _, p in people])):
             if e is not None:
                 enrolled[name] = g.add_identity(name)
                 g.add_face(enrolled[name], e, rec.contract.id)
-        strangers = [e for e in (embed(p) for _, p in proto.non_mated[: STRANGERS + 20]) if e is not None][:STRANGERS]
+        strangers = [e for e in embed([p for _, p in proto.non_mated[: STRANGERS + 20]]) if e is not None][:STRANGERS]
         stranger_hits = [g.search(e, 1)[0] for e in strangers]
-        mated = [(n, embed(p)) for n, p in proto.mated if n in enrolled][:MATED]
+        candidates = [(n, p) for n, p in proto.mated if n in enrolled][:MATED]
+        mated = zip([n for n, _ in candidates], embed([p for _, p in candidates]))
         mated_hits = [(enrolled[n], g.search(e, 1)[0]) for n, e in mated if e is not None]
     return rec, stranger_hits, mated_hits
 

@@ -18,7 +18,7 @@ from arcface.inference.embedder import Embedder
 from arcface.inference.loader import load_model
 from arcface.io.images import load_image
 from arcface.models import create_model
-from conftest import photo, require_shared
+from conftest import embed_or_none, photo, require_shared
 
 LFW = "data/lfw/lfw-deepfunneled"
 
@@ -111,12 +111,8 @@ def test_lfw_view1_200_test_pairs(rec, lfw):
     same = [(photo(lfw, f[0], int(f[1])), photo(lfw, f[0], int(f[2])), True) for f in fields if len(f) == 3]
     diff = [(photo(lfw, f[0], int(f[1])), photo(lfw, f[2], int(f[3])), False) for f in fields if len(f) == 4]
     pairs = same[:100] + diff[:100]
-    cache: dict[Path, np.ndarray | None] = {}
-    for p in {p for a, b, _ in pairs for p in (a, b)}:
-        try:
-            cache[p] = rec.embed(p)
-        except NoFaceError:
-            cache[p] = None  # the pair counts as wrong
+    paths = sorted({p for a, b, _ in pairs for p in (a, b)})
+    cache = dict(zip(paths, embed_or_none(rec, paths)))  # None (no face): the pair counts as wrong
     right = sum(
         cache[a] is not None and cache[b] is not None and rec.verify(cache[a], cache[b]).same == label
         for a, b, label in pairs
