@@ -72,6 +72,21 @@ def test_passes_side_by_side_give_the_same_numbers_on_one_thread_each():
     np.testing.assert_array_equal(copy(crops[:20]), two.runner(crops[:20]))
 
 
+def test_a_forked_child_gets_a_pool_of_its_own(monkeypatch):
+    """After a fork the pool object is inherited without its threads: the runner makes a new one in the child (here the
+    child is simulated by another process id) and still gives the same numbers."""
+    import os
+
+    emb = Embedder.from_module(_small_module(), precision="fp32", backend="torch", threads=2)
+    crops = np.random.default_rng(6).integers(0, 256, (2 * MICRO_BATCH, 112, 112, 3), dtype=np.uint8)
+    ref = emb.embed(crops)
+    parent_pool = emb.runner._pool
+    pid = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: pid + 1)
+    np.testing.assert_array_equal(emb.embed(crops), ref)
+    assert emb.runner._pool is not parent_pool and emb.runner._pool_pid == pid + 1
+
+
 def test_fp32_equals_module_output():
     module = _small_module()
     crops = np.random.default_rng(1).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import threading
 import warnings
 from abc import ABC, abstractmethod
@@ -135,6 +136,7 @@ class EagerRunner(Runner):
         self.max_batch = int(max_batch)
         self.workers = max(1, int(workers))
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
         self._pool_lock = threading.Lock()
         self.module = module.to(self.device).eval()
         if self.device.type == "cpu":
@@ -167,9 +169,11 @@ class EagerRunner(Runner):
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
-            if self._pool is None:
+            # a forked child inherits the pool object but not its threads: it makes its own
+            if self._pool is None or self._pool_pid != os.getpid():
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="arcface-embed",
                                                 initializer=_pass_thread)  # fmt: skip
+                self._pool_pid = os.getpid()
             return self._pool
 
     def __getstate__(self) -> dict[str, Any]:  # a pool and a lock do not pickle; a copy makes its own
