@@ -19,12 +19,12 @@ import time
 import cv2
 import numpy as np
 import torch
-from arcface.io.images import load_image
 
 import _mtcnn_baseline
 from _common import machine, print_table, save
 from arcface.align import Face, create_detector
 from arcface.data.locations import LFW_HINT, find_lfw
+from arcface.io.images import load_image
 
 CHUNK = 32
 
