@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from arcface.runtime import threads as tp
@@ -380,3 +381,82 @@ def test_cli_bad_environment_is_one_line(capsys, monkeypatch, tmp_path):
     assert main(["detect", str(samples[0])]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["arcface detect: error: ARCFACE_THREADS must be a positive integer, 'auto' or 'legacy', got 'abc'"]
+
+
+# --------------------------------------------------------------------------------------------------
+# A lone photo on an idle machine
+
+
+def test_others_running_counts_runnable_threads_of_other_processes(tmp_path):
+    proc = tmp_path / "proc"
+    (proc / "self" / "task" / "11").mkdir(parents=True)
+    (proc / "self" / "task" / "12").mkdir()
+    (proc / "stat").write_text("cpu  1 2 3 4\nprocs_running 4\nprocs_blocked 0\n")
+    (proc / "self" / "task" / "11" / "stat").write_text("11 (python (x) y) R 1 2 3\n")  # running: ours
+    (proc / "self" / "task" / "12" / "stat").write_text("12 (python) S 1 2 3\n")  # sleeping
+    assert tp.others_running(proc) == 3
+    (proc / "stat").write_text("cpu  1 2 3 4\n")
+    assert tp.others_running(proc) is None  # not a Linux /proc: unknown
+    assert tp.others_running(tmp_path / "nothing") is None
+
+
+def test_openmp_team_is_this_threads_own_and_restored():
+    import threading
+
+    import torch
+
+    before = torch.get_num_threads()
+    seen = {}
+    with tp.openmp_team(3) as team:
+        seen["inside"] = torch.get_num_threads()
+        t = threading.Thread(target=lambda: seen.update(other=torch.get_num_threads()))
+        t.start()
+        t.join()
+    if team == 1:
+        pytest.skip("torch does not run on GNU OpenMP here: the team size cannot be set per thread")
+    assert (team, seen["inside"]) == (3, 3)
+    assert seen["other"] != 3 and torch.get_num_threads() == before
+
+
+def test_a_lone_photo_gets_a_team_only_when_alone_and_the_machine_is_idle():
+    busy = {"others": 0}
+    lone = tp.LoneWork(2, probe=lambda: busy["others"])
+    with lone.photo() as team:
+        assert team in (1, 2)  # 2 where torch runs on GNU OpenMP
+        with lone.photo() as inner:  # nested in the same thread: the outer setting stays
+            assert inner == 0
+    busy["others"] = 1  # a neighbour is running
+    with lone.photo() as team:
+        assert team == 1
+    busy["others"] = 0
+    with lone.batch(), lone.photo() as team:  # photos side by side: none is alone
+        assert team == 1
+    assert tp.LoneWork(1, probe=lambda: 0).photo().__enter__() == 1  # one usable CPU: nothing to add
+
+
+def test_the_recognizer_gives_a_lone_photo_the_team_and_photos_side_by_side_one_thread(monkeypatch):
+    import torch
+
+    from arcface import FaceRecognizer
+
+    if not tp._libgomp():
+        pytest.skip("torch does not run on GNU OpenMP here")
+    samples = sorted(Path("src/arcface/samples").glob("*.jpg"))
+    rec = FaceRecognizer(threads=2)
+    assert rec._lone is not None
+    rec._lone.probe = lambda: 0  # an idle machine, whatever else this test machine runs
+    seen = []
+    detect = rec.aligner.detector._detect
+    monkeypatch.setattr(rec.aligner.detector, "_detect", lambda image: (seen.append(torch.get_num_threads()),
+                                                                         detect(image))[1])  # fmt: skip
+    one = rec.embed(samples[0])
+    assert seen == [2]
+    seen.clear()
+    many = rec.embed_batch(samples[:3])
+    assert seen == [1, 1, 1]
+    assert torch.get_num_threads() == 1
+    np.testing.assert_allclose(many[0], one, atol=1e-5)  # the same photo, one thread or two
+    rec._lone.probe = lambda: 1  # a neighbour
+    seen.clear()
+    rec.embed(samples[0])
+    assert seen == [1]

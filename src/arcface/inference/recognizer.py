@@ -18,9 +18,10 @@ The "main face" of a photo is the first of :meth:`FaceRecognizer.detect`: large 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +153,8 @@ class FaceRecognizer:
             )  # fmt: skip
         #: The thread plan this pipeline runs with (its ``workers`` photos at a time in :meth:`main_crops`).
         self.thread_plan = thread_policy.apply(plan)  # after the loader's "embed" plan: the detector gets one thread
+        # a photo alone in this process on an idle machine gets every usable CPU as its OpenMP team
+        self._lone = None if plan.legacy else thread_policy.LoneWork(plan.cpus)
         options = dict(detector_options or {})
         if not isinstance(detector, FaceDetector):
             options = {"max_side": max_side, **options}
@@ -228,11 +231,12 @@ class FaceRecognizer:
         Raises:
             ImageError: the input is not a readable image.
         """
-        faces = self.aligner.faces(load_image(image), max_faces)
-        done = [f for f in faces if f.crop is not None]
-        if not done:
-            return faces
-        emb = self.embedder.embed(np.stack([f.crop for f in done]))  # (n, D)
+        with self._photo():
+            faces = self.aligner.faces(load_image(image), max_faces)
+            done = [f for f in faces if f.crop is not None]
+            if not done:
+                return faces
+            emb = self.embedder.embed(np.stack([f.crop for f in done]))  # (n, D)
         return [dataclasses.replace(f, embedding=emb[i]) if i < len(done) else f for i, f in enumerate(faces)]
 
     def detect(self, image: ImageSource) -> list[Face]:
@@ -241,7 +245,8 @@ class FaceRecognizer:
         Raises:
             ImageError: the input is not a readable image.
         """
-        return self.aligner.detector.detect(load_image(image))
+        with self._photo():
+            return self.aligner.detector.detect(load_image(image))
 
     def align(self, image: ImageSource) -> list[np.ndarray]:
         """Aligned crops of every face, in :meth:`detect` order.
@@ -249,7 +254,8 @@ class FaceRecognizer:
         Returns:
             List of (H, W, 3) uint8 RGB crops, (H, W) the contract's ``input_size`` (112x112).
         """
-        return [f.crop for f in self.aligner.faces(load_image(image))]
+        with self._photo():
+            return [f.crop for f in self.aligner.faces(load_image(image))]
 
     def embed(self, image: ImageSource, *, aligned: bool = False) -> np.ndarray:
         """The embedding of the main face.
@@ -292,12 +298,13 @@ class FaceRecognizer:
             NoFaceError: for the first image without a face.
             ImageError: for the first unreadable image.
         """
-        crops = []
-        for crop in self.main_crops(images, aligned=aligned):
-            if isinstance(crop, Exception):
-                raise crop
-            crops.append(crop)
-        return self.embedder.embed(crops)
+        with self._photo() if isinstance(images, Sized) and len(images) <= 1 else self._batch():
+            crops = []
+            for crop in self.main_crops(images, aligned=aligned):
+                if isinstance(crop, Exception):
+                    raise crop
+                crops.append(crop)
+            return self.embedder.embed(crops)
 
     def main_crops(self, images: Iterable[ImageSource], *, aligned: bool = False) -> Iterator[np.ndarray | Exception]:
         """The main face's aligned crop of each image, in order, ``thread_plan.workers`` photos at a time.
@@ -323,7 +330,17 @@ class FaceRecognizer:
             except (ImageError, NoFaceError, ValueError, OSError) as e:
                 return e
 
-        yield from thread_map(crop_or_error, images, workers=self.thread_plan.workers)
+        with self._photo() if isinstance(images, Sized) and len(images) <= 1 else self._batch():
+            yield from thread_map(crop_or_error, images, workers=self.thread_plan.workers)
+
+    def _photo(self) -> contextlib.AbstractContextManager:
+        """One photo's work: every usable CPU as its OpenMP team when it is alone and the machine idle
+        (:class:`~arcface.runtime.threads.LoneWork`), else one thread."""
+        return self._lone.photo() if self._lone is not None else contextlib.nullcontext()
+
+    def _batch(self) -> contextlib.AbstractContextManager:
+        """Photos side by side: each on one thread."""
+        return self._lone.batch() if self._lone is not None else contextlib.nullcontext()
 
     def compare(self, a: ImageSource | np.ndarray, b: ImageSource | np.ndarray, *, aligned: bool = False) -> float:
         """Cosine similarity of two faces.
