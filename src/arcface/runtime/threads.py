@@ -33,7 +33,8 @@ embed        the backbone over batches of aligned crops: N threads side by side,
              passes on 1 torch thread (:class:`~arcface.inference.runners.EagerRunner`); onnxruntime N threads
 pipeline     detect + embed in one process (``FaceRecognizer``: ``arcface embed``, ``verify``, ``gallery``): 1 torch
              and OpenCV thread (the detector's small operators), onnxruntime N threads (the embedding batches), and
-             N threads across photos in :meth:`~arcface.inference.recognizer.FaceRecognizer.embed_batch`
+             N threads across photos in :meth:`~arcface.inference.recognizer.FaceRecognizer.embed_batch`; a photo
+             alone in the process while no other process runs gets an OpenMP team of N (:class:`LoneWork`)
 service      W inference threads x T torch threads <= N: by default W = N, T = 1 (requests run side by side, each on
              its own thread); ``workers=W`` given: T = max(1, N // W)
 train        torch threads = max(1, N // P - L) per process, P training processes on this machine
