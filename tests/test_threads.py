@@ -276,6 +276,7 @@ ENTRY_POINTS = """
     seen["service"] = torch.get_num_threads()
     seen["service_workers"] = app.state.engine.pool._max_workers
     seen["service_embed_workers"] = app.state.recognizer.embedder.runner.workers  # one request: one thread
+    seen["service_lone"] = app.state.recognizer._lone.cpus  # a lone request on an idle machine: every CPU
     from fastapi.testclient import TestClient
     health = TestClient(app).get("/health").json()
     seen["health"] = [health["workers"], health["threads"]]
@@ -308,8 +309,7 @@ def test_every_entry_point_applies_the_policy_under_a_cpu_quota(tmp_path):
     seen = _run(ENTRY_POINTS, _fake_quota(tmp_path, 1.0))
     expect = {"detect": 1, "embed": 1, "embed_onnx": 1, "embed_workers": 1, "pipeline": 1, "pipeline_workers": 1,
               "pipeline_onnx": 1, "eval": 1, "eval_detect_workers": [1], "service": 1, "service_workers": 1,
-              "service_embed_workers": 1,
-              "health": [1, 1], "train": 1}  # fmt: skip
+              "service_embed_workers": 1, "service_lone": 1, "health": [1, 1], "train": 1}  # fmt: skip
     assert {k: seen[k] for k in expect} == expect, seen
 
 
@@ -320,8 +320,7 @@ def test_every_entry_point_applies_the_arcface_threads_override(tmp_path):
     seen = _run(ENTRY_POINTS, {tp.ENV: "3", **_fake_quota(tmp_path, 1.0)})
     expect = {"detect": 1, "embed": 1, "embed_onnx": 3, "embed_workers": 3, "pipeline": 1, "pipeline_workers": 3,
               "pipeline_onnx": 3, "eval": 1, "eval_detect_workers": [1], "service": 1, "service_workers": 3,
-              "service_embed_workers": 1,
-              "health": [3, 1]}  # fmt: skip
+              "service_embed_workers": 1, "service_lone": 3, "health": [3, 1]}  # fmt: skip
     if len(os.sched_getaffinity(0)) >= 3:
         expect["train"] = 3
     assert {k: seen[k] for k in expect} == expect, seen
@@ -401,10 +400,14 @@ def test_others_running_counts_runnable_threads_of_other_processes(tmp_path):
 
 
 def test_openmp_team_is_this_threads_own_and_restored():
+    """Also with faiss loaded first: its wheel maps a libgomp of its own before torch's (this test failed in CI on the
+    first version, which took the first libgomp it found)."""
     import threading
 
     import torch
 
+    pytest.importorskip("faiss")
+    tp._libgomp.cache_clear()
     before = torch.get_num_threads()
     seen = {}
     with tp.openmp_team(3) as team:
@@ -460,3 +463,11 @@ def test_the_recognizer_gives_a_lone_photo_the_team_and_photos_side_by_side_one_
     seen.clear()
     rec.embed(samples[0])
     assert seen == [1]
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "2", True])
+def test_a_bad_lone_threads_is_refused_before_loading(bad):
+    from arcface import FaceRecognizer
+
+    with pytest.raises(ValueError, match="lone_threads must be a positive integer"):
+        FaceRecognizer("no-such-model", lone_threads=bad)

@@ -114,6 +114,9 @@ class FaceRecognizer:
             quota). The thread policy's "pipeline" plan (:mod:`arcface.runtime.threads`) runs the detector's small
             operators on one torch thread, the embedding batches on that many onnxruntime threads, and that many
             photos side by side in :meth:`embed_batch` / :meth:`main_crops`. Sets this process's torch threads.
+        lone_threads: the OpenMP team a photo gets when it is alone in the process and no other process runs
+            (:class:`~arcface.runtime.threads.LoneWork`); None: the plan's usable CPUs. The service runs each
+            request on one thread and gives a lone request the service's CPUs this way.
 
     Raises:
         FileNotFoundError: unknown model name or missing file (see ``load_model``).
@@ -138,9 +141,13 @@ class FaceRecognizer:
         detector_options: Mapping[str, Any] | None = None,
         model_options: Mapping[str, Any] | None = None,
         threads: int | str | None = None,
+        lone_threads: int | None = None,
     ) -> None:
         if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold}")
+        if lone_threads is not None and (isinstance(lone_threads, bool) or not isinstance(lone_threads, int)
+                                         or lone_threads < 1):  # fmt: skip
+            raise ValueError(f"lone_threads must be a positive integer, got {lone_threads!r}")
         model_options = dict(model_options or {})
         threads = model_options.pop("threads", None) if threads is None else threads
         plan = thread_policy.decide("pipeline", threads=threads)  # a bad setting fails before any loading
@@ -154,7 +161,7 @@ class FaceRecognizer:
         #: The thread plan this pipeline runs with (its ``workers`` photos at a time in :meth:`main_crops`).
         self.thread_plan = thread_policy.apply(plan)  # after the loader's "embed" plan: the detector gets one thread
         # a photo alone in this process on an idle machine gets every usable CPU as its OpenMP team
-        self._lone = None if plan.legacy else thread_policy.LoneWork(plan.cpus)
+        self._lone = None if plan.legacy else thread_policy.LoneWork(lone_threads or plan.cpus)
         options = dict(detector_options or {})
         if not isinstance(detector, FaceDetector):
             options = {"max_side": max_side, **options}

@@ -506,20 +506,33 @@ def others_running(proc: str | os.PathLike = "/proc") -> int | None:
 
 @functools.lru_cache(maxsize=1)
 def _libgomp() -> ctypes.CDLL | None:
-    """The GNU OpenMP runtime torch is running on (found among this process's mapped libraries), else None."""
-    import torch  # noqa: F401  (heavy: imported on use; its libgomp must be loaded to be found)
+    """The GNU OpenMP runtime torch's operators run on, else None.
 
-    text = _read(Path("/proc/self/maps")) or ""
-    match = re.search(r"(/\S*/libgomp[^/\s]*\.so[.\d]*)$", text, re.MULTILINE)
-    if match is None or not hasattr(os, "RTLD_NOLOAD"):
+    Other libraries bring their own copy (faiss-cpu's wheel maps a libgomp before torch's), so each mapped libgomp is
+    tried: the one whose per-thread setting ``torch.get_num_threads()`` then reports is torch's (set and restored at
+    once, in the calling thread).
+    """
+    import torch  # heavy: imported on use (its libgomp must be loaded to be found)
+
+    if not hasattr(os, "RTLD_NOLOAD"):
         return None
-    try:
-        lib = ctypes.CDLL(match.group(1), mode=os.RTLD_NOLOAD)
-        lib.omp_get_max_threads.restype = ctypes.c_int
-        lib.omp_set_num_threads.argtypes = [ctypes.c_int]
-        return lib
-    except (OSError, AttributeError):
-        return None
+    paths = dict.fromkeys(re.findall(r"(/\S*/libgomp[^/\s]*\.so[.\d]*)$", _read(Path("/proc/self/maps")) or "",
+                                     re.MULTILINE))  # fmt: skip
+    current = torch.get_num_threads()
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
+            lib.omp_get_max_threads.restype = ctypes.c_int
+            lib.omp_set_num_threads.argtypes = [ctypes.c_int]
+        except (OSError, AttributeError):
+            continue
+        before = int(lib.omp_get_max_threads())
+        lib.omp_set_num_threads(current + 1)
+        drives_torch = torch.get_num_threads() == current + 1
+        lib.omp_set_num_threads(before)
+        if drives_torch:
+            return lib
+    return None
 
 
 @contextlib.contextmanager

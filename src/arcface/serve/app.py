@@ -227,7 +227,8 @@ def create_app(
         raise SettingsError(str(e)) from None
     if recognizer is None:
         # each inference thread runs the whole pipeline of its request on the plan's threads
-        recognizer = FaceRecognizer(settings.model, settings.detector, threads=plan.threads)
+        recognizer = FaceRecognizer(settings.model, settings.detector, threads=plan.threads,
+                                    lone_threads=plan.cpus)  # a lone request on an idle machine: every CPU
     thread_policy.apply(plan)  # before the pool's threads start: they take torch's setting when they first run
     contract = recognizer.contract
     own_gallery = gallery is None
