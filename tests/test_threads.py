@@ -435,6 +435,8 @@ def test_a_lone_photo_gets_a_team_only_when_alone_and_the_machine_is_idle():
     with lone.batch(), lone.photo() as team:  # photos side by side: none is alone
         assert team == 1
     assert tp.LoneWork(1, probe=lambda: 0).photo().__enter__() == 1  # one usable CPU: nothing to add
+    with tp.LoneWork(64, probe=lambda: 0).photo() as team:
+        assert team in (1, tp.LoneWork.MAX_TEAM)  # a big machine: a small team
 
 
 def test_the_recognizer_gives_a_lone_photo_the_team_and_photos_side_by_side_one_thread(monkeypatch):

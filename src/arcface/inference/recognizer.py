@@ -160,7 +160,7 @@ class FaceRecognizer:
             )  # fmt: skip
         #: The thread plan this pipeline runs with (its ``workers`` photos at a time in :meth:`main_crops`).
         self.thread_plan = thread_policy.apply(plan)  # after the loader's "embed" plan: the detector gets one thread
-        # a photo alone in this process on an idle machine gets every usable CPU as its OpenMP team
+        # a photo alone in this process on an idle machine gets every usable CPU (up to 4) as its OpenMP team
         self._lone = None if plan.legacy else thread_policy.LoneWork(lone_threads or plan.cpus)
         options = dict(detector_options or {})
         if not isinstance(detector, FaceDetector):
@@ -341,7 +341,7 @@ class FaceRecognizer:
             yield from thread_map(crop_or_error, images, workers=self.thread_plan.workers)
 
     def _photo(self) -> contextlib.AbstractContextManager:
-        """One photo's work: every usable CPU as its OpenMP team when it is alone and the machine idle
+        """One photo's work: every usable CPU (up to 4) as its OpenMP team when it is alone and the machine idle
         (:class:`~arcface.runtime.threads.LoneWork`), else one thread."""
         return self._lone.photo() if self._lone is not None else contextlib.nullcontext()
 

@@ -34,7 +34,7 @@ embed        the backbone over batches of aligned crops: N threads side by side,
 pipeline     detect + embed in one process (``FaceRecognizer``: ``arcface embed``, ``verify``, ``gallery``): 1 torch
              and OpenCV thread (the detector's small operators), onnxruntime N threads (the embedding batches), and
              N threads across photos in :meth:`~arcface.inference.recognizer.FaceRecognizer.embed_batch`; a photo
-             alone in the process while no other process runs gets an OpenMP team of N (:class:`LoneWork`)
+             alone in the process while no other process runs gets an OpenMP team of min(N, 4) (:class:`LoneWork`)
 service      W inference threads x T torch threads <= N: by default W = N, T = 1 (requests run side by side, each on
              its own thread); ``workers=W`` given: T = max(1, N // W)
 train        torch threads = max(1, N // P - L) per process, P training processes on this machine
@@ -560,8 +560,8 @@ def openmp_team(threads: int) -> Iterator[int]:
 
 
 class LoneWork:
-    """Gives one piece of work (a photo) every usable CPU as an OpenMP team when it runs alone in this process and
-    no other process is running; otherwise it runs on its one thread, as the policy says.
+    """Gives one piece of work (a photo) every usable CPU (up to 4) as an OpenMP team when it runs alone in this
+    process and no other process is running; otherwise it runs on its one thread, as the policy says.
 
     The policy's single thread per photo is what keeps photos side by side, requests of the service and neighbours
     from stalling a team (issue 18); but a lone photo on an idle machine then leaves the other cores idle, and its
@@ -570,10 +570,16 @@ class LoneWork:
     nothing runnable elsewhere (:func:`others_running` is 0) -> a team of ``cpus``; else one thread. The check costs
     a read of /proc/stat and of this process's task states (tens of microseconds).
 
+    The team is at most :attr:`MAX_TEAM` threads: it was measured on 2 CPUs only, and MTCNN's operators are small
+    enough that a team of dozens would spend more on waking its threads than it saves.
+
     Args:
         cpus: the usable CPUs (the plan's).
         probe: how many other threads are runnable (default :func:`others_running`); tests give a fake.
     """
+
+    #: The largest team a lone photo gets.
+    MAX_TEAM = 4
 
     def __init__(self, cpus: int, probe=others_running) -> None:
         self.cpus = max(1, int(cpus))
@@ -604,7 +610,7 @@ class LoneWork:
         alone = self._enter(1)
         self._local.depth = 1
         try:
-            team = self.cpus if alone and self.cpus > 1 and self.probe() == 0 else 1
+            team = min(self.cpus, self.MAX_TEAM) if alone and self.cpus > 1 and self.probe() == 0 else 1
             with openmp_team(team) as applied:
                 yield applied
         finally:
