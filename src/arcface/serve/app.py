@@ -54,6 +54,7 @@ import asyncio
 import functools
 import html
 import logging
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -67,7 +68,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from arcface.align.face import Face
@@ -118,7 +119,19 @@ _STATUS_CODES = {
 }
 _MULTIPART_FRAMING = 64 * 1024
 """Body bytes allowed on top of the uploads of a route (boundaries and part headers)."""
-IdPath = Annotated[int, Path(ge=1, le=INT64_MAX, description="an id (1 .. 2^63 - 1)")]
+
+
+def _canonical_id(value: object) -> object:
+    """An id in a path is written one way only: decimal digits, no sign, space, leading zero or fraction. Without
+    this ``/v1/identities/+1``, ``/ 1``, ``/1%20``, ``/01`` and ``/1.0`` all reached identity 1 (pydantic's lax int
+    parsing), so a rule keyed on the path (a proxy's block list, a log alert, a cache) could be walked around."""
+    if isinstance(value, str) and not _ID_TEXT.fullmatch(value):
+        raise ValueError("an id is written in decimal digits, without sign, spaces or leading zeros")
+    return value
+
+
+_ID_TEXT = re.compile(r"[1-9][0-9]{0,18}")
+IdPath = Annotated[int, BeforeValidator(_canonical_id), Path(ge=1, le=INT64_MAX, description="an id (1 .. 2^63 - 1)")]
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     s: {"model": schemas.ErrorResponse, "description": d}
     for s, d in (
