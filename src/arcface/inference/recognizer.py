@@ -145,9 +145,7 @@ class FaceRecognizer:
     ) -> None:
         if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold}")
-        if lone_threads is not None and (isinstance(lone_threads, bool) or not isinstance(lone_threads, int)
-                                         or lone_threads < 1):  # fmt: skip
-            raise ValueError(f"lone_threads must be a positive integer, got {lone_threads!r}")
+        thread_policy.positive(lone_threads, "lone_threads")  # ThreadsError, a ValueError
         model_options = dict(model_options or {})
         threads = model_options.pop("threads", None) if threads is None else threads
         plan = thread_policy.decide("pipeline", threads=threads)  # a bad setting fails before any loading
@@ -305,7 +303,7 @@ class FaceRecognizer:
             NoFaceError: for the first image without a face.
             ImageError: for the first unreadable image.
         """
-        with self._photo() if isinstance(images, Sized) and len(images) <= 1 else self._batch():
+        with self._work(images):
             crops = []
             for crop in self.main_crops(images, aligned=aligned):
                 if isinstance(crop, Exception):
@@ -337,8 +335,12 @@ class FaceRecognizer:
             except (ImageError, NoFaceError, ValueError, OSError) as e:
                 return e
 
-        with self._photo() if isinstance(images, Sized) and len(images) <= 1 else self._batch():
+        with self._work(images):
             yield from thread_map(crop_or_error, images, workers=self.thread_plan.workers)
+
+    def _work(self, images: Iterable[ImageSource]) -> contextlib.AbstractContextManager:
+        """:meth:`_photo` for a single image, else :meth:`_batch`."""
+        return self._photo() if isinstance(images, Sized) and len(images) <= 1 else self._batch()
 
     def _photo(self) -> contextlib.AbstractContextManager:
         """One photo's work: every usable CPU (up to 4) as its OpenMP team when it is alone and the machine idle

@@ -92,6 +92,7 @@ __all__ = [
     "openmp_team",
     "others_running",
     "parse_threads",
+    "positive",
     "quota_cpus",
     "set_threads",
     "worker_environment",
@@ -344,7 +345,8 @@ class ThreadPlan:
                 f"thread{'s' if self.threads != 1 else ''}, onnxruntime {self.onnx_threads}")  # fmt: skip
 
 
-def _positive(value: int | None, what: str) -> int | None:
+def positive(value: int | None, what: str) -> int | None:
+    """``value`` unchanged (None passes); anything but a positive int raises :class:`ThreadsError` naming ``what``."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -379,7 +381,7 @@ def decide(
     if workload not in WORKLOADS:
         raise ThreadsError(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}")
     env = os.environ if env is None else env
-    workers = _positive(workers, "workers")
+    workers = positive(workers, "workers")
     b = budget or cpu_budget(threads, env=env)
     n = b.cpus
     if b.legacy:  # the worker counts arcface had before the policy: the service's pool of 2, else 1

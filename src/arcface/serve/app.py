@@ -241,7 +241,7 @@ def create_app(
     if recognizer is None:
         # each inference thread runs the whole pipeline of its request on the plan's threads
         recognizer = FaceRecognizer(settings.model, settings.detector, threads=plan.threads,
-                                    lone_threads=plan.cpus)  # a lone request on an idle machine: every CPU
+                                    lone_threads=plan.cpus)  # a lone request on an idle machine: the CPUs (up to 4)
     thread_policy.apply(plan)  # before the pool's threads start: they take torch's setting when they first run
     contract = recognizer.contract
     own_gallery = gallery is None
