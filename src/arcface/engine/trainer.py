@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -496,8 +495,3 @@ def model_contract(cfg: Config, init_from: str | Path | None = None) -> ModelCon
         architecture=cfg.model.name, embedding_size=cfg.model.num_features, options=opts, input_size=size,
         template_points=points,
     )  # fmt: skip
-
-
-def finite_or_none(x: float) -> float | None:
-    """``x`` when finite, else None (for JSON)."""
-    return x if math.isfinite(x) else None
