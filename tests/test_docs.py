@@ -280,8 +280,8 @@ _FIGURE = re.compile(
     r"|\d[\d,]*(?:\.\d+)?\s?(?:MiB|GiB|KiB|MB|GB)(?![\w/])"  # a memory size
     r")"
 )
-#: A block that states settings (limits, defaults), not measurements, says so in this comment.
-SETTINGS_MARK = "<!-- settings, not measurements -->"
+#: A block whose numbers are settings, limits or bounds a test asserts (not measurements) says so in this comment.
+SETTINGS_MARK = "<!-- not a measurement: settings, limits and tested bounds -->"
 _CITE = re.compile(r"bench/results/([\w.-]+)")
 _BARE = re.compile(r"(?<![/\w])([\w-]+\.(?:json|md|png))\b")
 
@@ -377,7 +377,7 @@ The default pipeline is 1.82x faster (`bench/results/lfw_end_to_end_full.json`).
 $ arcface verify a.jpg b.jpg     # output shown in code is not a claim: 0.8324, 12.5 s
 ```
 
-The upload limit is 10 MiB. <!-- settings, not measurements -->
+The upload limit is 10 MiB. <!-- not a measurement: settings, limits and tested bounds -->
 
 No numbers here, only words.
 """
@@ -423,6 +423,7 @@ def test_the_readme_states_the_cli_exit_codes():
     tree = ast.parse((SRC / "cli" / "__init__.py").read_text())
     codes = exit_codes(ast.get_docstring(tree) or "")
     assert {0, 1, 3} <= codes
-    line = next(x for x in (REPO / "README.md").read_text().splitlines() if x.startswith("Exit codes"))
-    stated = {int(c) for c in re.findall(r"\b(\d+) ", line)}
+    readme = (REPO / "README.md").read_text()
+    line = next(b for b in blocks(readme) if b.startswith("Exit codes"))
+    stated = {int(c) for c in re.findall(r"\b(\d+) [a-z]", line)}
     assert stated == codes, f"README says {sorted(stated)}, arcface.cli defines {sorted(codes)}: {line}"
