@@ -55,11 +55,11 @@ test: venv mxnet-venv $(INSIGHTFACE_VENV)/.installed browser
 lint: venv
 	$(PY) -m ruff check src tests bench tools
 
-# Every script in bench/ at its suite size (under 20 minutes on 2 cores), then the README's summary table.
+# Every script in bench/ at its suite size, then the summary table in docs/benchmarks.md.
 bench: venv
-	$(PY) bench/_suite.py --readme README.md
+	$(PY) bench/_suite.py --readme docs/benchmarks.md
 
-# The ArcFace paper's loss comparison on LFW (about an hour on 2 cores; cached in .cache/arcface/loss_table;
+# The ArcFace paper's loss comparison on LFW (about an hour on a small machine; cached in .cache/arcface/loss_table;
 # add ARGS=--fresh to start from nothing). A research driver in tools/, not part of the package.
 paper-table: venv
 	$(PY) -m tools.loss_table --jobs 2 --readme docs/benchmarks.md $(ARGS)

@@ -287,7 +287,8 @@ _BARE = re.compile(r"(?<![/\w])([\w-]+\.(?:json|md|png))\b")
 
 
 def blocks(text: str) -> list[str]:
-    """Paragraphs, list items and tables of a markdown text, fenced code left out (it shows commands and output)."""
+    """Paragraphs, lists and tables of a markdown text (split at blank lines), fenced code left out (it shows commands
+    and output, not claims)."""
     out, current, fenced = [], [], False
     for line in text.splitlines():
         if line.startswith("```"):
@@ -298,10 +299,10 @@ def blocks(text: str) -> list[str]:
             continue
         if fenced:
             continue
-        if not line.strip() or (line.lstrip().startswith(("* ", "- ")) and current and not current[-1].startswith("|")):
+        if not line.strip():
             if current:
                 out.append("\n".join(current))
-            current = [line] if line.strip() else []
+            current = []
         else:
             current.append(line)
     if current:
@@ -335,7 +336,7 @@ def _made_by_a_script(name: str, context: str) -> bool:
     if any(stem == s or stem.startswith(s + "_") for s in scripts):
         return True  # bench/SCRIPT.py writes SCRIPT.json, or SCRIPT_VARIANT.json with --name
     if re.search(rf"bench/\w+\.py[^`]*--name {re.escape(stem)}\b", context):
-        return True
+        return True  # the document gives the command that wrote it
     return f'"{stem}"' in _producers() or f'"{name}"' in _producers()
 
 
@@ -347,7 +348,7 @@ def figure_problems(text: str, where: str) -> list[str]:
         for name in _cited(block):
             if not (RESULTS / name).is_file():
                 problems.append(f"{where}: cites bench/results/{name}, which does not exist")
-            elif not _made_by_a_script(name, caption + "\n" + block):
+            elif not _made_by_a_script(name, text):
                 problems.append(f"{where}: bench/results/{name} is made by no script in bench/ or tools/")
         figures = _figures(block)
         if figures and not (_cited(block) or _cited(caption)):
