@@ -57,3 +57,15 @@ def test_require_module_fails_under_ci(monkeypatch):
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="make test installs it"):
         conftest.require_module("no_such_module_arcface", "an extra")
+
+
+def test_make_test_installs_what_ci_installs():
+    """A fresh clone's ``CI=true make test`` is CI's run: ``make test`` depends on the browser install, and ``.ci/run``
+    installs nothing of its own."""
+    makefile = (TESTS.parent / "Makefile").read_text()
+    test_rule = next(line for line in makefile.splitlines() if line.startswith("test:"))
+    assert "browser" in test_rule.split(":", 1)[1].split()
+    assert "apt-get install" in makefile.split("\nbrowser:", 1)[1].split("\n\n", 1)[0]
+    ci = (TESTS.parent / ".ci" / "run").read_text()
+    commands = [x.strip() for x in ci.splitlines() if x.strip() and not x.lstrip().startswith("#")]
+    assert "apt-get" not in ci and commands[-1] == "make test"
