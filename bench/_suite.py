@@ -3,14 +3,14 @@
 Each script prints its own table (with its same-run baseline) and writes ``bench/results/NAME.json``; this
 driver runs them one after another (a fresh process each, nothing else should load the machine), times
 them, and composes ``bench/results/summary.md`` (figure, value, baseline, ratio, and the machine) from
-their JSON files. With ``--readme README.md`` the table replaces the text between the
-``<!-- bench:begin -->`` / ``<!-- bench:end -->`` markers. Every script in bench/ must be listed in
-``SUITE`` (checked), so a new benchmark cannot be forgotten.
+their JSON files, each row naming its result file and machine. With ``--readme docs/benchmarks.md`` the table
+replaces the text between the ``<!-- bench:begin -->`` / ``<!-- bench:end -->`` markers of that page. Every script
+in bench/ must be listed in ``SUITE`` (checked), so a new benchmark cannot be forgotten.
 
-Suite sizes keep the whole run under 20 minutes on 2 cores; the larger runs quoted in the README name
-their own commands.
+Suite sizes keep the whole run short on a small machine; the larger runs quoted in docs/benchmarks.md name their own
+commands.
 
-    python bench/_suite.py [--readme README.md] [--only train_speed,embed_speed] [--summary-only]
+    python bench/_suite.py [--readme docs/benchmarks.md] [--only train_speed,embed_speed] [--summary-only]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, machine
+from _common import RESULTS
 
 BENCH = Path(__file__).resolve().parent
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -41,8 +41,7 @@ SUITE: dict[str, list[str]] = {
     "gallery_search.py": ["--sizes", "10000", "100000", "--hnsw-max", "100000"],
     "contention.py": ["--photos", "40", "--pairs", "100", "--seconds", "15", "--lfw-timeout", "60",
                       "--max-neighbours", "1"],
-    # 10K faces at 192-D only; the README's 100K / 1M table (both sizes, 192-D and 512-D, REST replicas) is
-    # `python bench/gallery_backends.py --sizes 100000 1000000 --dims 192 512 --http --name gallery_backends_1m`
+    # 10K faces at 192-D only; the larger table in docs/benchmarks.md names its own command
     "gallery_backends.py": ["--sizes", "10000", "--queries", "100", "--pg-ef", "40", "100", "--milvus-ef", "64", "128",
                             "--exact-queries", "10"],
     "ray_batch.py": ["--limit", "300"],
@@ -286,10 +285,17 @@ EXTRACT = {
 }  # fmt: skip
 
 
+def _machine_line(m: dict) -> str:
+    """The machine a result file was measured on (not the one that builds the table)."""
+    return (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}, "
+            f"onnxruntime {m.get('onnxruntime', '-')}")
+
+
 def summary(timings: dict[str, float] | None = None) -> str:
     """The combined markdown table from the result files."""
-    lines = ["| benchmark | figure | value | baseline (same run) | ratio |", "|---|---|---|---|---|"]
+    lines = ["| result file (CPU) | figure | value | baseline (same run) | ratio |", "|---|---|---|---|---|"]
     dates = []
+    machines: set[str] = set()
     for name, fn in EXTRACT.items():
         d = _load(name)
         if d is None:
@@ -300,13 +306,13 @@ def summary(timings: dict[str, float] | None = None) -> str:
             rows = fn(d)
         except (KeyError, StopIteration, TypeError, ZeroDivisionError) as e:
             rows = [[f"(result file not understood: {type(e).__name__} {e})", "", "", ""]]
+        machines.add(_machine_line(d.get("machine") or {}))
+        cpu = (d.get("machine") or {}).get("cpu", "?")
         for r in rows:
-            lines.append(f"| {name} | " + " | ".join(r) + " |")
-    m = machine()
+            lines.append(f"| `bench/results/{name}.json` ({cpu}) | " + " | ".join(r) + " |")
     total = f"; `make bench` took {sum(timings.values()) / 60:.1f} min" if timings else ""
-    lines += ["", f"Machine: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}, onnxruntime "
-              f"{m.get('onnxruntime', '-')}; results dated {min(dates, default='?')} to {max(dates, default='?')}"
-              f"{total}. Per-script tables and JSON: `bench/results/`."]  # fmt: skip
+    lines += ["", f"Machines (from the result files): {'; '.join(sorted(machines)) or '?'}; results dated "
+              f"{min(dates, default='?')} to {max(dates, default='?')}{total}."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

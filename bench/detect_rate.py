@@ -1,14 +1,14 @@
-"""Face detection rate and speed over all LFW images (13,233 deep-funneled 250x250 photos).
+"""Face detection rate and speed over the LFW images (all 13,233 deep-funneled 250x250 photos, or ``--limit N``).
 
 Runs the default detector (mtcnn) and, as the baseline measured in the same run, OpenCV's YuNet; SCRFD on
 request (``--detectors mtcnn,yunet,scrfd``) with its research-only ONNX file (``--scrfd``, default: the copy in
-../shared). Goal: a face in >= 99.5% of the images.
+the shared weights folder). Goal: a face in nearly every image.
 
     python bench/detect_rate.py                       # all of LFW, mtcnn + yunet
     python bench/detect_rate.py --limit 500 --detectors mtcnn
     python bench/detect_rate.py --workers 1 --threads 2 --misses misses.txt
 
-LFW is looked up in $ARCFACE_DATA/lfw, $ARCFACE_SHARED/data/lfw or ../shared/data/lfw.
+LFW is looked up as ``arcface.data.locations.find_lfw`` does ($ARCFACE_DATA/lfw, $ARCFACE_SHARED/data/lfw, ...).
 """
 
 from __future__ import annotations

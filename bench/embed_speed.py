@@ -2,9 +2,9 @@
 
 Per model (mbf, r50, and the bundled default): throughput at batch 32 (img/s), batch-1 latency (ms),
 ratio to eager float32, min cosine to float32. Timings interleave the paths rep by rep and take medians
-(the CPU is shared). Inputs are real aligned LFW faces (MTCNN + norm_crop) when ../shared is there.
+(the CPU is shared). Inputs are real aligned LFW faces (MTCNN + norm_crop) when LFW is found.
 
-Untrained r50/mbf with fresh BatchNorm statistics overflow or underflow (denormals make r50 ~100x slower
+Untrained r50/mbf with fresh BatchNorm statistics overflow or underflow (denormals make r50 very slow
 and its output zero), so their BN statistics are first estimated on the aligned faces (a data-dependent
 init); the weights stay random.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU throughput check for a machine with one CUDA GPU (about 3 minutes on an H100; limit 8 minutes).
+# GPU throughput check for a machine with one CUDA GPU (a few minutes; the script stops itself at its time limit).
 # Measures r50 training samples/s at batch 256 (bf16 + channels_last vs fp32) and inference faces/s,
 # prints a table and writes bench/results/gpu_check.json. Unattended: no prompts, no downloads.
 #   bash bench/gpu_check.sh                 # uses python3 (a CUDA build of torch) with src/ on the path

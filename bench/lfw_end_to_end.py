@@ -8,9 +8,9 @@ loading and image decoding through detection, alignment, embedding (flip-test fu
   model through :class:`arcface.Embedder` (``precision="auto"``), MTCNN (our default detector) or our YuNet.
 * baseline: OpenCV's own pipeline as its face_recognition_sface sample runs it: ``cv2.FaceDetectorYN`` (the
   shipped YuNet int8bq onnx, the sample's score 0.9 / NMS 0.3 / top-k 5000, first face), then
-  ``cv2.FaceRecognizerSF.alignCrop`` + ``feature`` (SFace from ../shared/weights); flip test by summing the
+  ``cv2.FaceRecognizerSF.alignCrop`` + ``feature`` (SFace from the shared weights folder); flip test by summing the
   features of the crop and its mirror image before normalising, as ours does.
-* baseline_tuned: the same OpenCV code with our YuNet settings, score 0.7 (at 0.9 about 1% of LFW's faces are
+* baseline_tuned: the same OpenCV code with our YuNet settings, score 0.7 (at 0.9 some of LFW's faces are
   missed) and the main face chosen as ours does (:func:`arcface.align.detection.rank_faces`: large and central,
   not the highest score): how much of the sample's accuracy gap is its settings.
 
@@ -18,16 +18,15 @@ Images where a pipeline finds no face use the same fallback (the centre crop of
 :func:`arcface.eval.pipeline.centre_crop`) and are counted. Fairness: every pipeline runs in a fresh process of its
 own (one process at a time, so none inherits another's thread pools), with the same thread budget
 (``--threads``: torch and OpenCV both), and all files are read once beforehand so the page cache is equally
-warm. Besides wall time the table gives each pipeline's process CPU time; with one thread it came out within 2%
-of the wall time, so the neighbours slow every pipeline by sharing the cores' caches and execution units rather
-than by taking turns, and CPU time is no cleaner than wall time here. The default is one thread: on the
-2-core machine shared with other jobs, torch with 2 threads collapsed 10-30x whenever the other jobs held the
-cores (its OpenMP team waits for a descheduled thread), which says more about the neighbours than about either
-pipeline; ``--threads 2`` on a quiet machine is the other setting.
+warm. Besides wall time the table gives each pipeline's process CPU time: with one thread, CPU time close to the
+wall time says the neighbours slowed every pipeline by sharing the cores' caches and execution units rather than by
+taking turns. The default is one thread: on a small machine shared with other jobs, an OpenMP team of several threads
+waits for whichever of its threads is descheduled, which would measure the neighbours more than either pipeline;
+``--threads 2`` on a quiet machine is the other setting.
 
     python bench/lfw_end_to_end.py [--threads 1] [--no-flip] [--limit N] [--pipelines baseline mtcnn yunet]
 
-``--cli`` is the newcomer's comparison (issue 17): both sides as a user runs them, each from a fresh process and
+``--cli`` is the comparison a newcomer makes: both sides as a user runs them, each from a fresh process and
 its own start-up, with their default threads and no flip test: OpenCV's sample pipeline (``--threads 0``: OpenCV's
 default) against ``arcface eval lfw --no-flip --no-cache`` timed from outside, its CLI start-up, model load and
 worker start-up included (``--workers``: its detection processes).
@@ -269,7 +268,7 @@ def main() -> None:
         "images": len(pairs.images), "pairs": len(pairs), "flip": args.flip, "threads": args.threads,
         "processes": "1 at a time (a fresh process per pipeline)", "limit": args.limit,
         "note": "2-core machine shared with other jobs; loadavg_1min_before/after per pipeline show the contention. "
-                "Ratios moved between runs with the load (see the module docstring); cpu_s is within 2% of wall_s.",
+                "Ratios move between runs with the load (see the module docstring); compare cpu_s with wall_s.",
         "table": table, "results": results,
     })  # fmt: skip
     print(f"\nwrote {path}")

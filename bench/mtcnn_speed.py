@@ -1,7 +1,8 @@
 """MTCNN speed on LFW photos, one thread: the previous implementation vs ``detect`` and ``detect_batch``, one run.
 
-The baseline is the MTCNN module as it was before batching (``bench/_mtcnn_baseline.py``, the same weights),
-measured in the same process on the same images. Every variant runs on each chunk of 32 images in turn, the order
+The baseline is the MTCNN module as it was before batching: ``src/arcface/align/mtcnn.py`` at the revision
+``BASELINE_REVISION`` of this repository, read from git at run time (the same weights), measured in the same process
+on the same images. Every variant runs on each chunk of 32 images in turn, the order
 rotating from one repetition to the next, so that a busy neighbour slows all of them alike; a variant's time is the
 sum over chunks of its median per chunk. torch and OpenCV run on one thread each (the thread policy runs MTCNN one
 thread per process and parallelises across images). Also reported: per-image CPU time (``time.thread_time``, less
@@ -20,13 +21,14 @@ import cv2
 import numpy as np
 import torch
 
-import _mtcnn_baseline
-from _common import machine, print_table, save
+from _common import machine, module_at_revision, print_table, save
 from arcface.align import Face, create_detector
 from arcface.data.locations import LFW_HINT, find_lfw
 from arcface.io.images import load_image
 
 CHUNK = 32
+#: The last revision before MTCNN was batched: its ``align/mtcnn.py`` is the yardstick.
+BASELINE_REVISION = "e6b13755542b7bf3582656cee88d58d409e84fed"
 
 
 def _differences(ref: list[list[Face]], got: list[list[Face]]) -> dict[str, float]:
@@ -58,7 +60,8 @@ def main() -> None:
     images = [load_image(p) for p in paths]
     chunks = [images[i : i + CHUNK] for i in range(0, len(images), CHUNK)]
 
-    baseline, new = _mtcnn_baseline.MTCNN(), create_detector("mtcnn")
+    old = module_at_revision(BASELINE_REVISION, "src/arcface/align/mtcnn.py", "_mtcnn_baseline")
+    baseline, new = old.MTCNN(), create_detector("mtcnn")
 
     def batched(size: int):
         return lambda chunk: [f for i in range(0, len(chunk), size) for f in new.detect_batch(chunk[i : i + size])]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib
 import inspect
 import os
 import textwrap
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -35,10 +37,29 @@ def require_shared(rel: str) -> Path:
     path = shared_root() / rel
     if not path.exists():
         msg = f"shared material {path} is absent (set ARCFACE_SHARED or place ../shared)"
-        if os.environ.get("CI", "").lower() == "true":
+        if under_ci():
             pytest.fail(msg + "; CI has it, so this is a failure")
         pytest.skip(msg)
     return path
+
+
+def under_ci() -> bool:
+    """True under ``CI=true``, where everything ``make test`` installs must be there: a missing piece fails."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def require_module(name: str, extra: str) -> ModuleType:
+    """Import ``name``, which comes with the ``extra`` extra (or a side install named there); where it is absent,
+    skip (the whole module when called at module level), but fail under ``CI=true``: ``make test`` installs every
+    extra, so there a missing one is a broken install, not an optional part. Use this, never
+    ``pytest.importorskip``, whose skip would hide that failure."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        msg = f"needs {name} ({extra}): {e}"
+        if under_ci():
+            pytest.fail(msg + "; make test installs it, so under CI this is a failure", pytrace=False)
+        pytest.skip(msg, allow_module_level=True)
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from arcface.cli import main
-from conftest import require_shared
+from conftest import require_module, require_shared
 
 LFW = "data/lfw/lfw-deepfunneled"
 N_PHOTOS = 300
@@ -45,13 +45,8 @@ pytestmark = pytest.mark.slow
 
 
 def _needs_ray() -> None:
-    try:
-        import pyarrow  # noqa: F401
-        import ray  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("ray or pyarrow is missing: make test installs the [ray] extra")
-        pytest.skip("ray is not installed (pip install 'arcface[ray]')")
+    require_module("pyarrow", "the ray extra")
+    require_module("ray", "the ray extra")
 
 
 def _free_port() -> int:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from arcface.batch.engines import EngineOptions
 from arcface.batch.failures import Failure
 from arcface.batch.jobs import Item, JobError, JobSettings, Row
+from conftest import require_module
 from conftest import run_cli as cli
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "arcface" / "samples" / "grace_hopper_1.jpg"
@@ -22,12 +22,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "src" / "arcface" / "samples" / "
 
 def _needs_pyarrow() -> None:
     """pyarrow comes with the [ray] extra that ``make test`` installs: skip without it, fail under CI."""
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("pyarrow is missing: make test installs the [ray] extra")
-        pytest.skip("pyarrow is not installed (pip install 'arcface[ray]')")
+    require_module("pyarrow", "the ray extra")
 
 
 @pytest.fixture
@@ -146,7 +141,7 @@ def test_ray_engine_errors_are_one_line(capsys, tmp_path, monkeypatch):
     out = tmp_path / "e.npz"
     # Nothing listens at the address: one line naming it, before any model is loaded or Ray is started.
     _needs_pyarrow()
-    pytest.importorskip("ray")
+    require_module("ray", "the ray extra")
     addr = f"127.0.0.1:{_free_port()}"
     rc, _, err = cli(capsys, "embed", SAMPLE, "--out", out, "--engine", "ray", "--address", addr, "--no-progress")
     assert rc == 1 and f"--address {addr}" in err and "no Ray cluster answers" in err and err.count("\n") == 1

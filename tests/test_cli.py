@@ -291,3 +291,30 @@ def test_info_names_the_machine_and_the_auto_path(capsys):
     assert r["auto"]["chosen"] in ("bf16/jit", "bf16/torch", "fp32/onnx", "fp32/torch") and r["auto"]["why"]
     rc, out, _ = cli(capsys, "info")
     assert rc == 0 and "auto path" in out and "flags" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["no-such-command"],
+        ["verify", "a.jpg"],  # a missing positional argument
+        ["verify", "a.jpg", "b.jpg", "--no-such-option"],
+        ["detect", "a.jpg", "--detector", "nope"],  # a bad choice
+        ["embed", "a.jpg", "--out", "e.npz", "--threads", "zero"],  # a bad value (the option's own type check)
+        ["gallery", "search"],  # a nested subcommand's usage error
+        ["convert", "evolve", "x.pth", "--arch", "IR_999", "--out", "m.safetensors"],
+    ],
+)
+def test_a_usage_error_exits_1_like_every_bad_argument(capsys, argv):
+    """One rule (``arcface.cli``'s table, the README's): a bad argument exits 1 whether argparse or the command finds
+    it; argparse's own 2 never reaches the caller."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: " in err and "Traceback" not in err
+
+
+def test_a_bad_option_value_found_by_the_command_exits_1(capsys, tmp_path):
+    rc, _, err = cli(capsys, "embed", tmp_path, "--out", tmp_path / "e.txt")
+    assert rc == 1 and err.count("\n") == 1 and ".npz" in err

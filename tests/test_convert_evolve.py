@@ -64,4 +64,4 @@ def test_wrong_architecture_is_one_line(originals, tmp_path, capsys):
     assert rc == 1 and err.count("\n") == 1 and "not a face.evoLVe IR_SE_50 state dict: unexpected key" in err
     with pytest.raises(SystemExit) as exit_:  # argparse refuses it, naming the known architectures
         run_cli(capsys, "convert", "evolve", ir50, "--arch", "IR_999", "--out", tmp_path / "z.safetensors")
-    assert exit_.value.code == 2 and "invalid choice: 'IR_999'" in capsys.readouterr().err
+    assert exit_.value.code == 1 and "invalid choice: 'IR_999'" in capsys.readouterr().err

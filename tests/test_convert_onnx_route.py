@@ -14,8 +14,9 @@ import pytest
 
 from arcface.inference.files import onnx_contract
 from arcface.inference.loader import load_model
+from conftest import require_module
 
-onnx = pytest.importorskip("onnx")
+onnx = require_module("onnx", "the all extra")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 MEAN_BGR = np.array([104.0, 117.0, 123.0], np.float32)  # Caffe's usual per-channel means, BGR order

@@ -22,6 +22,7 @@ from arcface.inference.converters.tflite import (
     state_dict_from_tflite,
 )
 from arcface.models import create_model
+from conftest import require_module
 
 TFLITE = "weights/recognition/MobileFaceNet.tflite"
 LFW = "data/lfw/lfw-deepfunneled"
@@ -91,7 +92,7 @@ def test_bundled_model_equals_a_fresh_conversion(shared):
 
 @pytest.mark.shared
 def test_parity_with_the_tflite_interpreter_on_real_faces(shared):
-    pytest.importorskip("ai_edge_litert")
+    require_module("ai_edge_litert", "the dev extra")
     from arcface.inference.converters.tflite import run_tflite
 
     src = shared(TFLITE)

@@ -10,8 +10,9 @@ from arcface.eval.identification import evaluate_identification, open_set_identi
 from arcface.eval.metrics import cmc_from_ranks, tar_at_far
 from arcface.index import VectorIndex
 from arcface.inference.runners import l2_normalise
+from conftest import require_module
 
-pytest.importorskip("faiss")
+require_module("faiss", "the all extra")
 
 
 def _clusters(rng, n_ids, per_id, dim, noise):

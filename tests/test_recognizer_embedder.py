@@ -10,7 +10,7 @@ from arcface.inference.contract import read_contract
 from arcface.inference.embedder import Embedder
 from arcface.inference.loader import load_model
 from arcface.inference.zoo import resolve_model_path
-from conftest import plain_fp32
+from conftest import plain_fp32, require_module
 
 
 def _crops(n: int = 3, seed: int = 0) -> np.ndarray:
@@ -81,7 +81,7 @@ def test_a_ready_embedder_is_used_as_is():
 
 @pytest.mark.shared
 def test_sface_runs_fp32_on_onnxruntime(shared):
-    pytest.importorskip("onnxruntime")
+    require_module("onnxruntime", "the all extra")
     shared("weights/recognition")
     rec = FaceRecognizer("sface")
     assert (rec.precision, rec.embedder.backend) == ("fp32", "onnx")

@@ -17,6 +17,7 @@ import pytest
 
 from arcface.runtime import threads as tp
 from arcface.runtime.workers import process_map, thread_map
+from conftest import require_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -305,7 +306,7 @@ def _fake_quota(tmp_path: Path, cpus: float) -> dict[str, str]:
 def test_every_entry_point_applies_the_policy_under_a_cpu_quota(tmp_path):
     """A container with a 1-CPU quota on this (multi-core) machine: every torch count is 1, every pool 1 wide,
     although torch itself starts with more threads."""
-    pytest.importorskip("fastapi")
+    require_module("fastapi", "the all extra")
     seen = _run(ENTRY_POINTS, _fake_quota(tmp_path, 1.0))
     expect = {"detect": 1, "embed": 1, "embed_onnx": 1, "embed_workers": 1, "pipeline": 1, "pipeline_workers": 1,
               "pipeline_onnx": 1, "eval": 1, "eval_detect_workers": [1], "service": 1, "service_workers": 1,
@@ -316,7 +317,7 @@ def test_every_entry_point_applies_the_policy_under_a_cpu_quota(tmp_path):
 def test_every_entry_point_applies_the_arcface_threads_override(tmp_path):
     """ARCFACE_THREADS=3 beats a 1-CPU quota: onnxruntime gets 3 threads; the embedding, the pipeline and the
     service 3 workers of one torch thread each. (Training is checked where 3 threads fit the machine.)"""
-    pytest.importorskip("fastapi")
+    require_module("fastapi", "the all extra")
     seen = _run(ENTRY_POINTS, {tp.ENV: "3", **_fake_quota(tmp_path, 1.0)})
     expect = {"detect": 1, "embed": 1, "embed_onnx": 3, "embed_workers": 3, "pipeline": 1, "pipeline_workers": 3,
               "pipeline_onnx": 3, "eval": 1, "eval_detect_workers": [1], "service": 1, "service_workers": 3,
@@ -406,7 +407,7 @@ def test_openmp_team_is_this_threads_own_and_restored():
 
     import torch
 
-    pytest.importorskip("faiss")
+    require_module("faiss", "the all extra")
     tp._libgomp.cache_clear()
     before = torch.get_num_threads()
     seen = {}

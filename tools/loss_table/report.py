@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 
 README_BEGIN = "<!-- loss-table:begin -->"
+#: Where the figures of the table come from, named under each table (docs/ cite a result file for every figure).
+RESULT_FILE = "`bench/results/loss_comparison.json`"
 README_END = "<!-- loss-table:end -->"
 
 
@@ -57,7 +59,7 @@ def markdown(payload: dict[str, Any]) -> str:
         f"{s['backbone']}, {s['steps']} steps of {s['batch_size']} ({s['epochs']:.1f} epochs of "
         f"{s['train_images']:,} photos of {s['train_people']:,} people), SGD lr {s['lr']}, seed 0 for every "
         f"row; {s['machine']['cpu']}, {s['machine']['cores']} cores, torch {s['machine']['torch']}; {_run_time(s)} "
-        f"({s['date']}).",
+        f"({s['date']}; {RESULT_FILE}).",
     ]
     ft = payload.get("finetune")
     if ft:
@@ -71,7 +73,8 @@ def markdown(payload: dict[str, Any]) -> str:
             f"| LFW View 1 test (held-out people, flip) | {100 * b1['accuracy']:.2f}% | {100 * a1['accuracy']:.2f}% |",
             f"| View 1 test AUC | {b1['auc']:.4f} | {a1['auc']:.4f} |",
             "",
-            f"{ft['steps']} steps of {ft['batch_size']}, {ft['lr']}; {ft['seconds'] / 60:.1f} min. {ft['note']}",
+            f"{ft['steps']} steps of {ft['batch_size']}, {ft['lr']}; {ft['seconds'] / 60:.1f} min "
+            f"({RESULT_FILE}). {ft['note']}",
         ]
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,6 @@
 """Face alignment: detect five landmarks, map them onto the template, warp to the crop the models expect.
 
-Alignment (the embedding contract of DESIGN.md):
+Alignment (the embedding contract, docs/architecture.md):
     >>> crop(image, landmarks, contract)              # the aligned crop a contract (or CropSpec) asks for
     >>> norm_crop(image, landmarks)                   # (112, 112, 3) uint8 on the arcface template
     >>> M = estimate_norm(landmarks, image_size=112)  # (2, 3) image -> crop

@@ -16,7 +16,7 @@ Speed (tuned for one torch thread per process; ``bench/mtcnn_speed.py``): ``dete
 images through each stage together, ``detect`` is a batch of one.
 
 - P-Net runs over canvases into which the pyramid levels of all images are shelf-packed (a few widths tried for
-  the least area: 94% of the canvases is levels with 32 LFW images, 90% with one); a cell counts only where its
+  the least area); a cell counts only where its
   12x12 window lies inside one level. Its two 1x1 heads are one matrix product, its 10-channel PReLU runs on
   (W * C) rows.
 - R-Net and O-Net crops of all images are cut together (:func:`_crop`: separable 2x2-supersampled bilinear
@@ -55,9 +55,9 @@ class _MaxPoolCeil(nn.Module):
 
     PyTorch's CPU max-pooling was the second most costly op of P-Net: on its 10-channel channels_last map of
     the packed pyramid (always even-sized, so no window overhangs) the strided maximum gives the same values
-    7x faster (620 -> 90 us per 250x250 image). Where the last window overhangs the map, a 3x3 / 2 window over an
-    even-sized map is a maximum over row pairs (R-Net's first pooling, 1.2x PyTorch's kernel); otherwise the full
-    windows are maxima of strided views and the overhanging one the maximum of what is left (as fast as PyTorch's).
+    several times faster. Where the last window overhangs the map, a 3x3 / 2 window over an even-sized map is a
+    maximum over row pairs (R-Net's first pooling, where it beats PyTorch's kernel); otherwise the full windows are
+    maxima of strided views and the overhanging one the maximum of what is left (no slower than PyTorch's).
     """
 
     def __init__(self, kernel: int, stride: int) -> None:
@@ -94,7 +94,7 @@ def _pool_3x3_even(x: torch.Tensor) -> torch.Tensor:
 
     Window ``i`` covers rows ``2i, 2i + 1, 2i + 2`` (the last one only ``2i, 2i + 1``): the maximum of each row pair,
     then of that and the next pair's first row. Pairs are halves of a (rows / 2, 2, W * C) view, so every maximum runs
-    over long contiguous rows: 1.4x faster than strided windows, 1.5x than PyTorch's kernel on (128, 28, 22, 22).
+    over long contiguous rows, faster than strided windows or PyTorch's kernel on R-Net's small maps.
     """
     n, c, h, w = x.shape
     hh, wh = h // 2, w // 2
@@ -134,7 +134,7 @@ def _step(dim: int, s: int) -> tuple[slice, ...]:
 
 def _face_prob(logits: torch.Tensor) -> torch.Tensor:
     """(N, 2, ...) face / non-face logits -> (N, ...) face probability: softmax's second entry, computed as
-    sigmoid(l1 - l0) (the same value; a softmax over the 2-channel channels_last map of P-Net was 10x slower)."""
+    sigmoid(l1 - l0) (the same value; a softmax over the 2-channel channels_last map of P-Net is far slower)."""
     return torch.sigmoid(logits[:, 1] - logits[:, 0])
 
 
@@ -158,7 +158,7 @@ class PNet(nn.Module):
         x = self.pool1(_prelu_rows(self.conv1(x), self.prelu1.weight))
         x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
         # The two 1x1 heads as one matrix product over the channels_last map: the convolutions' values bit for bit
-        # (PyTorch ran them through its slow im2col path, 15% of P-Net).
+        # (PyTorch runs 1x1 convolutions on this layout through its slow im2col path).
         n, c, h, w = x.shape
         weight = torch.cat([self.conv4_1.weight, self.conv4_2.weight]).view(6, c)
         bias = torch.cat([self.conv4_1.bias, self.conv4_2.bias])
@@ -170,7 +170,7 @@ def _prelu_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.prelu`` of a channels_last map with few channels, as rows of (W * C) values.
 
     PyTorch's PReLU kernel broadcasts the weight along the innermost (channel) dimension of a channels_last map; with
-    P-Net's 10 channels that loop is not vectorised (4x slower than on rows with a tiled weight; same values).
+    P-Net's 10 channels that loop is not vectorised (rows with a tiled weight give the same values faster).
     """
     n, c, h, w = x.shape
     if not x.is_contiguous(memory_format=torch.channels_last):
@@ -213,8 +213,8 @@ class ONet(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 32, kernel_size=3)
         self.prelu1 = nn.PReLU(32)
-        # PyTorch's kernel: on (32, 32, 46, 46) channels_last 14% faster than the row pairs (which win on R-Net's
-        # 22x22 maps); the same values.
+        # PyTorch's kernel: on O-Net's larger maps it beats the row pairs (which win on R-Net's 22x22 maps); the
+        # same values.
         self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.conv2 = nn.Conv2d(32, 64, kernel_size=3)
         self.prelu2 = nn.PReLU(64)
@@ -522,8 +522,8 @@ def _even(n: int) -> int:
 def _layout(sizes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """Shelf-pack rectangles at even offsets (P-Net's stride is 2) into the canvas of least area among a few widths.
 
-    Rectangles go tallest first onto shelves (:func:`_shelves`). One 250x250 image's pyramid fills 90% of its
-    canvas (80% as the reference packed it), the levels of 32 such images 94%.
+    Rectangles go tallest first onto shelves (:func:`_shelves`); the less canvas outside the levels, the less of
+    P-Net's work is wasted.
 
     Returns:
         (oy, ox) per rectangle, in the order of ``sizes``, and the canvas (height, width).
@@ -551,8 +551,8 @@ def _shelves(sizes: list[tuple[int, int]], width: int) -> tuple[list[tuple[int, 
 
     A shelf is as tall as its first rectangle; a rectangle goes, on the first shelf where it fits, either at the
     bottom of a column whose rectangles are at least as wide (stacked while the shelf height allows) or into a new
-    column at the shelf's right end; else onto a new shelf. On one 250x250 image's pyramid the small levels stack
-    beside the second one: 10% less canvas than a row per shelf.
+    column at the shelf's right end; else onto a new shelf. On one image's pyramid the small levels so stack beside
+    the second one, in less canvas than a row per shelf.
     """
     shelves: list[list] = []  # [y, height, used width, columns [[x, width, used height]]]
     offsets = []
@@ -621,7 +621,7 @@ class _MipPyramid:
     """The image and its successive 2x average-pooled halvings, for anti-aliased crops of any size.
 
     A halving is the mean of each 2x2 block (a trailing odd row / column is dropped, as ``avg_pool2d(x, 2)``),
-    computed by OpenCV's area resize of the even part: the same numbers, 3-4x faster than torch on (H, W, 3).
+    computed by OpenCV's area resize of the even part: the same numbers as torch's, faster on (H, W, 3).
     """
 
     def __init__(self, image: np.ndarray, device: torch.device) -> None:
@@ -656,7 +656,7 @@ def _group_sides(side: np.ndarray, size: int) -> np.ndarray:
     """Patch side per box, rounded up so that boxes share few groups (one pair of matrix products per group).
 
     Sides go up to a multiple of 8; a group then joins the next larger one while the extra products of its boxes
-    cost less than a group's own overhead (about the products of 1.5 M multiply-adds, measured), which only happens
+    cost less than a group's own overhead (taken as the products of 1.5 M multiply-adds), which only happens
     when a group holds few boxes (one image's crops; a batch fills every group).
     """
     side = (side + 7) // 8 * 8
@@ -688,7 +688,7 @@ def _crop(
     stand-in for the area interpolation of the reference implementation. Bilinear sampling and the 2x2 mean are
     separable, so a crop is ``Wy @ patch @ Wx^T`` with (size, r) weight matrices of 4 non-zeros per row (r: the
     patch side): two batched matrix products per group of similar r instead of gathering 16 pixels per crop pixel
-    (``grid_sample`` then a 2x2 mean: 2x slower; the values agree to 3e-4 of 255).
+    (``grid_sample`` then a 2x2 mean is slower; the values agree to within rounding).
 
     Args:
         mips: one pyramid per image.

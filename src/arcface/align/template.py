@@ -1,4 +1,4 @@
-"""The one 5-point alignment template of the embedding contract (see DESIGN.md).
+"""The one 5-point alignment template of the embedding contract (docs/architecture.md).
 
 Every crop the models see is made by mapping five detected landmarks onto these points. The template is
 defined here and nowhere else; other sizes are derived from it by :func:`template_for_size`.

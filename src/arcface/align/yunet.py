@@ -23,7 +23,7 @@ YUNET_MODEL = ("detectors", "face_detection_yunet_2023mar_int8bq.onnx")
 class YuNet(FaceDetector):
     """OpenCV's YuNet detector (faces of roughly 10 to 300 pixels; downscale bigger ones with ``max_side``).
 
-    The score threshold defaults to 0.7 rather than OpenCV's 0.9, at which 1% of LFW's faces are missed.
+    The score threshold defaults to 0.7 rather than OpenCV's 0.9, at which some of LFW's faces are missed.
 
     OpenCV's output per face is (x, y, w, h, 5 landmarks, score); its landmark order (subject's right eye,
     i.e. image-left, first) is already this package's order. Images are converted to BGR for OpenCV.

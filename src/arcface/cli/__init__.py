@@ -2,6 +2,17 @@
 
 Every subcommand turns a known failure (missing file, bad config, bad image, diverged loss) into
 one clear line on stderr and a non-zero exit, never a traceback.
+
+Exit codes, the same for every subcommand:
+
+====  ==========================================================================================
+0     success; batch commands also when some items failed (they are listed in the report)
+1     bad input or a failure: a bad argument or option (argparse's usage errors included: the
+      parser exits 1, not argparse's 2, so a caller needs one test for "the command was wrong"),
+      an unreadable or bad file, a bad config, nothing could be processed
+3     no face found (``detect``, ``verify``)
+130   interrupted (Ctrl-C)
+====  ==========================================================================================
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from arcface.cli import (
     _train,
     _verify,
 )
-from arcface.cli._args import CliError
+from arcface.cli._args import EXIT_ERROR, CliError
 from arcface.engine.config import ConfigError
 from arcface.engine.trainer import TrainingDiverged
 from arcface.gallery.rules import GalleryStorageError
@@ -42,9 +53,18 @@ _COMMANDS = (
 )  # fmt: skip
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with usage errors exiting 1 like every other bad argument (argparse uses 2); the
+    subcommands' parsers are of this class too (``add_subparsers`` builds them with the parent's class)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(prog="arcface", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="arcface", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for mod in _COMMANDS:
@@ -74,5 +94,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, known) and not args.verbose:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
             print(f"arcface {args.command}: error: {msg}", file=sys.stderr)
-            return 1
+            return EXIT_ERROR
         raise

@@ -1,14 +1,6 @@
-"""What the image subcommands (detect, align, embed, verify, eval, gallery) share: exit codes, the detector and model
-options and the recognizer they build, the images a SRC argument names, and failure lines.
-
-Exit codes of the image subcommands:
-
-====  ==========================================================================================
-0     success; batch commands also when some items failed (they are listed in the report)
-1     an error: unreadable or bad image, missing file, bad option, nothing could be processed
-2     usage error (argparse)
-3     no face found (``detect``, ``verify``)
-====  ==========================================================================================
+"""What the image subcommands (detect, align, embed, verify, eval, gallery) share: exit codes (their table is in
+``arcface.cli``), the detector and model options and the recognizer they build, the images a SRC argument names, and
+failure lines.
 """
 
 from __future__ import annotations

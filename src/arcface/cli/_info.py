@@ -1,9 +1,8 @@
 """``arcface info``: this machine, the versions, and which embedding path ``precision="auto"`` picks here and why.
 
-Speeds differ between machines (an AMD EPYC with AVX512-BF16 runs the frozen bf16 graph, an Intel Xeon with AMX
-runs bf16 too, a CPU without native bf16 runs float32 eager torch, 16-crop passes side by side on the thread
-policy's threads): a benchmark or a bug report should start
-with this output.
+Speeds differ between machines (a CPU with AVX512-BF16 or AMX runs bf16, on the frozen graph where it traces; one
+without native bf16 runs float32 eager torch, 16-crop passes side by side on the thread policy's threads): a benchmark
+or a bug report should start with this output.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ def _why(precision: str, backend: str, native_bf16: bool, flags: list[str]) -> s
         return (f"this CPU runs bfloat16 natively ({', '.join(f for f in flags if 'bf16' in f)}): bf16 on the "
                 f"{'frozen TorchScript graph' if backend == 'jit' else backend} backend")  # fmt: skip
     return ("no native bfloat16 on this CPU (no avx512_bf16 / amx_bf16): float32 eager torch (channels_last), "
-            "16-crop passes side by side on one thread per usable CPU (1.7x onnxruntime on an Ice Lake Xeon)")
+            "16-crop passes side by side on one thread per usable CPU (faster than onnxruntime float32 there)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """Image transforms for training and evaluation: uint8 RGB (H, W, 3) -> float32 (3, H, W).
 
-The input normalisation is the model contract's (DESIGN.md, the embedding contract): colour order, then
+The input normalisation is the model contract's (the embedding contract, docs/architecture.md): colour order, then
 ``(x - mean) / std``. Our own models take RGB ``(x - 127.5) / 127.5`` (the defaults here); a model that is fine-tuned
 keeps its own (the bundled default model: ``(x - 127.5) / 128``), and the trainer builds the transforms from the
 contract with :meth:`TrainTransform.for_contract` / :meth:`EvalTransform.for_contract`.

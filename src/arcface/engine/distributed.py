@@ -68,12 +68,3 @@ def barrier(info: DistInfo) -> None:
     """Wait for every rank (no-op in a single process)."""
     if info.world_size > 1 and dist.is_initialized():
         dist.barrier()
-
-
-def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """The mean of ``value`` over ranks (a copy; the input is not modified)."""
-    value = value.detach().clone()
-    if info.world_size > 1 and dist.is_initialized():
-        dist.all_reduce(value)
-        value /= info.world_size
-    return value

@@ -191,7 +191,7 @@ class PartialFC(nn.Module):
             only (default). The optimiser must accept it: ``build_optimizer``'s SGD (lazy row update)
             and AdamW (densified) do, and so does ``arcface.engine.optim.clip_grad_norm_``; plain
             ``torch.optim.SGD`` with momentum or weight decay and ``torch.nn.utils.clip_grad_norm_``
-            do not. False: a dense gradient, zero on the rows not sampled (the old behaviour).
+            do not. False: a dense gradient, zero on the rows not sampled.
         **head_params: passed to the head (``s``, ``m``, ``k``, ``aux``, ...).
 
     Attributes:
