@@ -18,12 +18,13 @@ The routes live in one router per resource (:mod:`arcface.serve.routes`); ``/v1`
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import BaseRoute
 
 from arcface.gallery import Gallery, GalleryStore
 from arcface.serve.deps import upload_parts
@@ -42,12 +43,12 @@ MULTIPART_FRAMING = 64 * 1024
 """Body bytes allowed on top of the uploads of a route (boundaries and part headers)."""
 
 
-def body_limits(app: FastAPI, settings: Settings) -> Callable[[str, str], int]:
-    """``(method, path) -> bytes`` the body of a request may have: ``max_upload_bytes`` per image part a route
+def body_limits(routes: Sequence[BaseRoute], settings: Settings) -> Callable[[str, str], int]:
+    """``(method, path) -> bytes`` the body of a request may have: ``max_upload_bytes`` per image part its route
     declares (plus the multipart framing), ``max_json_bytes`` on every other route."""
     uploads = [
         (route, upload_parts(route.openapi_extra) * settings.max_upload_bytes + MULTIPART_FRAMING)
-        for route in app.routes
+        for route in routes
         if isinstance(route, APIRoute) and upload_parts(route.openapi_extra)
     ]
 
@@ -123,15 +124,16 @@ def create_app(
     app.state.docs_assets = service.docs_assets(settings)
     install(app)
     app.mount("/static", StaticFiles(directory=service.STATIC), name="static")
-    app.include_router(service.router)
+    routers = [service.router, identities.router, recognition.router(settings.max_k)]
     if app.state.docs_assets is not None:
-        app.include_router(service.docs_router)
-    app.include_router(identities.router)
-    app.include_router(recognition.router(settings.max_k))
+        routers.append(service.docs_router)
+    for router in routers:
+        app.include_router(router)
+    app.state.routes = [route for router in routers for route in router.routes]
     app.add_middleware(
         Guard,
         keys=settings.api_keys,
-        body_limit=body_limits(app, settings),
+        body_limit=body_limits(app.state.routes, settings),
         body_timeout=settings.body_timeout,
         rate=settings.rate_limit,
         burst=settings.rate_burst,

@@ -73,7 +73,8 @@ def _canonical_id(value: object) -> object:
     return value
 
 
-IdPath = Annotated[int, BeforeValidator(_canonical_id), Path(ge=1, le=INT64_MAX, description="an id (1 .. 2^63 - 1)")]
+IdPath = Annotated[int, Path(ge=1, le=INT64_MAX, description="an id (1 .. 2^63 - 1)"), BeforeValidator(_canonical_id)]
+"""An identity or face id in a path (``Path`` first: after a validator its bounds would leave the OpenAPI schema)."""
 
 
 async def gallery_call(fn: Callable[..., T], *args: Any) -> T:

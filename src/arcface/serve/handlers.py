@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from arcface.gallery.rules import GalleryBusyError, GalleryContractError, GalleryFullError, GalleryStorageError
@@ -113,8 +114,19 @@ def as_api_error(e: Exception) -> ApiError | None:
     return ApiError(kind.status, kind.code, kind.message(e), kind.headers(e))
 
 
+def _allowed(request: Request) -> str:
+    """Every method of every route at the request's path (the framework names only the first route's); the app
+    keeps its routes in ``app.state.routes``."""
+    routes = getattr(request.app.state, "routes", ())
+    path = request.scope["path"]
+    methods = {m for r in routes if isinstance(r, APIRoute) and r.path_regex.match(path) for m in r.methods}
+    return ", ".join(sorted(methods))
+
+
 async def _on_error(request: Request, e: Exception) -> JSONResponse:
     answer = as_api_error(e)
+    if answer is not None and answer.status == 405:
+        answer = ApiError(405, answer.code, answer.message, {**(answer.headers or {}), "Allow": _allowed(request)})
     if answer is None:  # the guard answers the app's own failures; this is the last resort
         rid = request.scope.get(REQUEST_ID, "-")
         logger.error("request %s failed", rid, exc_info=e)
