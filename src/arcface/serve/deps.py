@@ -30,7 +30,7 @@ __all__ = [
     "SettingsDep",
     "Uploads",
     "gallery_call",
-    "not_found",
+    "gallery_known",
     "upload_parts",
 ]
 
@@ -82,9 +82,12 @@ async def gallery_call(fn: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(functools.partial(fn, *args))
 
 
-def not_found(kind: str, ident: int) -> ApiError:
-    """The 404 of an unknown identity or face."""
-    return ApiError(404, "not_found", f"no {kind} {ident} in the gallery")
+async def gallery_known(kind: str, ident: int, fn: Callable[..., T], *args: Any) -> T:
+    """:func:`gallery_call` about one identity or face: its KeyError (an unknown id) is the 404 of that ``kind``."""
+    try:
+        return await gallery_call(fn, *args)
+    except KeyError:
+        raise ApiError(404, "not_found", f"no {kind} {ident} in the gallery") from None
 
 
 class Uploads:

@@ -30,7 +30,7 @@ from arcface.serve.deps import (
     SettingsDep,
     Uploads,
     gallery_call,
-    not_found,
+    gallery_known,
 )
 from arcface.serve.errors import ApiError
 from arcface.serve.handlers import API, BODY, GALLERY, WRITE, responses
@@ -107,10 +107,7 @@ async def get_identity(identity_id: IdPath, gallery: GalleryDep) -> schemas.Iden
     def get():
         return gallery.get_identity(identity_id), gallery.list_faces(identity_id)
 
-    try:
-        ident, faces = await gallery_call(get)
-    except KeyError:
-        raise not_found("identity", identity_id) from None
+    ident, faces = await gallery_known("identity", identity_id, get)
     return schemas.IdentityDetail(**_identity_out(ident).model_dump(), face_ids=[f.id for f in faces])
 
 
@@ -120,10 +117,7 @@ async def get_identity(identity_id: IdPath, gallery: GalleryDep) -> schemas.Iden
 )  # fmt: skip
 async def delete_identity(identity_id: IdPath, gallery: GalleryDep) -> schemas.DeletedIdentity:
     """Remove an identity and all its faces, from the database, its log and the index cache."""
-    try:
-        n = await gallery_call(gallery.remove_identity, identity_id)
-    except KeyError:
-        raise not_found("identity", identity_id) from None
+    n = await gallery_known("identity", identity_id, gallery.remove_identity, identity_id)
     return schemas.DeletedIdentity(id=identity_id, removed_faces=n)
 
 
@@ -136,17 +130,13 @@ async def add_face(
     settings: SettingsDep,
 ) -> schemas.FaceCreated:  # fmt: skip
     """Enrol the main face (large, near the centre) of a photo (multipart part ``image``) for an identity."""
-    try:
-        await gallery_call(gallery.get_identity, identity_id)  # 404 before the upload is read
-    except KeyError:
-        raise not_found("identity", identity_id) from None
+    await gallery_known("identity", identity_id, gallery.get_identity, identity_id)  # 404 before the upload is read
     image = (await IMAGE.read(request, settings))["image"]
     faces = await pool.run(pool.enroll, image.data, image.label)
     source = image.filename if settings.store_filenames else None
-    try:
-        face_id = await gallery_call(gallery.add_face, identity_id, faces[0].embedding, recognizer.contract.id, source)
-    except KeyError:  # removed while its photo was being embedded
-        raise not_found("identity", identity_id) from None
+    embedding, contract = faces[0].embedding, recognizer.contract.id
+    # (an identity removed while its photo was being embedded is a 404 too)
+    face_id = await gallery_known("identity", identity_id, gallery.add_face, identity_id, embedding, contract, source)
     x1, y1, x2, y2 = faces[0].box
     box = schemas.Box(x1=x1, y1=y1, x2=x2, y2=y2, score=faces[0].score)
     return schemas.FaceCreated(id=face_id, identity_id=identity_id, box=box, faces_in_image=len(faces))
@@ -158,8 +148,5 @@ async def add_face(
 )  # fmt: skip
 async def delete_face(face_id: IdPath, gallery: GalleryDep) -> schemas.DeletedFace:
     """Remove one enrolled face (from the database, its log and the index cache)."""
-    try:
-        await gallery_call(gallery.remove_face, face_id)
-    except KeyError:
-        raise not_found("face", face_id) from None
+    await gallery_known("face", face_id, gallery.remove_face, face_id)
     return schemas.DeletedFace(id=face_id)
