@@ -12,20 +12,16 @@ import json
 import threading
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
-
-import httpx  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
-
-from arcface.gallery import Gallery  # noqa: E402
-from arcface.serve import Settings, SettingsError, create_app  # noqa: E402
-from conftest import require_shared  # noqa: E402
-from test_image_io import _png_claiming  # noqa: E402
+from arcface.gallery import Gallery
+from arcface.serve import Settings, SettingsError, create_app
+from conftest import require_shared
+from test_image_io import _png_claiming
 
 LFW = "data/lfw/lfw-deepfunneled"
 KEY = "test-key-0123456789"

@@ -17,14 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-httpx = pytest.importorskip("httpx")
-
-from conftest import require_shared  # noqa: E402
-from served import HTTP_TIMEOUT, Served, check_acknowledged, kill_during_enrolment  # noqa: E402
+from conftest import require_shared
+from served import HTTP_TIMEOUT, Served, check_acknowledged, kill_during_enrolment
 
 LFW = "data/lfw/lfw-deepfunneled"
 KEY = "reliability-key-0123456789"
@@ -82,7 +79,7 @@ def lfw() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(lfw, tmp_path_factory) -> Iterator[Served]:
+def server(tmp_path_factory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("served")
     with _serve(folder / "gallery", folder / "server.log") as s:
         yield s

@@ -10,15 +10,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-httpx = pytest.importorskip("httpx")
-
-from conftest import require_shared  # noqa: E402
-from dbservers import unique_name  # noqa: E402
-from served import Served, check_acknowledged, kill_during_enrolment  # noqa: E402
+from conftest import require_shared
+from dbservers import unique_name
+from served import Served, check_acknowledged, kill_during_enrolment
 
 LFW = "data/lfw/lfw-deepfunneled"
 KEY = "replica-key-0123456789"

@@ -23,7 +23,6 @@ def test_keys_that_no_header_can_carry_are_refused_at_start(tmp_path, key):
 
 
 def test_cli_serve_refuses_a_non_ascii_key(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("fastapi")
     monkeypatch.setenv("ARCFACE_API_KEY", "pässword")
     rc, _, err = run_cli(capsys, "serve", "--gallery", tmp_path / "g")
     assert rc == 1 and "printable ASCII" in err and "Traceback" not in err

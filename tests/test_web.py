@@ -16,16 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
-pytest.importorskip("uvicorn")
-
-from fastapi.testclient import TestClient  # noqa: E402
-
-from arcface.gallery import Gallery  # noqa: E402
-from arcface.serve import Settings, create_app  # noqa: E402
-from conftest import require_shared  # noqa: E402
+from arcface.gallery import Gallery
+from arcface.serve import Settings, create_app
+from conftest import require_shared
 
 LFW = "data/lfw/lfw-deepfunneled"
 KEY = "web-test-key-0123456789"

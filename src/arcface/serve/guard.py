@@ -91,15 +91,84 @@ class RateLimiter:
 
 
 class _Exchange:
-    """What the guard knows about one request/response."""
+    """One request/response as the guard sees it: what the client declared and sent, whether an answer started, and
+    the wrapped ``receive`` and ``send`` the app is given."""
 
-    __slots__ = ("body_done", "received", "responded", "started")
-
-    def __init__(self, has_body: bool) -> None:
-        self.body_done = not has_body
+    def __init__(self, scope: dict, receive: Callable, send: Callable, body_timeout: float) -> None:
+        self.rid = secrets.token_hex(8)
+        scope[REQUEST_ID] = self.rid
+        headers = scope["headers"]
+        length_values = [v for k, v in headers if k == b"content-length"]
+        chunked = any(k == b"transfer-encoding" for k, _ in headers)
+        ok = len(length_values) == 1 and length_values[0].isdigit()
+        self.declared = int(length_values[0]) if ok else None
+        self.body_done = not (chunked or bool(self.declared) or (bool(length_values) and self.declared is None))
         self.received = 0
         self.started = False  # the response has started (ours or the app's)
         self.responded = False  # the guard answered itself: the app's answer is dropped
+        path = scope["path"]
+        self.html_csp = DOCS_CSP if path == "/docs" or path.startswith("/docs/") else PAGE_CSP
+        self.limit = 0
+        self.body_timeout = body_timeout
+        self.deadline = asyncio.get_running_loop().time() + body_timeout
+        self._receive = receive
+        self._send = send
+
+    async def send(self, message: dict) -> None:
+        """The app's ``send``: the guard's headers added, nothing once the guard answered itself."""
+        if self.responded:
+            return  # the guard answered already; the app's late answer goes nowhere
+        if message["type"] == "http.response.start":
+            self.started = True
+            out = list(message.get("headers", []))
+            names = {k.lower() for k, _ in out}
+            out.append((b"x-request-id", self.rid.encode()))
+            out.append((b"x-content-type-options", b"nosniff"))
+            ctype = next((v for k, v in out if k.lower() == b"content-type"), b"")
+            if ctype.startswith(b"text/html"):
+                out += [
+                    (b"content-security-policy", self.html_csp.encode()),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"),
+                ]
+            if not self.body_done and b"connection" not in names:
+                out.append((b"connection", b"close"))  # the rest of the body is not worth reading
+            message = {**message, "headers": out}
+        await self._send(message)
+
+    async def answer(self, status: int, code: str, text: str, extra: dict[str, str] | None = None) -> None:
+        """The guard's own JSON answer (the connection is closed when a body is pending)."""
+        if self.started or self.responded:
+            return
+        hdrs = [(b"content-type", b"application/json")]
+        hdrs += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+        await self.send({"type": "http.response.start", "status": status, "headers": hdrs})
+        await self.send({"type": "http.response.body", "body": error_body(code, text)})
+        self.responded = True
+
+    async def receive(self) -> dict:
+        """The app's ``receive``: the body's bytes counted against :attr:`limit`, within the time allowed."""
+        if self.responded:
+            return {"type": "http.disconnect"}
+        if self.body_done:
+            return await self._receive()  # after the body: e.g. waiting for the client to go
+        loop = asyncio.get_running_loop()
+        try:
+            message = await asyncio.wait_for(self._receive(), timeout=max(0.0, self.deadline - loop.time()))
+        except asyncio.TimeoutError:
+            await self.answer(408, "timeout", f"the request body did not arrive within {self.body_timeout:g} s")
+            return {"type": "http.disconnect"}
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                await self.answer(413, "too_large", f"request body exceeds the limit of {self.limit:,} bytes for this "
+                                  f"route ({_LIMIT_NAMES})")  # fmt: skip
+                return {"type": "http.disconnect"}
+            if not message.get("more_body", False):
+                self.body_done = True
+        else:
+            self.body_done = True  # the client went away
+        return message
 
 
 class Guard:
@@ -145,113 +214,50 @@ class Guard:
                 found = i
         return found
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        rid = secrets.token_hex(8)
-        scope[REQUEST_ID] = rid
-        method, path = scope["method"], scope["path"]
-        headers = scope["headers"]
-        length_values = [v for k, v in headers if k == b"content-length"]
-        chunked = any(k == b"transfer-encoding" for k, _ in headers)
-        declared = int(length_values[0]) if len(length_values) == 1 and length_values[0].isdigit() else None
-        ex = _Exchange(has_body=chunked or bool(declared) or (bool(length_values) and declared is None))
-        html_csp = DOCS_CSP if path == "/docs" or path.startswith("/docs/") else PAGE_CSP
-
-        async def guarded_send(message: dict) -> None:
-            if ex.responded:
-                return  # the guard answered already; the app's late answer goes nowhere
-            if message["type"] == "http.response.start":
-                ex.started = True
-                out = list(message.get("headers", []))
-                names = {k.lower() for k, _ in out}
-                out.append((b"x-request-id", rid.encode()))
-                out.append((b"x-content-type-options", b"nosniff"))
-                ctype = next((v for k, v in out if k.lower() == b"content-type"), b"")
-                if ctype.startswith(b"text/html"):
-                    out += [
-                        (b"content-security-policy", html_csp.encode()),
-                        (b"x-frame-options", b"DENY"),
-                        (b"referrer-policy", b"no-referrer"),
-                    ]
-                if not ex.body_done and b"connection" not in names:
-                    out.append((b"connection", b"close"))  # the rest of the body is not worth reading
-                message = {**message, "headers": out}
-            await send(message)
-
-        async def answer(status: int, code: str, text: str, extra: dict[str, str] | None = None) -> None:
-            """The guard's own JSON answer (the connection is closed when a body is pending)."""
-            if ex.started or ex.responded:
-                return
-            hdrs = [(b"content-type", b"application/json")]
-            hdrs += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
-            await guarded_send({"type": "http.response.start", "status": status, "headers": hdrs})
-            await guarded_send({"type": "http.response.body", "body": error_body(code, text)})
-            ex.responded = True
-
-        # 2. authentication, 3. rate limit
+    async def _refused(self, scope: dict, ex: _Exchange) -> bool:
+        """Authentication, rate limit and declared body length: True when the guard answered (the app never runs)."""
+        path, headers = scope["path"], scope["headers"]
         is_api = path == "/v1" or path.startswith("/v1/")
         if self.keys:
             key = self._key_index(headers)
             scope[AUTHENTICATED] = key is not None
             if is_api and key is None:
                 scheme = b"bearer" in b" ".join(v.lower() for k, v in headers if k == b"authorization")
-                await answer(
+                await ex.answer(
                     401, "unauthorized",
                     "wrong API key" if scheme else "missing API key: send 'Authorization: Bearer KEY'",
                     {"WWW-Authenticate": 'Bearer error="invalid_token"' if scheme else "Bearer"},
                 )  # fmt: skip
-                return
+                return True
             bucket: Any = ("key", key)
         else:
             scope[AUTHENTICATED] = True
             bucket = ("client", (scope.get("client") or ("?",))[0])
-        if is_api:
-            wait = self.limiter.take(bucket)
-            if wait > 0:
-                await answer(429, "rate_limited", f"too many requests; retry in {wait:.1f} s",
-                             {"Retry-After": str(max(1, math.ceil(wait)))})  # fmt: skip
-                return
+        wait = self.limiter.take(bucket) if is_api else 0.0
+        if wait > 0:
+            await ex.answer(429, "rate_limited", f"too many requests; retry in {wait:.1f} s",
+                            {"Retry-After": str(max(1, math.ceil(wait)))})  # fmt: skip
+            return True
+        ex.limit = self.body_limit(scope["method"], path)
+        if ex.declared is not None and ex.declared > ex.limit:
+            await ex.answer(413, "too_large", f"request body of {ex.declared:,} bytes exceeds the limit of "
+                            f"{ex.limit:,} bytes for this route ({_LIMIT_NAMES})")  # fmt: skip
+            return True
+        return False
 
-        # 4. the body: declared length, then the bytes actually received, within the time allowed
-        limit = self.body_limit(method, path)
-        if declared is not None and declared > limit:
-            await answer(413, "too_large", f"request body of {declared:,} bytes exceeds the limit of {limit:,} bytes "
-                         f"for this route ({_LIMIT_NAMES})")  # fmt: skip
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.body_timeout
-
-        async def guarded_receive() -> dict:
-            if ex.responded:
-                return {"type": "http.disconnect"}
-            if ex.body_done:
-                return await receive()  # after the body: e.g. waiting for the client to go
-            try:
-                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - loop.time()))
-            except asyncio.TimeoutError:
-                await answer(408, "timeout", f"the request body did not arrive within {self.body_timeout:g} s")
-                return {"type": "http.disconnect"}
-            if message["type"] == "http.request":
-                ex.received += len(message.get("body", b""))
-                if ex.received > limit:
-                    await answer(413, "too_large", f"request body exceeds the limit of {limit:,} bytes for this route "
-                                 f"({_LIMIT_NAMES})")  # fmt: skip
-                    return {"type": "http.disconnect"}
-                if not message.get("more_body", False):
-                    ex.body_done = True
-            else:
-                ex.body_done = True  # the client went away
-            return message
-
-        # 7. catch-all
+        ex = _Exchange(scope, receive, send, self.body_timeout)
+        if await self._refused(scope, ex):
+            return
         try:
-            await self.app(scope, guarded_receive, guarded_send)
-        except Exception:
+            await self.app(scope, ex.receive, ex.send)
+        except Exception:  # the catch-all
             if ex.responded:
                 return  # the app tripped over the disconnect the guard gave it: already answered
-            logger.exception("request %s: %s %s failed", rid, method, path)
+            logger.exception("request %s: %s %s failed", ex.rid, scope["method"], scope["path"])
             if ex.started:
                 raise  # half an answer went out: only closing the connection is left
-            await answer(500, "internal", f"internal error; request id {rid} (the server log has the details)")
+            await ex.answer(500, "internal", f"internal error; request id {ex.rid} (the server log has the details)")

@@ -62,11 +62,18 @@ class HealthDetail(Health):
     gallery: str = Field(description="the gallery's folder or URI, any password masked")
 
 
+_NOT_IN_A_NAME = "\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\u061c\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069"
+NAME_PATTERN = f"^[^{_NOT_IN_A_NAME}]*[^\\s{_NOT_IN_A_NAME}][^{_NOT_IN_A_NAME}]*$"
+"""What :func:`~arcface.gallery.rules.check_name` accepts, for the OpenAPI document: not blank, and no control,
+line or paragraph separator or bidirectional control character (the check itself stays the rule, and also refuses
+a lone surrogate)."""
+
+
 class IdentityCreate(BaseModel):
     """``POST /v1/identities``: a name (no control or bidirectional characters) and up to 16 KiB of JSON metadata
     nested at most 8 deep."""
 
-    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS, json_schema_extra={"pattern": NAME_PATTERN})
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")

@@ -13,17 +13,14 @@ that is not printable ASCII (an HTTP header cannot carry it, so it could never m
 
 The defaults, and why:
 
-- ``max_pixels`` 16 MP: every phone camera's default output (12 MP, or 12.5 MP binned from 50 MP sensors; 16 MP
-  4608x3456) fits. Detection works on at most 1600 px per side, so more pixels only cost: one enrolment of a 40 MP
-  JPEG took 1.8x the memory (+382 MiB vs +207 MiB at 16 MP) and 2x the time of a 16 MP one (docs/SECURITY.md has the
-  table), and every model worker may hold one.
+- ``max_pixels`` 16 MP: a phone camera's default output fits. Detection works on a downscaled image, so more pixels
+  only cost memory and time in decoding, and every model worker may hold one decoded image.
 - ``max_json_bytes`` 64 KiB: a JSON request is a name and at most 16 KiB of metadata.
-- ``header_timeout`` 10 s, ``body_timeout`` 60 s: a client on a slow link still sends a 10 MB photo in a minute
-  (170 KB/s); one that trickles bytes to hold a connection is cut off.
+- ``header_timeout`` 10 s, ``body_timeout`` 60 s: a client on a slow link still sends a full-size photo in time; one
+  that trickles bytes to hold a connection is cut off.
 - ``max_connections`` 256 (uvicorn's ``limit_concurrency``), ``max_connections_per_client`` 16.
-- ``rate_limit`` 20 requests/s per key, bursts of 40: far above what the model serves (a few photos per second per
-  worker on a 2-core machine), so only a runaway client meets it; on a fast machine 8 client threads sharing one key
-  did meet it (CI), so a key shared by a busy application or a load test raises it (or sets 0, off).
+- ``rate_limit`` 20 requests/s per key, bursts of 40: above what the model serves, so only a runaway client meets
+  it; a key shared by a busy application or a load test can meet it, so raise it there (or set 0, off).
 - ``busy_timeout`` 1.5 s: a write waits that long for another process's lock, then 503 with ``Retry-After``.
 """
 

@@ -1,6 +1,6 @@
 """Reading ``multipart/form-data`` uploads in memory, with limits on every part, as they arrive.
 
-Starlette's form parser spools files over 1 MiB to temporary files on disk and accepts up to 1,000 parts; photos of
+Starlette's form parser spools large files to temporary files on disk and accepts many parts; photos of
 faces are personal data, and a route takes one or two images. So the service reads its uploads here instead:
 
 - only ``multipart/form-data`` with a boundary is read (415 otherwise, before any byte of the body);
