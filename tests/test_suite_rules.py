@@ -16,10 +16,7 @@ import conftest
 TESTS = Path(__file__).resolve().parent
 #: Test modules that still call ``pytest.importorskip``: owned by the service and gallery work under way, which
 #: moves them to ``require_module``; this list only shrinks.
-NOT_YET_MOVED = frozenset({
-    "test_serve.py", "test_serve_hardening.py", "test_serve_reliability.py", "test_serve_replicas.py",
-    "test_serve_settings.py", "test_web.py", "test_gallery_backends.py",
-})  # fmt: skip
+NOT_YET_MOVED = frozenset({"test_gallery_backends.py"})
 
 
 def _importorskip_calls(source: str) -> list[int]:
