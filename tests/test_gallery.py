@@ -217,7 +217,7 @@ def test_corrupted_or_stale_index_cache_is_rebuilt(tmp_path, kind, caplog):
 
     def check(rebuilt: bool, cached: bool = False) -> None:
         caplog.clear()
-        caplog.set_level(logging.DEBUG, logger="arcface.gallery.store")
+        caplog.set_level(logging.DEBUG, logger="arcface.gallery")
         with Gallery.open(tmp_path, index=kind) as g:
             for i, v in enumerate(people[1:], start=1):
                 top = g.search(v, 1)[0]
