@@ -222,9 +222,10 @@ class GalleryStore(ABC):
         self._closed = False
 
     @classmethod
-    @abstractmethod
     def from_target(cls, target: GalleryTarget, contract: ModelContract | None, **options: Any) -> GalleryStore:
-        """Open the gallery at a parsed location (what :func:`open_gallery` calls)."""
+        """Open the gallery at a parsed location (what :func:`open_gallery` calls): the constructor's
+        ``(target, contract, **options)``; a backend whose constructor takes something else overrides it."""
+        return cls(target, contract, **options)  # type: ignore[call-arg]
 
     @classmethod
     def open(

@@ -45,15 +45,16 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
+from arcface.gallery._server import ServerGallery
 from arcface.gallery._sqlite import make_private_dir
-from arcface.gallery.base import GALLERY_BACKENDS, FaceRecord, GalleryStore, GalleryTarget, Identity
-from arcface.gallery.rules import GalleryBusyError, GalleryError, GalleryStorageError
+from arcface.gallery.base import GALLERY_BACKENDS, FaceRecord, Identity
+from arcface.gallery.rules import GalleryError
 from arcface.inference.contract import ModelContract
 
 __all__ = ["DEFAULT_EF_SEARCH", "MilvusGallery"]
@@ -71,8 +72,6 @@ DEFAULT_NPROBE = 32
 MAX_TOPK = 16384
 """Most results of one Milvus search or query."""
 CALL_TIMEOUT_S = 60.0
-BUSY_TIMEOUT_S = 1.5
-"""Default time a write refused by Milvus's rate limiter is retried before :class:`GalleryBusyError`."""
 _RATE_LIMIT = 8  # pymilvus's ErrorCode.RATE_LIMIT
 _BATCH = 1000
 _INDEX_TYPES = {"exact": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT"}
@@ -96,7 +95,7 @@ def name_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()[:8], "big", signed=True)
 
 
-class MilvusGallery(GalleryStore):
+class MilvusGallery(ServerGallery):
     """The gallery in Milvus or Milvus Lite (see the module docstring).
 
     Open it with :func:`~arcface.gallery.base.open_gallery` and a ``milvus://`` or ``milvus-lite://`` URI.
@@ -110,29 +109,14 @@ class MilvusGallery(GalleryStore):
         busy_timeout: seconds a write refused by Milvus's rate limiter is retried, then :class:`GalleryBusyError`.
     """
 
-    OPTIONS = ("busy_timeout",)
     MAX_FETCH = MAX_TOPK
+    DEFAULT_EF_SEARCH = DEFAULT_EF_SEARCH
 
-    def __init__(
-        self,
-        target: GalleryTarget,
-        contract: ModelContract | None = None,
-        *,
-        index: str = "exact",
-        create: bool = True,
-        index_params: Mapping[str, Any] | None = None,
-        busy_timeout: float = BUSY_TIMEOUT_S,
-    ) -> None:
-        super().__init__(target.display, index)
+    def _connect(self, contract: ModelContract | None, index: str, create: bool) -> tuple[ModelContract, str]:
         self._pm = _driver()
-        self._target = target
+        target = self._target
         self.backend = target.kind
-        params = dict(index_params or {})
-        self._params = params
-        self._ef_search = int(target.options.get("ef_search", params.get("ef_search", DEFAULT_EF_SEARCH)))
-        self._nprobe = int(params.get("nprobe", DEFAULT_NPROBE))
-        self._busy_timeout = float(busy_timeout)
-        self._secrets = [s for s in (target.password,) if s]
+        self._nprobe = int(self._params.get("nprobe", DEFAULT_NPROBE))
         self._lock = threading.Lock()
         name = target.name
         self._meta, self._identities = f"{name}_meta", f"{name}_identities"
@@ -152,16 +136,12 @@ class MilvusGallery(GalleryStore):
                                                      timeout=CALL_TIMEOUT_S, grpc_options=grpc)  # fmt: skip
         try:
             with self._errors():
-                self.contract, self.index_kind = self._bind(contract, index, create)
+                bound, kind = self._bind(contract, index, create)
         except BaseException:
             self._client.close()
             raise
-        self.dim = self.contract.embedding_size
-        self._faces = f"{name}_faces_{self.contract.id}"
-
-    @classmethod
-    def from_target(cls, target: GalleryTarget, contract: ModelContract | None, **options: Any) -> MilvusGallery:
-        return cls(target, contract, **options)
+        self._faces = f"{name}_faces_{bound.id}"
+        return bound, kind
 
     # ----------------------------------------------------------------------------------------------
     # Primitives (see GalleryStore)
@@ -308,11 +288,7 @@ class MilvusGallery(GalleryStore):
                     raise
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise GalleryBusyError(
-                        f"the gallery {self.location} is busy: Milvus refused writes for more than "
-                        f"{self._busy_timeout:g} s ({self._scrub(e)}); retry later",
-                        retry_after=max(1.0, self._busy_timeout),
-                    ) from None
+                    raise self._busy("Milvus refused writes", e) from None
                 time.sleep(min(pause, left))
                 pause = min(2 * pause, 1.0)
 
@@ -328,21 +304,11 @@ class MilvusGallery(GalleryStore):
         try:
             yield
         except self._pm.exceptions.MilvusException as e:
-            raise GalleryStorageError(
-                f"the gallery {self.location} cannot be reached or written now ({self._scrub(e)})"
-            ) from None
+            raise self._unavailable(e) from None
         except Exception as e:
             if type(e).__module__.split(".")[0] in ("grpc", "milvus_lite"):
-                raise GalleryStorageError(
-                    f"the gallery {self.location} cannot be reached or written now ({self._scrub(e)})"
-                ) from None
+                raise self._unavailable(e) from None
             raise
-
-    def _scrub(self, e: BaseException) -> str:
-        text = " ".join(str(getattr(e, "message", "") or e).split("\n")[0].split()) or type(e).__name__
-        for s in self._secrets:
-            text = text.replace(s, "***")
-        return text[:500]
 
     def _all(self, collection: str, expr: str, fields: list[str]) -> list[dict]:
         """Every row matching ``expr`` (an expression built from integers only): one query, or batches past

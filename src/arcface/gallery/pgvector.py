@@ -40,12 +40,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import unquote
 
 import numpy as np
 
-from arcface.gallery.base import GALLERY_BACKENDS, FaceRecord, GalleryStore, GalleryTarget, Identity, identity_from_row
-from arcface.gallery.rules import GalleryBusyError, GalleryError, GalleryFullError, GalleryStorageError
+from arcface.gallery._server import ServerGallery
+from arcface.gallery.base import GALLERY_BACKENDS, FaceRecord, Identity, identity_from_row
+from arcface.gallery.rules import GalleryBusyError, GalleryError, GalleryFullError
 from arcface.inference.contract import ModelContract
 
 __all__ = ["DEFAULT_EF_SEARCH", "PgGallery"]
@@ -59,8 +59,6 @@ benchmark's recall against exact search high on a large gallery (bench/gallery_b
 lower it in the URI for speed."""
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 64
-BUSY_TIMEOUT_S = 1.5
-"""Default time a write waits for a row lock before :class:`GalleryBusyError`."""
 POOL_SIZE = 8
 """Connections one process keeps to the server at most."""
 POOL_WAIT_S = 30.0
@@ -129,7 +127,7 @@ class _Pool:
             conn.close()
 
 
-class PgGallery(GalleryStore):
+class PgGallery(ServerGallery):
     """The gallery in a PostgreSQL database with pgvector (see the module docstring).
 
     Open it with :func:`~arcface.gallery.base.open_gallery` and a ``postgresql://`` URI.
@@ -141,51 +139,28 @@ class PgGallery(GalleryStore):
         create: create the schema when the database has none (else :class:`FileNotFoundError`).
         index_params: ``m``, ``ef_construction`` (used when the index is created), ``ef_search``.
         busy_timeout: seconds a write waits for a row lock.
-        pool_size: connections kept at most.
     """
 
     backend = "postgresql"
-    OPTIONS = ("busy_timeout",)
+    DEFAULT_EF_SEARCH = DEFAULT_EF_SEARCH
 
-    def __init__(
-        self,
-        target: GalleryTarget,
-        contract: ModelContract | None = None,
-        *,
-        index: str = "exact",
-        create: bool = True,
-        index_params: Mapping[str, Any] | None = None,
-        busy_timeout: float = BUSY_TIMEOUT_S,
-        pool_size: int = POOL_SIZE,
-    ) -> None:
-        super().__init__(target.display, index)
+    def _connect(self, contract: ModelContract | None, index: str, create: bool) -> tuple[ModelContract, str]:
         self._psycopg, self._register_vector = _driver()
         from psycopg import sql  # optional (the [pgvector] extra), present once _driver() passed
 
         self._sql = sql
-        self._target = target
-        self.index_kind = "exact" if index == "exact" else "hnsw"
-        params = dict(index_params or {})
-        self._ef_search = int(target.options.get("ef_search", params.get("ef_search", DEFAULT_EF_SEARCH)))
-        self._m = int(params.get("m", DEFAULT_M))
-        self._ef_construction = int(params.get("ef_construction", DEFAULT_EF_CONSTRUCTION))
-        self._busy_timeout = float(busy_timeout)
-        self._secrets = [s for s in {target.password, unquote(target.password), _uri_password(target.uri)} if s]
+        self._m = int(self._params.get("m", DEFAULT_M))
+        self._ef_construction = int(self._params.get("ef_construction", DEFAULT_EF_CONSTRUCTION))
         self._iterative = False
-        schema = target.name
+        schema = self._target.name
         self._q = {name: sql.Identifier(schema, name) for name in ("meta", "identities", "faces")}
         self._schema = sql.Identifier(schema)
-        self._pool = _Pool(self._connect, pool_size, POOL_WAIT_S, target.display)
+        self._pool = _Pool(self._new_connection, POOL_SIZE, POOL_WAIT_S, self.location)
         try:
-            self.contract = self._bind(contract, create)
+            return self._bind(contract, create), "exact" if index == "exact" else "hnsw"
         except BaseException:
             self._pool.close()
             raise
-        self.dim = self.contract.embedding_size
-
-    @classmethod
-    def from_target(cls, target: GalleryTarget, contract: ModelContract | None, **options: Any) -> PgGallery:
-        return cls(target, contract, **options)
 
     # ----------------------------------------------------------------------------------------------
     # Primitives (see GalleryStore)
@@ -311,7 +286,7 @@ class PgGallery(GalleryStore):
         """``query`` with ``{meta}``, ``{identities}``, ``{faces}`` as quoted schema-qualified names."""
         return self._sql.SQL(query).format(**self._q)
 
-    def _connect(self) -> Any:
+    def _new_connection(self) -> Any:
         psycopg = self._psycopg
         with self._errors():
             conn = psycopg.connect(self._target.connect, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
@@ -355,24 +330,11 @@ class PgGallery(GalleryStore):
         try:
             yield
         except (errors.LockNotAvailable, errors.DeadlockDetected) as e:
-            raise GalleryBusyError(
-                f"the gallery {self.location} is busy: another connection held a lock for more than "
-                f"{self._busy_timeout:g} s ({self._scrub(e)}); retry later",
-                retry_after=max(1.0, self._busy_timeout),
-            ) from None
+            raise self._busy("another connection held a lock", e) from None
         except errors.DiskFull as e:
             raise GalleryFullError(f"the disk of the gallery {self.location} is full ({self._scrub(e)})") from None
         except (psycopg.OperationalError, errors.ReadOnlySqlTransaction, errors.InsufficientPrivilege) as e:
-            raise GalleryStorageError(
-                f"the gallery {self.location} cannot be reached or written now ({self._scrub(e)})"
-            ) from None
-
-    def _scrub(self, e: BaseException) -> str:
-        """The first line of an error, with every form of the password taken out."""
-        text = " ".join(str(e).split("\n")[0].split()) or type(e).__name__
-        for s in self._secrets:
-            text = text.replace(s, "***")
-        return text
+            raise self._unavailable(e) from None
 
     def _bind(self, contract: ModelContract | None, create: bool) -> ModelContract:
         """Create the schema (first use) or read the bound contract; one process at a time (an advisory lock)."""
@@ -441,15 +403,6 @@ _IDENTITY_SQL = (
 def _vector(value: Any) -> np.ndarray:
     """A pgvector value (a ``Vector``, or an array) as a float32 array."""
     return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, np.float32)
-
-
-def _uri_password(uri: str) -> str:
-    """The password of a libpq URI (``user:password@``), percent-decoded; "" when there is none."""
-    rest = uri.split("://", 1)[-1].split("?", 1)[0].split("/", 1)[0]
-    if "@" not in rest:
-        return ""
-    cred = rest.rsplit("@", 1)[0]
-    return unquote(cred.split(":", 1)[1]) if ":" in cred else ""
 
 
 GALLERY_BACKENDS.register("postgresql", PgGallery)

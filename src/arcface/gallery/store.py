@@ -49,51 +49,13 @@ from arcface.gallery._sqlite import (
     make_private_dir,
     warn_if_shared,
 )
-from arcface.gallery.base import (
-    GALLERY_BACKENDS,
-    FaceRecord,
-    GalleryStore,
-    GalleryTarget,
-    Identity,
-    Match,
-    identity_from_row,
-)
+from arcface.gallery.base import GALLERY_BACKENDS, FaceRecord, GalleryStore, GalleryTarget, Identity, identity_from_row
 from arcface.gallery.index_cache import IndexCache
 from arcface.gallery.live_index import LiveIndex, Snapshot
-from arcface.gallery.rules import (
-    INT64_MAX,
-    MAX_METADATA_BYTES,
-    MAX_METADATA_DEPTH,
-    MAX_NAME_CHARS,
-    GalleryBusyError,
-    GalleryContractError,
-    GalleryError,
-    GalleryFullError,
-    GalleryStorageError,
-    check_metadata,
-    check_name,
-)
+from arcface.gallery.rules import GalleryError
 from arcface.inference.contract import ModelContract
 
-__all__ = [
-    "DB_NAME",
-    "INT64_MAX",
-    "MAX_METADATA_BYTES",
-    "MAX_METADATA_DEPTH",
-    "MAX_NAME_CHARS",
-    "FaceRecord",
-    "Gallery",
-    "GalleryBusyError",
-    "GalleryContractError",
-    "GalleryError",
-    "GalleryFullError",
-    "GalleryStorageError",
-    "Identity",
-    "Match",
-    "SqliteGallery",
-    "check_metadata",
-    "check_name",
-]
+__all__ = ["BUSY_TIMEOUT_S", "DB_NAME", "Gallery", "SqliteGallery"]
 
 logger = logging.getLogger(__name__)
 
