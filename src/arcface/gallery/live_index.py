@@ -104,8 +104,8 @@ class LiveIndex:
             if self.generation >= generation:
                 return
             if self.generation == generation - 1:
-                change()
-                self.generation = generation
+                change()  # may rebuild (too many masked, IVF retraining), reading a later state still
+                self.generation = max(self.generation, generation)
             else:
                 self.rebuild()
 
