@@ -136,13 +136,13 @@ def _search_part(args: argparse.Namespace, folder: Path) -> tuple[list[list[obje
                 try:
                     for value in values:
                         # a search-time knob of the built index (VectorIndex reads it on every search)
-                        setattr(approx._index, attr, value)
+                        setattr(approx._live.index, attr, value)
                         top, st = _timed_search(approx, queries, args.k)
                         recall = float(np.mean(top == exact_top))
                         hit = float(np.mean(top == face_ids[src]))
                         params = {**base, attr: value}
                         if kind == "ivf":  # lowered to n_train // 39 for small galleries
-                            params["nlist"] = int(approx._index.nlist)
+                            params["nlist"] = int(approx._live.index.nlist)
                         label = f"{kind} " + ", ".join(f"{a}={v}" for a, v in params.items())
                         rows.append([f"{n:,}", label, "-", f"{build_s:.1f}", f"{st['mean_ms']:.2f}",
                                      f"{st['p99_ms']:.2f}", f"{st['qps']:,.0f}", f"{recall:.3f}",

@@ -217,7 +217,7 @@ def test_corrupted_or_stale_index_cache_is_rebuilt(tmp_path, kind, caplog):
 
     def check(rebuilt: bool, cached: bool = False) -> None:
         caplog.clear()
-        caplog.set_level(logging.DEBUG, logger="arcface.gallery.store")
+        caplog.set_level(logging.DEBUG, logger="arcface.gallery")
         with Gallery.open(tmp_path, index=kind) as g:
             for i, v in enumerate(people[1:], start=1):
                 top = g.search(v, 1)[0]
@@ -302,8 +302,70 @@ def test_concurrent_add_face_from_threads(gallery_uri):
 
 def test_closed_gallery_refuses(gallery_uri):
     g = Gallery.open(gallery_uri(), CONTRACT)
+    ident = g.add_identity("early")
+    face = g.add_face(ident, np.ones(D), CONTRACT.id)
     g.close()
     g.close()  # idempotent
-    for call in (g.count, lambda: g.add_identity("late"), lambda: g.search(np.ones(D))):
+    calls = (g.count, g.count_identities, g.list_identities, g.list_faces, lambda: g.add_identity("late"),
+             lambda: g.search(np.ones(D)), lambda: g.get_identity(ident), lambda: g.find_identities("early"),
+             lambda: g.add_face(ident, np.ones(D), CONTRACT.id), lambda: g.get_embedding(face),
+             lambda: g.remove_face(face), lambda: g.remove_identity(ident))  # fmt: skip
+    for call in calls:
         with pytest.raises(GalleryError, match="closed"):
             call()
+
+
+def test_a_write_is_whole_or_nothing(gallery_uri):
+    """A refused add_faces leaves none of its faces; remove_identity takes every face with it, out of every answer."""
+    rng = np.random.default_rng(21)
+    with Gallery.open(gallery_uri(), CONTRACT) as g:
+        ann, bob = g.add_identity("ann"), g.add_identity("bob")
+        g.add_face(bob, unit(rng), CONTRACT.id)
+        good = unit(rng, 3)
+        for bad_rows, sources in ((np.vstack([good, np.full((1, D), np.nan)]), None),
+                                  (np.vstack([good, np.zeros((1, D))]), None),
+                                  (good, ["a.jpg", "b.jpg", "c\x00.jpg"]),
+                                  (good, ["a.jpg"])):  # fmt: skip
+            with pytest.raises(ValueError):
+                g.add_faces(ann, bad_rows, CONTRACT.id, sources)
+            assert g.count() == 1 and g.list_faces(ann) == [] and g.get_identity(ann).faces == 0
+        with pytest.raises(GalleryContractError):
+            g.add_faces(ann, good, OTHER.id)
+        faces = g.add_faces(ann, good, CONTRACT.id)
+        assert g.count() == 4 and g.get_identity(ann).faces == 3
+        assert g.remove_identity(ann) == 3
+        assert g.count() == 1 and g.list_faces(ann) == [] and g.find_identities("ann") == []
+        assert [i.id for i in g.list_identities()] == [bob]
+        for f in faces:
+            with pytest.raises(KeyError):
+                g.get_embedding(f)
+        with pytest.raises(KeyError):
+            g.get_embeddings([faces[0]])
+        with pytest.raises(KeyError):
+            g.add_faces(ann, good, CONTRACT.id)
+        assert g.count() == 1
+        assert all(m.identity_id == bob for m in g.search(good[0], 5))
+
+
+def test_a_removal_is_seen_by_every_connection_at_once(gallery_uri):
+    """Once remove_identity/remove_face return, another connection (its own index, pool or client) never answers
+    what was removed: not by search, get, list or find."""
+    rng = np.random.default_rng(22)
+    v, w = unit(rng, 2)
+    where = gallery_uri()
+    with Gallery.open(where, CONTRACT) as writer, Gallery.open(where) as reader:
+        ann, bob = writer.add_identity("ann"), writer.add_identity("bob")
+        writer.add_face(ann, v, CONTRACT.id)
+        kept = writer.add_face(bob, w, CONTRACT.id)
+        gone = writer.add_face(bob, v, CONTRACT.id)
+        assert reader.search(v, 1)[0].identity_id == ann  # the reader has read the gallery (built its index)
+        writer.remove_identity(ann)
+        writer.remove_face(gone)
+        assert [m.identity_id for m in reader.search(v, 5)] == [bob]
+        assert reader.search(v, 5)[0].face_id == kept
+        with pytest.raises(KeyError):
+            reader.get_identity(ann)
+        with pytest.raises(KeyError):
+            reader.get_embedding(gone)
+        assert reader.find_identities("ann") == [] and [i.id for i in reader.list_identities()] == [bob]
+        assert [f.id for f in reader.list_faces()] == [kept] and reader.get_identity(bob).faces == 1

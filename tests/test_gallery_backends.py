@@ -80,6 +80,61 @@ def test_uri_forms_and_masking(tmp_path):
         assert "pw" not in str(e.value).replace("pwd", "")
 
 
+def test_postgres_uri_takes_connection_parameters_only(capsys):
+    """A libpq parameter that changes what the session does (``options`` sets server settings such as search_path for
+    every statement; ``service`` reads them from a file) is refused with one line naming it; connection ones pass."""
+    ok = GalleryTarget.parse("postgresql://u:pw@h/db?sslmode=verify-full&connect_timeout=5&target_session_attrs=any")
+    assert ok.connect == "postgresql://u:pw@h/db?sslmode=verify-full&connect_timeout=5&target_session_attrs=any"
+    cases = (("options=-c search_path=evil", "options="), ("options=-c%20search_path%3Devil", "options="),
+             ("sslmode=require&service=prod", "service="), ("client_encoding=SQL_ASCII", "client_encoding="),
+             ("replication=database", "replication="))  # fmt: skip
+    for query, param in cases:
+        uri = f"postgresql://ann:hunter2secret@127.0.0.1:5/x?{query}"
+        with pytest.raises(GalleryError, match=f"URI parameter {param} is not accepted") as e:
+            GalleryTarget.parse(uri)
+        assert "hunter2secret" not in str(e.value) and "\n" not in str(e.value)
+        rc, out, err = run_cli(capsys, "gallery", "list", "--gallery", uri)
+        assert rc == 1 and len(err.strip().splitlines()) == 1 and param in err, err
+        assert "hunter2secret" not in out + err and "Traceback" not in err
+
+
+def test_an_option_a_backend_has_no_use_for_is_refused(tmp_path, postgres_server, milvus_server):
+    """``cache`` is the SQLite store's index cache: a server backend refuses it, naming it; ``busy_timeout`` means
+    something on every backend."""
+    for uri in (f"{postgres_server.uri}?gallery={unique_name()}", f"{milvus_server.uri}?gallery={unique_name()}"):
+        for cache in (True, False):
+            with pytest.raises(GalleryError, match="cache= has no meaning"):
+                Gallery.open(uri, CONTRACT, cache=cache)
+        with Gallery.open(uri, CONTRACT, busy_timeout=0.5) as g:
+            assert g.count() == 0
+    with Gallery.open(tmp_path / "g", CONTRACT, cache=False, busy_timeout=0.5) as g:
+        assert g.count() == 0
+
+
+def test_milvus_write_refused_by_its_rate_limiter_is_busy(milvus_server, monkeypatch):
+    """Milvus has no locks: what makes a write wait is its rate limiter. A write it keeps refusing is retried for
+    busy_timeout seconds, then GalleryBusyError (retry later), with nothing written."""
+    from pymilvus.exceptions import MilvusException
+
+    rng = np.random.default_rng(13)
+    with Gallery.open(f"{milvus_server.uri}?gallery={unique_name()}", CONTRACT, busy_timeout=0.3) as g:
+        ident = g.add_identity("ann")
+        calls = []
+
+        def refused(*args, **kwargs):
+            calls.append(kwargs.get("retry_on_rate_limit"))
+            raise MilvusException(code=8, message="rate limit exceeded")
+
+        monkeypatch.setattr(g._client, "insert", refused)
+        with pytest.raises(GalleryBusyError, match="busy") as e:
+            g.add_face(ident, unit(rng, 1)[0], CONTRACT.id)
+        assert e.value.retry_after >= 1 and len(calls) > 1 and set(calls) == {False}
+        monkeypatch.undo()
+        assert g.count() == 0
+        g.add_face(ident, unit(rng, 1)[0], CONTRACT.id)
+        assert g.count() == 1
+
+
 def test_bad_or_unreachable_uri_is_one_line_without_the_password(capsys, tmp_path):
     port = free_port()  # nothing listens there
     for uri in (f"postgresql://ann:hunter2secret@127.0.0.1:{port}/x", "mysql://ann:hunter2secret@h/db",

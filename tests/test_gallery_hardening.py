@@ -237,3 +237,24 @@ def test_writes_of_another_process_are_seen_by_generation(gallery_uri):
         assert [m.name for m in reader.search(v, 5)] == ["b"]
         reader.remove_face(f)
         assert writer.search(w, 5) == []
+
+
+def test_invisible_and_nul_characters_are_refused_in_names_and_lookups(gallery_uri):
+    """Format characters (Unicode Cf: zero-width space, byte-order mark, soft hyphen, word joiner) make a name look
+    like another, as controls and bidirectional marks do; a lookup by a name no identity could have is the same
+    ValueError as creating it, on every backend (never a driver's error)."""
+    refused = ("\ufeffann", "a\u200bnn", "an\u00adn", "an\u2060n", "ann\u200d", "a\x00", "\x00")
+    for bad in refused:
+        with pytest.raises(ValueError, match="control|invisible"):
+            check_name(bad)
+    with Gallery.open(gallery_uri(), CONTRACT) as g:
+        ann = g.add_identity("ann")
+        for bad in refused:
+            with pytest.raises(ValueError, match="control|invisible"):
+                g.add_identity(bad)
+            with pytest.raises(ValueError, match="control|invisible"):
+                g.find_identities(bad)
+        with pytest.raises(ValueError, match="non-empty"):
+            g.find_identities("")
+        assert [i.id for i in g.find_identities("ann")] == [ann]
+        assert g.find_identities(5) == [] and g.count_identities() == 1  # type: ignore[arg-type]

@@ -2,16 +2,19 @@
 
 Backends, chosen by the path or URI that names the gallery (:mod:`arcface.gallery.base`):
 
-- a folder or ``sqlite:///...``: SQLite + FAISS in one folder (:mod:`arcface.gallery.store`), the embedded default;
-- ``postgresql://...``: PostgreSQL with pgvector (:mod:`arcface.gallery.pgvector`, the ``[pgvector]`` extra);
-- ``milvus://host:port``, ``milvus-lite:///file.db``: Milvus (:mod:`arcface.gallery.milvus`, the ``[milvus]`` extra).
+- a folder or ``sqlite:///...``: :class:`SqliteGallery`, SQLite + FAISS in one folder (:mod:`arcface.gallery.store`),
+  the embedded default;
+- ``postgresql://...``: :class:`PgGallery`, PostgreSQL with pgvector (:mod:`arcface.gallery.pgvector`, the
+  ``[pgvector]`` extra);
+- ``milvus://host:port``, ``milvus-lite:///file.db``: :class:`MilvusGallery` (:mod:`arcface.gallery.milvus`, the
+  ``[milvus]`` extra).
 
-``Gallery.open(location, contract)`` (or :func:`open_gallery`) opens any of them. :mod:`arcface.gallery.rules` holds
-what every backend accepts (limits, names, metadata, ids) and its errors. The drivers are imported on first use.
+:func:`open_gallery` (``GalleryStore.open``, ``SqliteGallery.open``, and ``Gallery.open``, ``Gallery`` being the
+former name of :class:`SqliteGallery`) opens any of them. :class:`GalleryStore` states the rules every backend keeps;
+:mod:`arcface.gallery.rules` holds what every backend accepts (limits, names, metadata, ids) and its errors;
+:mod:`arcface.gallery.target` the URIs. The drivers are imported on first use.
 """
 
-from arcface.gallery import milvus as _milvus  # noqa: F401  (registers milvus://, milvus-lite://)
-from arcface.gallery import pgvector as _pgvector  # noqa: F401  (registers postgresql://)
 from arcface.gallery.base import (
     FaceRecord,
     GalleryStore,
@@ -21,6 +24,8 @@ from arcface.gallery.base import (
     mask_uri,
     open_gallery,
 )
+from arcface.gallery.milvus import MilvusGallery
+from arcface.gallery.pgvector import PgGallery
 from arcface.gallery.rules import (
     GalleryBusyError,
     GalleryContractError,
@@ -30,7 +35,7 @@ from arcface.gallery.rules import (
     check_metadata,
     check_name,
 )
-from arcface.gallery.store import Gallery
+from arcface.gallery.store import Gallery, SqliteGallery
 
 __all__ = [
     "FaceRecord",
@@ -44,6 +49,9 @@ __all__ = [
     "GalleryTarget",
     "Identity",
     "Match",
+    "MilvusGallery",
+    "PgGallery",
+    "SqliteGallery",
     "check_metadata",
     "check_name",
     "mask_uri",

@@ -1,23 +1,118 @@
-"""SQLite and file helpers of the gallery store: transactions, private files, a full disk."""
+"""SQLite and file helpers of the SQLite gallery: its connections and their errors, transactions, private files."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["DIR_MODE", "FILE_MODE", "Read", "Transaction", "disk_full", "make_private_dir", "suppress_os",
-           "suppress_sqlite", "warn_if_shared"]  # fmt: skip
+from arcface.gallery.rules import GalleryBusyError, GalleryFullError, GalleryStorageError
 
-logger = logging.getLogger("arcface.gallery.store")
+__all__ = ["DIR_MODE", "FILE_MODE", "Connections", "Read", "Transaction", "disk_full", "make_private_dir",
+           "suppress_os", "suppress_sqlite", "warn_if_shared"]  # fmt: skip
+
+logger = logging.getLogger(__name__)
 
 FILE_MODE = 0o600
 """Mode of every file of a gallery (SQLite gives its -wal and -shm files the database file's mode)."""
 DIR_MODE = 0o700
 """Mode of a gallery folder."""
+
+
+class Connections:
+    """The connections of one SQLite gallery: one writer (its lock held around each write) and a read-only connection
+    per thread (WAL: a reader sees the last commit and never waits for a writer).
+
+    Args:
+        path: the database file.
+        busy_timeout: seconds a statement waits for a lock held by another connection.
+        check_open: raises when the gallery is closed (called before a reader is lent).
+    """
+
+    def __init__(self, path: Path, busy_timeout: float, check_open: Callable[[], None]) -> None:
+        self.path = path
+        self.busy_timeout = float(busy_timeout)
+        self.write_lock = threading.RLock()
+        self.erasure_pending = False
+        self._check_open = check_open
+        self._readers_lock = threading.Lock()
+        self._readers: list[sqlite3.Connection] = []
+        self._local = threading.local()
+        self._closed = False
+        self.writer = self._connect()
+
+    def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
+        if read_only:
+            db.execute("PRAGMA query_only=ON")
+        return db
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection."""
+        self._check_open()
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._connect(read_only=True)
+            with self._readers_lock:
+                if self._closed:
+                    db.close()
+                    self._check_open()
+                self._readers.append(db)
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        """Close every connection (errors ignored: nothing is left to write)."""
+        with self._readers_lock:
+            self._closed = True
+            readers, self._readers = self._readers, []
+        for db in readers:
+            with suppress_sqlite():
+                db.close()
+        with suppress_sqlite():
+            self.writer.close()
+
+    @contextmanager
+    def storage(self) -> Iterator[None]:
+        """SQLite's busy, full, read-only and I/O errors as :class:`GalleryBusyError`, :class:`GalleryFullError` and
+        :class:`GalleryStorageError`."""
+        where = self.path.parent
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+            text = str(e)
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "database is locked" in text:
+                raise GalleryBusyError(
+                    f"the gallery {where} is busy: another connection held its lock for more than "
+                    f"{self.busy_timeout:g} s; retry later",
+                    retry_after=max(1.0, self.busy_timeout),
+                ) from None
+            full = code == sqlite3.SQLITE_FULL or "disk is full" in text
+            if full or (code == sqlite3.SQLITE_IOERR and disk_full(where)):
+                raise GalleryFullError(f"the disk of the gallery {where} is full ({text})") from None
+            if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
+                raise GalleryStorageError(f"the gallery {where} cannot be written now ({text})") from None
+            raise
+
+    def checkpoint(self) -> None:
+        """``wal_checkpoint(TRUNCATE)``: the WAL's frames go into the database file and the WAL to zero bytes (so a
+        deleted row's old content is in no file). When a reader keeps the WAL busy, :attr:`erasure_pending` stays set
+        and the next write tries again."""
+        try:
+            busy, _, _ = self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as e:
+            logger.warning("gallery %s: WAL checkpoint failed (%s); retried at the next write", self.path.parent, e)
+            return
+        if busy:
+            logger.warning("gallery %s: a reader kept the WAL busy; it is truncated at the next write",
+                           self.path.parent)  # fmt: skip
+        else:
+            self.erasure_pending = False
 
 
 class Transaction:

@@ -1,49 +1,43 @@
-"""One interface for every gallery backend, the records it returns, and the URI that chooses a backend.
+"""One interface for every gallery backend: the records it returns, the rules every backend keeps, and the one opener.
 
-A gallery is named by a path or a URI, everywhere one is named (the API, ``--gallery``, ``arcface serve``, the
-settings file)::
-
-    /srv/gallery, sqlite:///srv/gallery       the SQLite store (+ FAISS) in that folder: the embedded default
-    postgresql://USER:PASSWORD@HOST:PORT/DB   PostgreSQL with pgvector (any libpq URI; ``postgres://`` too)
-    milvus://[USER:PASSWORD@]HOST:PORT[/DB]   a Milvus server or cluster over gRPC (``milvus+https://``: TLS)
-    milvus-lite:///path/file.db               an embedded Milvus Lite data folder (one process only)
-
-A server URI may add ``gallery=NAME`` (the gallery's name on that server: a PostgreSQL schema, a prefix of Milvus
-collections; default ``arcface``; lower-case letters, digits and ``_``) and ``ef_search=N`` (the HNSW search beam
-width) to its query string; they are taken out before the rest reaches the driver. The path after ``sqlite://`` or
-``milvus-lite://`` is the text that follows the ``//`` (``sqlite:///srv/g`` is ``/srv/g``).
-
-Credentials never leave the URI: :attr:`GalleryTarget.display` (and ``str()``) shows the password and any
-``password``/``token`` parameter as ``***``, and every message of a backend uses that form.
-
-Every backend (:class:`GalleryStore`) keeps the same semantics (see :mod:`arcface.gallery.store` for the SQLite
-store's decisions and the docs for what each server backend promises): one bound contract, refused otherwise;
-identities and faces CRUD; every write one transaction, durable when the method returns; a removal gone from search
-at once; search with ``k`` and the aggregate rules; the limits and errors of :mod:`arcface.gallery.rules`.
+:func:`open_gallery` (also ``SqliteGallery.open`` and its alias ``Gallery.open``) opens the gallery a path or URI
+names (:mod:`arcface.gallery.target`) with the backend its scheme chooses (:data:`GALLERY_BACKENDS`). Every backend is
+a :class:`GalleryStore`: the public methods (their argument checks, the errors, the search and its identity ranking,
+the stored contract) are written here once, over a few primitives each backend implements (insert, delete and fetch
+records; the nearest faces of a query; the faces of some identities).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from typing import Any, ClassVar
 
 import numpy as np
 
-from arcface.gallery.rules import GalleryContractError, GalleryError, check_source
+from arcface.gallery.rules import (
+    INT64_MAX,
+    GalleryContractError,
+    GalleryError,
+    check_metadata,
+    check_name,
+    check_source,
+    valid_id,
+)
+from arcface.gallery.target import DEFAULT_GALLERY_NAME, GalleryTarget, mask_uri
+from arcface.index import INDEX_KINDS
 from arcface.inference.contract import ModelContract
 from arcface.registry import Registry
 
 __all__ = [
     "AGGREGATES",
-    "GALLERY_BACKENDS",
     "DEFAULT_GALLERY_NAME",
+    "GALLERY_BACKENDS",
     "FaceRecord",
     "GalleryStore",
     "GalleryTarget",
@@ -56,23 +50,10 @@ __all__ = [
 ]
 
 AGGREGATES = ("max", "mean_top")
-DEFAULT_GALLERY_NAME = "arcface"
-"""The gallery's name on a server when the URI gives none."""
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
-_OUR_PARAMS = ("gallery", "ef_search")
-_SECRET_PARAMS = ("password", "token", "sslpassword")
-_SCHEMES = {
-    "sqlite": "sqlite",
-    "postgresql": "postgresql",
-    "postgres": "postgresql",
-    "milvus": "milvus",
-    "milvus+https": "milvus",
-    "milvus-lite": "milvus-lite",
-}
 
 GALLERY_BACKENDS: Registry = Registry("gallery backend")
-"""Backend kind (``sqlite``, ``postgresql``, ``milvus``, ``milvus-lite``) -> opener ``(target, contract, **options)
--> GalleryStore``; each backend module registers itself."""
+"""Backend kind (``sqlite``, ``postgresql``, ``milvus``, ``milvus-lite``) -> its :class:`GalleryStore` class; each
+backend module registers itself."""
 
 
 @dataclass(frozen=True)
@@ -130,126 +111,14 @@ class Match:
     face_id: int
 
 
+def identity_from_row(row: Sequence[Any]) -> Identity:
+    """An :class:`Identity` from ``(id, name, metadata JSON, created, faces)``."""
+    ident, name, meta, created, faces = row
+    return Identity(int(ident), name, json.loads(meta), float(created), int(faces))
+
+
 # --------------------------------------------------------------------------------------------------
-# Where a gallery is
-
-
-@dataclass(frozen=True)
-class GalleryTarget:
-    """A parsed gallery location (see the module docstring for the forms).
-
-    Attributes:
-        kind: ``"sqlite"``, ``"postgresql"``, ``"milvus"`` or ``"milvus-lite"``.
-        uri: what was given (credentials included: never print it; ``str()`` is :attr:`display`).
-        display: the location with the password masked, for messages.
-        path: the folder (SQLite) or data folder (Milvus Lite); None for a server.
-        name: the gallery's name on a server (``gallery=``; default ``arcface``).
-        connect: what the driver gets: the libpq URI without our parameters, or Milvus's ``http(s)://host:port``.
-        options: our parameters other than the name (``ef_search``), as ints.
-        user, password, database: Milvus credentials and database from the URI ("" when absent).
-    """
-
-    kind: str
-    uri: str = field(repr=False)
-    display: str
-    path: Path | None = None
-    name: str = DEFAULT_GALLERY_NAME
-    connect: str = field(default="", repr=False)
-    options: Mapping[str, int] = field(default_factory=dict)
-    user: str = field(default="", repr=False)
-    password: str = field(default="", repr=False)
-    database: str = ""
-
-    def __str__(self) -> str:
-        return self.display
-
-    @classmethod
-    def parse(cls, value: str | os.PathLike | GalleryTarget) -> GalleryTarget:
-        """A path or a URI as a target.
-
-        Raises:
-            GalleryError: an unknown scheme, or a URI that is malformed (the message shows it masked).
-        """
-        if isinstance(value, GalleryTarget):
-            return value
-        if isinstance(value, os.PathLike) or "://" not in str(value):
-            path = Path(value)
-            if not str(path).strip():
-                raise GalleryError("a gallery needs a folder or a URI, got an empty string")
-            return cls("sqlite", str(path), str(path), path=path)
-        text = str(value)
-        scheme, rest = text.split("://", 1)
-        kind = _SCHEMES.get(scheme.lower())
-        display = mask_uri(text)
-        if kind is None:
-            known = ", ".join(sorted(_SCHEMES))
-            raise GalleryError(f"gallery {display}: unknown scheme {scheme!r} (a folder, or one of {known}://)")
-        if kind == "sqlite":
-            if "?" in rest or not rest.strip():
-                raise GalleryError(f"gallery {display}: sqlite:// takes a folder and nothing else (sqlite:///srv/g)")
-            return cls("sqlite", text, display, path=Path(rest))
-        base, _, query = rest.partition("?")
-        params = parse_qsl(query, keep_blank_values=True)
-        ours = {k: v for k, v in params if k in _OUR_PARAMS}
-        name = ours.get("gallery", DEFAULT_GALLERY_NAME)
-        if not _NAME.fullmatch(name):
-            raise GalleryError(
-                f"gallery {display}: gallery={name!r} must be 1 to 40 lower-case letters, digits or _, "
-                "starting with a letter"
-            )
-        options: dict[str, int] = {}
-        if "ef_search" in ours:
-            try:
-                options["ef_search"] = int(ours["ef_search"])
-            except ValueError:
-                options["ef_search"] = 0
-            if not 1 <= options["ef_search"] <= 32768:
-                raise GalleryError(f"gallery {display}: ef_search must be an integer in 1..32768")
-        rest_query = urlencode([(k, v) for k, v in params if k not in _OUR_PARAMS], quote_via=quote)
-        if kind == "milvus-lite":
-            if rest_query:
-                raise GalleryError(f"gallery {display}: milvus-lite:// takes gallery= and ef_search= only")
-            if not base.endswith(".db") or base.endswith("/.db"):
-                raise GalleryError(f"gallery {display}: a Milvus Lite file is named *.db (milvus-lite:///srv/g.db)")
-            return cls(kind, text, display, path=Path(base), name=name, options=options)
-        if kind == "postgresql":
-            connect = f"postgresql://{base}" + (f"?{rest_query}" if rest_query else "")
-            return cls(kind, text, display, name=name, connect=connect, options=options)
-        # Milvus: [user:password@]host[:port][/database]
-        netloc, _, db = base.partition("/")
-        user = password = ""
-        if "@" in netloc:
-            cred, netloc = netloc.rsplit("@", 1)
-            user, _, password = cred.partition(":")
-        host, _, port = netloc.rpartition(":") if netloc.count(":") == 1 else (netloc, "", "")
-        if not host or (port and not port.isdigit()) or rest_query or "/" in db:
-            raise GalleryError(f"gallery {display}: expected milvus://[user:password@]host:port[/database]")
-        scheme_http = "https" if scheme.lower() == "milvus+https" else "http"
-        connect = f"{scheme_http}://{host}:{port or 19530}"
-        return cls(kind, text, display, name=name, connect=connect, options=options, user=user, password=password,
-                   database=db)  # fmt: skip
-
-
-def mask_uri(value: str | os.PathLike) -> str:
-    """``value`` with the password of a URI (and ``password``/``token`` parameters) replaced by ``***``."""
-    text = str(value)
-    if "://" not in text:
-        return text
-    scheme, rest = text.split("://", 1)
-    base, sep, query = rest.partition("?")
-    netloc, slash, path = base.partition("/")
-    if "@" in netloc:
-        cred, host = netloc.rsplit("@", 1)
-        if ":" in cred:
-            cred = cred.split(":", 1)[0] + ":***"
-        netloc = f"{cred}@{host}"
-    if query:
-        parts = []
-        for item in query.split("&"):
-            key = item.split("=", 1)[0]
-            parts.append(f"{key}=***" if key.lower() in _SECRET_PARAMS else item)
-        query = "&".join(parts)
-    return f"{scheme}://{netloc}{slash}{path}{sep}{query}"
+# Opening
 
 
 def open_gallery(
@@ -259,31 +128,38 @@ def open_gallery(
     index: str = "exact",
     create: bool = True,
     index_params: Mapping[str, Any] | None = None,
-    cache: bool = True,
-    busy_timeout: float = 1.5,
+    cache: bool | None = None,
+    busy_timeout: float | None = None,
 ) -> GalleryStore:
-    """Open (or create) the gallery at a path or URI, with the backend the URI names.
+    """Open (or create) the gallery at a path or URI, with the backend the URI names: the one opener of every backend.
 
     Args:
-        target: a folder, or a URI (see the module docstring).
+        target: a folder, or a URI (see :mod:`arcface.gallery.target`).
         contract: the model contract; required to create a gallery, checked against the bound one otherwise.
-        index: ``"exact"`` (default) or ``"hnsw"``/``"ivf"``: how searches run (see each backend).
+        index: ``"exact"`` (default), ``"hnsw"`` or ``"ivf"``: how searches run (see each backend).
         create: create the gallery when there is none (else :class:`FileNotFoundError`).
         index_params: index options (``m``, ``ef_construction``, ``ef_search``, ``nlist``, ``nprobe``...).
-        cache: the SQLite store's index cache file (ignored by the servers).
-        busy_timeout: seconds a write waits for a lock another connection holds, then :class:`GalleryBusyError`.
+        cache: keep the SQLite store's index cache file (default on). Only the SQLite store has one: a server backend
+            refuses the argument.
+        busy_timeout: seconds a write waits for the storage to accept it while another client holds it (a lock; on
+            Milvus, its rate limiter), then :class:`GalleryBusyError`; default 1.5.
 
     Raises:
-        GalleryError: an unknown scheme or a malformed URI; a location holding something else.
+        GalleryError: an unknown scheme or a malformed URI; a location holding something else; an argument the
+            backend has no use for (the message names it).
         GalleryContractError: ``contract`` is not the bound one.
         GalleryStorageError: the server cannot be reached.
         FileNotFoundError: no gallery there and ``create=False``.
-        ImportError: the backend's extra is not installed (the message names it).
     """
     t = GalleryTarget.parse(target)
-    opener = GALLERY_BACKENDS.get(t.kind)
-    return opener(t, contract, index=index, create=create, index_params=dict(index_params or {}), cache=cache,
-                  busy_timeout=busy_timeout)  # fmt: skip
+    cls = GALLERY_BACKENDS.get(t.kind)
+    options = {k: v for k, v in (("cache", cache), ("busy_timeout", busy_timeout)) if v is not None}
+    for name in options:
+        if name not in cls.OPTIONS:
+            takes = ", ".join(("index", "create", "index_params", *cls.OPTIONS))
+            raise GalleryError(f"gallery {t.display}: {name}= has no meaning for a {t.kind} gallery (it takes {takes});"
+                               " leave it out")  # fmt: skip
+    return cls.from_target(t, contract, index=index, create=create, index_params=dict(index_params or {}), **options)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,25 +167,84 @@ def open_gallery(
 
 
 class GalleryStore(ABC):
-    """What every gallery backend offers; see the module docstring for the shared semantics.
+    """What every gallery backend offers, and the rules every backend keeps.
+
+    The rules (the conformance tests, ``tests/test_gallery*.py`` with the ``gallery_uri`` fixture, check each one on
+    every backend):
+
+    - **One contract per gallery.** The contract given when the gallery is created is stored with it; opening it with
+      another one, or adding a face made under another contract id, raises :class:`GalleryContractError` naming
+      both. Embeddings of different contracts are never compared.
+    - **A write is one transaction.** Each write method (``add_identity``, ``add_faces``, ``remove_identity``,
+      ``remove_face``) takes effect whole or not at all: a refused or failed ``add_faces`` leaves none of its faces;
+      ``remove_identity`` removes the identity with every face it has, faces enrolled to it concurrently included.
+      A method that raises :class:`GalleryStorageError` (busy, full, unreachable) has written nothing.
+    - **Durable and visible when it returns.** A write is durable once its method returns (survives the process), and
+      from then on every call through any connection to the same gallery, another process's included, sees it: an
+      added face is searchable, a removed identity or face is never answered again (by ``search``, ``get_*``,
+      ``list_*``, ``find_identities``). A search reads one consistent state: it never names an identity that was
+      removed before it began.
+    - **What deletion erases.** After ``remove_identity``/``remove_face`` the name, metadata and embeddings removed
+      are out of every answer of every connection. What stays in storage until it is overwritten is the backend's to
+      say (the SQLite store: nothing, in no file of its folder; a server: until its vacuum or compaction).
+    - **What is accepted.** Names, metadata and sources as :mod:`arcface.gallery.rules` checks them (ValueError
+      otherwise; ``find_identities`` refuses a name no identity could have in the same way); embeddings of
+      ``dim`` finite values, not all zero, L2-normalised on the way in; ids are 1 .. 2^63 - 1 and any other value is
+      simply not found (KeyError, or an empty answer).
+    - **Search** returns at most ``k`` identities, best first (ties: lower identity id first). ``aggregate="max"``:
+      an identity scores its best face; ``"mean_top"``: the mean of its ``top`` best faces (fewer when it has
+      fewer). Exact with an exact index: faces are fetched until no identity not seen can beat the ``k``-th.
+    - **Paging** by id (``list_identities(limit, after)``) neither skips nor repeats identities when others are
+      added or removed between pages.
+    - **Threads**: every method may be called from any thread. **Closed**: after :meth:`close`, every call raises
+      :class:`GalleryError` ("closed"); ``close`` itself is idempotent.
 
     Attributes:
         contract: the bound model contract.
         dim: its embedding size.
         index_kind: how searches run (``"exact"``, ``"hnsw"``, ``"ivf"``).
         backend: the backend kind (``"sqlite"``, ``"postgresql"``, ``"milvus"``, ``"milvus-lite"``).
+        OPTIONS: the arguments of :func:`open_gallery` beyond index/create/index_params this backend has a use for.
+        MAX_FETCH: most faces one nearest-faces request may ask for (None: no limit).
     """
 
     contract: ModelContract
     dim: int
     index_kind: str
     backend: str = ""
+    OPTIONS: ClassVar[tuple[str, ...]] = ()
+    MAX_FETCH: ClassVar[int | None] = None
+
+    def __init__(self, location: str, index: str) -> None:
+        if index not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {index!r}; expected one of {INDEX_KINDS}")
+        self._location = location
+        self._closed = False
+
+    @classmethod
+    def from_target(cls, target: GalleryTarget, contract: ModelContract | None, **options: Any) -> GalleryStore:
+        """Open the gallery at a parsed location (what :func:`open_gallery` calls): the constructor's
+        ``(target, contract, **options)``; a backend whose constructor takes something else overrides it."""
+        return cls(target, contract, **options)  # type: ignore[call-arg]
+
+    @classmethod
+    def open(
+        cls,
+        target: str | os.PathLike | GalleryTarget,
+        contract: ModelContract | None = None,
+        **options: Any,
+    ) -> GalleryStore:
+        """Open (or create) the gallery at any path or URI, whatever its backend: :func:`open_gallery`."""
+        return open_gallery(target, contract, **options)
 
     def __enter__(self) -> GalleryStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.location!r}, contract={self.contract.id}, index={self.index_kind!r})"
 
     @property
     def contract_id(self) -> str:
@@ -318,36 +253,77 @@ class GalleryStore(ABC):
 
     @property
     def location(self) -> str:
-        """Where the gallery is, fit for a message: the URI with its password masked (a server backend keeps its
-        parsed :class:`GalleryTarget` as ``_target``; a folder backend overrides this)."""
-        return self._target.display  # type: ignore[attr-defined]
+        """Where the gallery is, fit for a message (a URI with its password masked)."""
+        return self._location
 
+    # ----------------------------------------------------------------------------------------------
     # Identities
-    @abstractmethod
+
     def add_identity(self, name: str, metadata: Mapping[str, Any] | None = None) -> int:
-        """Create an identity; returns its id (ValueError for a name or metadata :mod:`rules` refuses)."""
+        """Create an identity; returns its id.
 
-    @abstractmethod
+        Args:
+            name: display name (see :func:`~arcface.gallery.rules.check_name`; need not be unique).
+            metadata: a JSON object stored with it (see :func:`~arcface.gallery.rules.check_metadata`).
+
+        Raises:
+            ValueError: a name or metadata the gallery refuses.
+            GalleryStorageError: (busy, full, unreachable) nothing was written.
+        """
+        name, meta = check_name(name), check_metadata(metadata)
+        self._check_open()
+        return self._insert_identity(name, meta)
+
     def get_identity(self, identity_id: int) -> Identity:
-        """The identity with this id (KeyError when there is none, also for an id outside 1 .. 2^63 - 1)."""
+        """The identity with this id, with its face count (KeyError when there is none)."""
+        self._check_open()
+        found = self._identity(int(identity_id)) if valid_id(identity_id) else None
+        if found is None:
+            raise self._no_identity(identity_id)
+        return found
 
-    @abstractmethod
     def list_identities(self, limit: int | None = None, after: int = 0) -> list[Identity]:
-        """Identities by id with face counts: all, or the page of ``limit`` after id ``after``."""
+        """Identities by id, with their face counts: all of them, or one page.
 
-    @abstractmethod
+        Args:
+            limit: at most this many (None: all).
+            after: only ids greater than this (the last id of the previous page; 0 for the first page).
+        """
+        if limit is not None and int(limit) < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        self._check_open()
+        return self._identity_page(max(0, min(int(after), INT64_MAX)), None if limit is None else int(limit))
+
     def find_identities(self, name: str) -> list[Identity]:
-        """The identities with exactly this name, by id."""
+        """The identities with exactly this name, by id (ValueError for a name :func:`check_name` refuses)."""
+        if not isinstance(name, str):
+            return []
+        name = check_name(name)
+        self._check_open()
+        return self._identities_named(name)
 
-    @abstractmethod
     def remove_identity(self, identity_id: int) -> int:
-        """Remove an identity and its faces (gone from search at once); returns how many faces went."""
+        """Remove an identity and all its faces (see the class's deletion rule); returns how many faces went.
+
+        Raises:
+            KeyError: no such identity.
+            GalleryStorageError: (busy, full, unreachable) nothing was removed.
+        """
+        if not valid_id(identity_id):
+            raise self._no_identity(identity_id)
+        self._check_open()
+        removed = self._delete_identity(int(identity_id))
+        if removed is None:
+            raise self._no_identity(identity_id)
+        return removed
 
     @abstractmethod
     def count_identities(self) -> int:
         """Number of identities."""
 
+    # ----------------------------------------------------------------------------------------------
     # Faces
+
     def add_face(
         self, identity_id: int, embedding: np.ndarray, contract_id: str | ModelContract, source: str | None = None
     ) -> int:
@@ -357,7 +333,6 @@ class GalleryStore(ABC):
             raise ValueError(f"expected a ({self.dim},) embedding, got shape {e.shape}")
         return self.add_faces(identity_id, e[None], contract_id, [source])[0]
 
-    @abstractmethod
     def add_faces(
         self,
         identity_id: int,
@@ -367,44 +342,197 @@ class GalleryStore(ABC):
     ) -> list[int]:
         """Enrol several faces of one identity in one write; returns their ids.
 
+        Args:
+            identity_id: an existing identity.
+            embeddings: (N, D) embeddings under ``contract_id`` (each row L2-normalised here).
+            contract_id: the id (or the contract) of the model that made them.
+            sources: N source names (or None).
+
         Raises:
             GalleryContractError: another contract. ValueError: a bad shape, a zero or non-finite vector, a bad
-            source. KeyError: no such identity. GalleryBusyError, GalleryFullError, GalleryStorageError: nothing
-            was written.
+            source. KeyError: no such identity. GalleryStorageError: (busy, full, unreachable) nothing was written.
         """
+        self._check_open()
+        cid = contract_id.id if isinstance(contract_id, ModelContract) else str(contract_id)
+        if cid != self.contract.id:
+            raise GalleryContractError(
+                f"embedding of model contract {cid} refused: the gallery {self.location} is bound to contract "
+                f"{self.contract.id} ({self.contract.architecture}); embeddings of different contracts are never "
+                "compared"
+            )
+        x = unit_rows(embeddings, self.dim)  # (N, D)
+        srcs = [None] * x.shape[0] if sources is None else list(sources)
+        if len(srcs) != x.shape[0]:
+            raise ValueError(f"{x.shape[0]} embeddings but {len(srcs)} sources")
+        srcs = [check_source(s) for s in srcs]
+        ids = self._insert_faces(int(identity_id), x, srcs) if valid_id(identity_id) else None
+        if ids is None:
+            raise self._no_identity(identity_id)
+        return ids
 
-    @abstractmethod
     def remove_face(self, face_id: int) -> None:
-        """Remove one face (gone from search at once); KeyError when there is none."""
+        """Remove one face (see the class's deletion rule); KeyError when there is none."""
+        self._check_open()
+        if not valid_id(face_id) or not self._delete_face(int(face_id)):
+            raise self._no_face(face_id)
 
-    @abstractmethod
     def list_faces(self, identity_id: int | None = None) -> list[FaceRecord]:
         """The faces of one identity (or all), by id, without embeddings."""
+        self._check_open()
+        if identity_id is not None and not valid_id(identity_id):
+            return []
+        return self._face_records(None if identity_id is None else int(identity_id))
 
-    @abstractmethod
     def get_embedding(self, face_id: int) -> np.ndarray:
         """The stored (D,) float32 unit embedding of a face (KeyError when there is none)."""
+        return self.get_embeddings([face_id])[0]
 
     def get_embeddings(self, face_ids: Sequence[int]) -> np.ndarray:
         """(N, D) float32 stored embeddings of these faces, in this order (KeyError naming the first missing one)."""
+        self._check_open()
+        found = self._embeddings([int(f) for f in face_ids if valid_id(f)])
+        missing = [f for f in face_ids if not valid_id(f) or int(f) not in found]
+        if missing:
+            raise self._no_face(missing[0])
         out = np.empty((len(face_ids), self.dim), np.float32)
         for i, f in enumerate(face_ids):
-            out[i] = self.get_embedding(f)
+            out[i] = found[int(f)]
         return out
 
     @abstractmethod
     def count(self) -> int:
         """Number of faces."""
 
+    # ----------------------------------------------------------------------------------------------
     # Search
-    @abstractmethod
-    def search(self, embedding: np.ndarray, k: int = 5, *, aggregate: str = "max", top: int = 3) -> list[Match]:
-        """The ``k`` identities most similar to a query face, best first (ties: lower identity id first)."""
 
+    def search(self, embedding: np.ndarray, k: int = 5, *, aggregate: str = "max", top: int = 3) -> list[Match]:
+        """The ``k`` identities most similar to a query face, best first.
+
+        Args:
+            embedding: (D,) query embedding under the gallery's contract (L2-normalised here).
+            k: identities to return (fewer when the gallery has fewer).
+            aggregate: ``"max"`` (identity score = its best face) or ``"mean_top"`` (mean of its ``top`` best faces).
+            top: faces averaged by ``"mean_top"``.
+
+        Returns:
+            Up to ``k`` :class:`Match` records sorted by similarity, highest first (ties: lower identity id first).
+        """
+        q, k, top = checked_query(embedding, self.dim, k, aggregate, top)
+        self._check_open()
+        with self._search_view() as view:
+
+            def mean_top(identities: list[int], top: int) -> dict[int, float]:
+                owners, vectors = self._faces_of(view, identities)  # (M,), (M, D)
+                return mean_of_top(owners, vectors @ q, top)
+
+            ranked = rank_identities(lambda n: self._nearest(view, q, n), k, aggregate, top, mean_top,
+                                     self.MAX_FETCH)  # fmt: skip
+            names = self._names(view, [ident for _, ident, _ in ranked[: 2 * k]])
+        # A face whose identity is gone (removed meanwhile) is not an answer.
+        chosen = [(s, ident, f) for s, ident, f in ranked if ident in names][:k]
+        return [Match(ident, names[ident], float(s), int(f)) for s, ident, f in chosen]
+
+    # ----------------------------------------------------------------------------------------------
     # Lifecycle
+
     @abstractmethod
     def close(self) -> None:
         """Release the connections (idempotent); later calls raise :class:`GalleryError` ("closed")."""
+
+    # ----------------------------------------------------------------------------------------------
+    # What each backend implements (called on an open gallery with checked arguments)
+
+    @abstractmethod
+    def _insert_identity(self, name: str, metadata: str) -> int:
+        """Store a new identity (``metadata`` is compact JSON); its id."""
+
+    @abstractmethod
+    def _identity(self, identity_id: int) -> Identity | None:
+        """The identity with its face count, or None."""
+
+    @abstractmethod
+    def _identity_page(self, after: int, limit: int | None) -> list[Identity]:
+        """Identities with ids above ``after``, by id, at most ``limit``."""
+
+    @abstractmethod
+    def _identities_named(self, name: str) -> list[Identity]:
+        """Identities with exactly this name, by id."""
+
+    @abstractmethod
+    def _delete_identity(self, identity_id: int) -> int | None:
+        """Remove an identity and its faces in one write; the number of faces removed. None (or the KeyError of
+        :meth:`_no_identity`) when there was none."""
+
+    @abstractmethod
+    def _insert_faces(self, identity_id: int, x: np.ndarray, sources: list[str | None]) -> list[int] | None:
+        """Store (N, D) unit rows of an identity in one write; their ids. None (or the KeyError of
+        :meth:`_no_identity`), with nothing written, when the identity does not exist."""
+
+    @abstractmethod
+    def _delete_face(self, face_id: int) -> bool:
+        """Remove one face; False (or the KeyError of :meth:`_no_face`) when there was none."""
+
+    @abstractmethod
+    def _face_records(self, identity_id: int | None) -> list[FaceRecord]:
+        """The faces of one identity (or all), by id."""
+
+    @abstractmethod
+    def _embeddings(self, face_ids: list[int]) -> dict[int, np.ndarray]:
+        """Face id -> (D,) stored embedding, for those of ``face_ids`` that exist."""
+
+    @abstractmethod
+    def _search_view(self) -> AbstractContextManager[Any]:
+        """One consistent state to search (a snapshot, a connection): handed to the three primitives below."""
+
+    @abstractmethod
+    def _nearest(self, view: Any, q: np.ndarray, n: int) -> list[tuple[float, int, int]]:
+        """The ``n`` faces nearest the (D,) unit query, nearest first: ``(cosine similarity, face, identity)``;
+        fewer only when the gallery has no more."""
+
+    @abstractmethod
+    def _faces_of(self, view: Any, identities: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Every face of these identities: their identity ids (M,) and their stored embeddings (M, D)."""
+
+    @abstractmethod
+    def _names(self, view: Any, identities: list[int]) -> dict[int, str]:
+        """Identity id -> name, for those of ``identities`` that exist."""
+
+    # ----------------------------------------------------------------------------------------------
+    # Shared by the backends
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GalleryError(f"the gallery {self.location} is closed")
+
+    def _no_identity(self, identity_id: object) -> KeyError:
+        return KeyError(f"no identity {identity_id} in the gallery {self.location}")
+
+    def _no_face(self, face_id: object) -> KeyError:
+        return KeyError(f"no face {face_id} in the gallery {self.location}")
+
+    def _new_meta(self, contract: ModelContract | None, schema: str) -> dict[str, str]:
+        """What a new gallery stores about itself: the schema version, the contract (JSON) and its id."""
+        if contract is None:
+            raise GalleryError(f"{self.location}: creating a gallery needs a model contract")
+        return {"schema": schema, "contract": contract.to_json(), "contract_id": contract.id}
+
+    def _bound_contract(self, meta: Mapping[str, str], given: ModelContract | None, schema: str) -> ModelContract:
+        """The contract a gallery's stored ``meta`` binds it to, checked against the schema and the contract
+        ``given`` to open it."""
+        if meta.get("schema") != schema or "contract" not in meta:
+            raise GalleryError(f"{self.location}: gallery schema {meta.get('schema')} (this code reads {schema})")
+        try:
+            bound = ModelContract.from_json(meta["contract"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise GalleryError(f"{self.location}: the stored model contract is unreadable ({e})") from None
+        if given is not None and given.id != bound.id:
+            raise GalleryContractError(
+                f"the gallery {self.location} is bound to model contract {bound.id} ({bound.architecture}, "
+                f"{bound.embedding_size}-D); the model given has contract {given.id} ({given.architecture}, "
+                f"{given.embedding_size}-D); embeddings of different contracts are never compared"
+            )
+        return bound
 
 
 # --------------------------------------------------------------------------------------------------
@@ -424,36 +552,6 @@ def unit_rows(x: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(x / norms, dtype=np.float32)
 
 
-def checked_faces(
-    gallery: GalleryStore,
-    embeddings: np.ndarray,
-    contract_id: str | ModelContract,
-    sources: Sequence[str | None] | None,
-) -> tuple[np.ndarray, list[str | None]]:
-    """The (N, D) unit rows and N checked sources of an ``add_faces`` call, or the error every backend raises."""
-    cid = contract_id.id if isinstance(contract_id, ModelContract) else str(contract_id)
-    if cid != gallery.contract.id:
-        raise GalleryContractError(
-            f"embedding of model contract {cid} refused: the gallery {gallery.location} is bound to contract "
-            f"{gallery.contract.id} ({gallery.contract.architecture}); embeddings of different contracts are never "
-            "compared"
-        )
-    x = unit_rows(embeddings, gallery.dim)
-    sources = [None] * x.shape[0] if sources is None else list(sources)
-    if len(sources) != x.shape[0]:
-        raise ValueError(f"{x.shape[0]} embeddings but {len(sources)} sources")
-    return x, [check_source(s) for s in sources]
-
-
-def contract_refused(location: str, bound: ModelContract, given: ModelContract) -> GalleryContractError:
-    """The error of opening a gallery bound to ``bound`` with the model contract ``given``."""
-    return GalleryContractError(
-        f"the gallery {location} is bound to model contract {bound.id} ({bound.architecture}, "
-        f"{bound.embedding_size}-D); the model given has contract {given.id} ({given.architecture}, "
-        f"{given.embedding_size}-D); embeddings of different contracts are never compared"
-    )
-
-
 def checked_query(embedding: np.ndarray, dim: int, k: int, aggregate: str, top: int) -> tuple[np.ndarray, int, int]:
     """A search's (D,) unit query, ``k`` and ``top``, or the ValueError every backend raises."""
     if aggregate not in AGGREGATES:
@@ -467,6 +565,15 @@ def checked_query(embedding: np.ndarray, dim: int, k: int, aggregate: str, top: 
     return unit_rows(e[None], dim)[0], k, top
 
 
+def mean_of_top(owners: np.ndarray, similarities: np.ndarray, top: int) -> dict[int, float]:
+    """Identity -> the mean of its ``top`` best similarities (fewer when it has fewer), from each face's
+    ``owners[i]`` and ``similarities[i]``."""
+    sims: dict[int, list[float]] = {}
+    for ident, s in zip(np.asarray(owners).tolist(), np.asarray(similarities, np.float64).tolist(), strict=True):
+        sims.setdefault(int(ident), []).append(float(s))
+    return {ident: float(np.mean(sorted(s, reverse=True)[:top])) for ident, s in sims.items()}
+
+
 def first_fetch(k: int, aggregate: str, top: int) -> int:
     """How many nearest faces a search asks for first."""
     return max(32, 4 * k * (top if aggregate == "mean_top" else 1))
@@ -474,7 +581,6 @@ def first_fetch(k: int, aggregate: str, top: int) -> int:
 
 def rank_identities(
     nearest: Callable[[int], list[tuple[float, int, int]]],
-    size: int,
     k: int,
     aggregate: str,
     top: int,
@@ -483,18 +589,18 @@ def rank_identities(
 ) -> list[tuple[float, int, int]]:
     """The identities of a search, best first: ``(score, identity, best face)``.
 
-    Faces are fetched nearest first (``nearest(n)`` -> up to ``n`` ``(similarity, face, identity)``), doubling ``n``
-    until no identity that was not seen can beat the ``k``-th (an identity's score is never above its best face), or
-    every face was fetched, or ``max_fetch`` (a server's limit on one answer) is reached.
+    Faces are fetched nearest first (``nearest(n)`` -> up to ``n`` ``(similarity, face, identity)``, fewer only when
+    there are no more), doubling ``n`` until no identity that was not seen can beat the ``k``-th (an identity's score
+    is never above its best face), or every face was fetched, or ``max_fetch`` (a server's limit on one answer) is
+    reached.
 
     Args:
         nearest: the ``n`` nearest faces of the query.
-        size: faces in the gallery.
         k, aggregate, top: as :meth:`GalleryStore.search` takes them.
         mean_top: identities, top -> each identity's mean of its ``top`` best similarities.
         max_fetch: most faces one ``nearest`` call may ask for.
     """
-    cap = size if max_fetch is None else min(size, max_fetch)
+    cap = INT64_MAX if max_fetch is None else max_fetch
     n = min(cap, first_fetch(k, aggregate, top))
     while True:
         hits = nearest(n)

@@ -10,8 +10,7 @@ Collections of a gallery (``NAME``, default ``arcface``), created on first use w
 One faces collection per contract: its name says which model made its vectors. Milvus wants a vector field in every
 collection, so ``meta`` and ``identities`` carry a 2-D zero vector they never search.
 
-The semantics are the SQLite store's (:mod:`arcface.gallery.store`, :mod:`arcface.gallery.rules`); where Milvus
-decides differently:
+How this backend keeps the rules of :class:`~arcface.gallery.base.GalleryStore`:
 
 - **Consistency**: every query and search asks for ``Strong`` consistency, so an acknowledged write (and a removal)
   is visible to the next call of any client, replicas included.
@@ -26,8 +25,10 @@ decides differently:
   ``index="exact"`` -> ``FLAT`` (exact), ``"hnsw"`` -> ``HNSW`` (COSINE, ``M``, ``efConstruction``; searched with
   ``ef`` = max(``ef_search``, faces asked)), ``"ivf"`` -> ``IVF_FLAT`` (``nlist``; ``nprobe``). Opening an existing
   gallery with another kind keeps the collection's (:attr:`index_kind` says which; a debug log line too). One search
-  asks for at most 16,384 faces (Milvus's limit), so an identity with more faces than that near the query can hide
-  others.
+  asks for at most :data:`MAX_TOPK` faces (Milvus's limit), so an identity with more faces than that near the query
+  can hide others.
+- **Busy**: Milvus has no locks; a write its rate limiter refuses is retried for ``busy_timeout`` seconds, then
+  :class:`GalleryBusyError`.
 - **Removal** deletes by primary key: gone from the next search and query at once; the bytes stay in the segment
   files until compaction rewrites them (see docs/SECURITY.md).
 - **Filters** are built from integers only (ids and the name's hash); a name is compared in Python, so no text of a
@@ -44,34 +45,16 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
+from arcface.gallery._server import ServerGallery
 from arcface.gallery._sqlite import make_private_dir
-from arcface.gallery.base import (
-    GALLERY_BACKENDS,
-    FaceRecord,
-    GalleryStore,
-    GalleryTarget,
-    Identity,
-    Match,
-    checked_faces,
-    checked_query,
-    contract_refused,
-    rank_identities,
-)
-from arcface.gallery.rules import (
-    INT64_MAX,
-    GalleryError,
-    GalleryStorageError,
-    check_metadata,
-    check_name,
-    valid_id,
-)
-from arcface.index import INDEX_KINDS
+from arcface.gallery.base import GALLERY_BACKENDS, FaceRecord, Identity
+from arcface.gallery.rules import GalleryError
 from arcface.inference.contract import ModelContract
 
 __all__ = ["DEFAULT_EF_SEARCH", "MilvusGallery"]
@@ -80,8 +63,8 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 DEFAULT_EF_SEARCH = 256
-"""HNSW search beam width when neither the URI nor ``index_params`` give one: recall@10 against exact search 0.990 at
-100K faces (128: 0.954; docs/benchmarks.md, bench/gallery_backends.py); Milvus's search time barely depends on it."""
+"""HNSW search beam width when neither the URI nor ``index_params`` give one: high recall against exact search in
+the benchmark (bench/gallery_backends.py), and Milvus's search time barely depends on it."""
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 200
 DEFAULT_NLIST = 1024
@@ -89,6 +72,7 @@ DEFAULT_NPROBE = 32
 MAX_TOPK = 16384
 """Most results of one Milvus search or query."""
 CALL_TIMEOUT_S = 60.0
+_RATE_LIMIT = 8  # pymilvus's ErrorCode.RATE_LIMIT
 _BATCH = 1000
 _INDEX_TYPES = {"exact": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT"}
 _DUMMY = [0.0, 0.0]
@@ -111,11 +95,10 @@ def name_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()[:8], "big", signed=True)
 
 
-class MilvusGallery(GalleryStore):
+class MilvusGallery(ServerGallery):
     """The gallery in Milvus or Milvus Lite (see the module docstring).
 
-    Use :func:`~arcface.gallery.base.open_gallery` (or ``Gallery.open``) with a ``milvus://`` or ``milvus-lite://``
-    URI.
+    Open it with :func:`~arcface.gallery.base.open_gallery` and a ``milvus://`` or ``milvus-lite://`` URI.
 
     Args:
         target: the parsed URI.
@@ -123,31 +106,17 @@ class MilvusGallery(GalleryStore):
         index: the faces collection's index when the gallery is created (``exact``, ``hnsw``, ``ivf``).
         create: create the collections when there are none (else :class:`FileNotFoundError`).
         index_params: ``m``, ``ef_construction``, ``nlist`` (at creation), ``ef_search``, ``nprobe``.
-        busy_timeout: unused (Milvus has no locks to wait for); accepted like the other backends.
+        busy_timeout: seconds a write refused by Milvus's rate limiter is retried, then :class:`GalleryBusyError`.
     """
 
-    def __init__(
-        self,
-        target: GalleryTarget,
-        contract: ModelContract | None = None,
-        *,
-        index: str = "exact",
-        create: bool = True,
-        index_params: Mapping[str, Any] | None = None,
-        busy_timeout: float = 1.5,
-        cache: bool = True,
-    ) -> None:
-        if index not in INDEX_KINDS:
-            raise ValueError(f"unknown index kind {index!r}; expected one of {INDEX_KINDS}")
+    MAX_FETCH = MAX_TOPK
+    DEFAULT_EF_SEARCH = DEFAULT_EF_SEARCH
+
+    def _connect(self, contract: ModelContract | None, index: str, create: bool) -> tuple[ModelContract, str]:
         self._pm = _driver()
-        self._target = target
+        target = self._target
         self.backend = target.kind
-        params = dict(index_params or {})
-        self._params = params
-        self._ef_search = int(target.options.get("ef_search", params.get("ef_search", DEFAULT_EF_SEARCH)))
-        self._nprobe = int(params.get("nprobe", DEFAULT_NPROBE))
-        self._secrets = [s for s in (target.password,) if s]
-        self._closed = False
+        self._nprobe = int(self._params.get("nprobe", DEFAULT_NPROBE))
         self._lock = threading.Lock()
         name = target.name
         self._meta, self._identities = f"{name}_meta", f"{name}_identities"
@@ -167,178 +136,126 @@ class MilvusGallery(GalleryStore):
                                                      timeout=CALL_TIMEOUT_S, grpc_options=grpc)  # fmt: skip
         try:
             with self._errors():
-                self.contract, self.index_kind = self._bind(contract, index, create)
+                bound, kind = self._bind(contract, index, create)
         except BaseException:
             self._client.close()
             raise
-        self.dim = self.contract.embedding_size
-        self._faces = f"{name}_faces_{self.contract.id}"
-
-    def __repr__(self) -> str:
-        return f"MilvusGallery({self._target.display!r}, contract={self.contract.id}, index={self.index_kind!r})"
+        self._faces = f"{name}_faces_{bound.id}"
+        return bound, kind
 
     # ----------------------------------------------------------------------------------------------
-    # Identities
+    # Primitives (see GalleryStore)
 
-    def add_identity(self, name: str, metadata: Mapping[str, Any] | None = None) -> int:
-        name = check_name(name)
-        meta = check_metadata(metadata)
-        row = {"name": name, "name_key": name_key(name), "metadata": meta, "created": time.time(), "v": _DUMMY}
+    def _insert_identity(self, name: str, metadata: str) -> int:
+        row = {"name": name, "name_key": name_key(name), "metadata": metadata, "created": time.time(), "v": _DUMMY}
         with self._call():
-            return int(self._client.insert(self._identities, [row])["ids"][0])
+            return int(self._write("insert", self._identities, [row])["ids"][0])
 
-    def get_identity(self, identity_id: int) -> Identity:
-        found = self._identity_rows([int(identity_id)]) if valid_id(identity_id) else []
-        if not found:
-            raise KeyError(f"no identity {identity_id} in the gallery {self.location}")
-        return self._with_counts(found)[0]
+    def _identity(self, identity_id: int) -> Identity | None:
+        found = self._with_counts(self._identity_rows([identity_id]))
+        return found[0] if found else None
 
-    def list_identities(self, limit: int | None = None, after: int = 0) -> list[Identity]:
-        if limit is not None and int(limit) < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
-        after = max(0, min(int(after), INT64_MAX))
+    def _identity_page(self, after: int, limit: int | None) -> list[Identity]:
         with self._call():
             ids = sorted(int(r["id"]) for r in self._all(self._identities, f"id > {after}", ["id"]))
-        if limit is not None:
-            ids = ids[: int(limit)]
-        return self._with_counts(self._identity_rows(ids)) if ids else []
+        return self._with_counts(self._identity_rows(ids[:limit]))
 
-    def find_identities(self, name: str) -> list[Identity]:
-        if not isinstance(name, str):
-            return []
+    def _identities_named(self, name: str) -> list[Identity]:
         with self._call():
             rows = self._all(self._identities, f"name_key == {name_key(name)}", _IDENTITY_FIELDS)
         return self._with_counts(sorted((r for r in rows if r["name"] == name), key=lambda r: int(r["id"])))
 
-    def remove_identity(self, identity_id: int) -> int:
-        if not valid_id(identity_id) or not self._identity_rows([int(identity_id)]):
-            raise KeyError(f"no identity {identity_id} in the gallery {self.location}")
-        ident = int(identity_id)
+    def _delete_identity(self, identity_id: int) -> int | None:
+        if not self._identity_rows([identity_id]):
+            return None
         with self._call():
-            self._client.delete(self._identities, ids=[ident])  # first: an add_faces from now on is undone
+            self._write("delete", self._identities, ids=[identity_id])  # first: an add_faces from now on is undone
             removed = 0
             while True:  # faces, and any face an add_faces inserted meanwhile
-                faces = [int(r["id"]) for r in self._all(self._faces, f"identity_id == {ident}", ["id"])]
+                faces = [int(r["id"]) for r in self._all(self._faces, f"identity_id == {identity_id}", ["id"])]
                 if not faces:
                     return removed
                 for start in range(0, len(faces), _BATCH):
-                    self._client.delete(self._faces, ids=faces[start : start + _BATCH])
+                    self._write("delete", self._faces, ids=faces[start : start + _BATCH])
                 removed += len(faces)
 
     def count_identities(self) -> int:
         with self._call():
             return self._count(self._identities)
 
-    # ----------------------------------------------------------------------------------------------
-    # Faces
-
-    def add_faces(
-        self,
-        identity_id: int,
-        embeddings: np.ndarray,
-        contract_id: str | ModelContract,
-        sources: Sequence[str | None] | None = None,
-    ) -> list[int]:
-        self._check_open()
-        x, srcs = checked_faces(self, embeddings, contract_id, sources)  # (N, D) unit rows
-        if not valid_id(identity_id) or not self._identity_rows([int(identity_id)]):
-            raise KeyError(f"no identity {identity_id} in the gallery {self.location}")
-        ident, now, cid = int(identity_id), time.time(), self.contract.id
-        rows = [{"identity_id": ident, "embedding": row.tolist(), "contract_id": cid, "created": now, "source": src}
-                for row, src in zip(x, srcs, strict=True)]  # fmt: skip
+    def _insert_faces(self, identity_id: int, x: np.ndarray, sources: list[str | None]) -> list[int] | None:
+        if not self._identity_rows([identity_id]):
+            return None
+        now, cid = time.time(), self.contract.id
+        rows = [{"identity_id": identity_id, "embedding": row.tolist(), "contract_id": cid, "created": now,
+                 "source": src} for row, src in zip(x, sources, strict=True)]  # fmt: skip
         ids: list[int] = []
         with self._call():
             try:
                 for start in range(0, len(rows), _BATCH):
-                    ids += [int(i) for i in self._client.insert(self._faces, rows[start : start + _BATCH])["ids"]]
+                    ids += [int(i) for i in self._write("insert", self._faces, rows[start : start + _BATCH])["ids"]]
             except BaseException:
                 if ids:  # a later batch failed: the earlier ones must not stay
-                    self._client.delete(self._faces, ids=ids)
+                    self._write("delete", self._faces, ids=ids)
                 raise
-            if not self._identity_rows([ident]):  # removed meanwhile: what was inserted goes too
+            if not self._identity_rows([identity_id]):  # removed meanwhile: what was inserted goes too
                 if ids:
-                    self._client.delete(self._faces, ids=ids)
-                raise KeyError(f"no identity {identity_id} in the gallery {self.location}")
+                    self._write("delete", self._faces, ids=ids)
+                return None
         return ids
 
-    def remove_face(self, face_id: int) -> None:
+    def _delete_face(self, face_id: int) -> bool:
         with self._call():
-            there = valid_id(face_id) and self._client.query(
-                self._faces, ids=[int(face_id)], output_fields=["id"], consistency_level="Strong"
-            )  # fmt: skip
-            if not there:
-                raise KeyError(f"no face {face_id} in the gallery {self.location}")
-            self._client.delete(self._faces, ids=[int(face_id)])
+            if not self._client.query(self._faces, ids=[face_id], output_fields=["id"], consistency_level="Strong"):
+                return False
+            self._write("delete", self._faces, ids=[face_id])
+            return True
 
-    def list_faces(self, identity_id: int | None = None) -> list[FaceRecord]:
-        if identity_id is not None and not valid_id(identity_id):
-            return []
-        expr = "id > 0" if identity_id is None else f"identity_id == {int(identity_id)}"
+    def _face_records(self, identity_id: int | None) -> list[FaceRecord]:
+        expr = "id > 0" if identity_id is None else f"identity_id == {identity_id}"
         with self._call():
             rows = self._all(self._faces, expr, ["id", "identity_id", "contract_id", "created", "source"])
         return sorted((FaceRecord(int(r["id"]), int(r["identity_id"]), r["contract_id"], float(r["created"]),
                                   r.get("source")) for r in rows), key=lambda f: f.id)  # fmt: skip
 
-    def get_embedding(self, face_id: int) -> np.ndarray:
-        rows = []
-        if valid_id(face_id):
-            with self._call():
-                rows = self._client.query(self._faces, ids=[int(face_id)], output_fields=["embedding"],
-                                          consistency_level="Strong")  # fmt: skip
-        if not rows:
-            raise KeyError(f"no face {face_id} in the gallery {self.location}")
-        return np.asarray(rows[0]["embedding"], np.float32)
-
-    def get_embeddings(self, face_ids: Sequence[int]) -> np.ndarray:
-        ids = [int(f) for f in face_ids if valid_id(f)]
-        found: dict[int, Any] = {}
+    def _embeddings(self, face_ids: list[int]) -> dict[int, np.ndarray]:
+        found: dict[int, np.ndarray] = {}
         with self._call():
-            for start in range(0, len(ids), _BATCH):
-                rows = self._client.query(self._faces, ids=ids[start : start + _BATCH],
+            for start in range(0, len(face_ids), _BATCH):
+                rows = self._client.query(self._faces, ids=face_ids[start : start + _BATCH],
                                           output_fields=["id", "embedding"], consistency_level="Strong")  # fmt: skip
-                found.update((int(r["id"]), r["embedding"]) for r in rows)
-        missing = [f for f in face_ids if not valid_id(f) or int(f) not in found]
-        if missing:
-            raise KeyError(f"no face {missing[0]} in the gallery {self.location}")
-        return np.asarray([found[int(f)] for f in face_ids], np.float32).reshape(len(face_ids), self.dim)
+                found.update((int(r["id"]), np.asarray(r["embedding"], np.float32)) for r in rows)
+        return found
 
     def count(self) -> int:
         with self._call():
             return self._count(self._faces)
 
-    # ----------------------------------------------------------------------------------------------
-    # Search
-
-    def search(self, embedding: np.ndarray, k: int = 5, *, aggregate: str = "max", top: int = 3) -> list[Match]:
-        q, k, top = checked_query(embedding, self.dim, k, aggregate, top)
-        query = q.tolist()
-
-        def nearest(n: int) -> list[tuple[float, int, int]]:
-            if self.index_kind == "hnsw":
-                params: dict[str, Any] = {"ef": max(self._ef_search, n)}
-            elif self.index_kind == "ivf":
-                params = {"nprobe": self._nprobe}
-            else:
-                params = {}
-            hits = self._client.search(self._faces, data=[query], limit=n, output_fields=["identity_id"],
-                                       search_params={"metric_type": "COSINE", "params": params},
-                                       consistency_level="Strong")[0]  # fmt: skip
-            return [(float(h["distance"]), int(h["id"]), int(h["entity"]["identity_id"])) for h in hits]
-
-        def mean_top(identities: list[int], top: int) -> dict[int, float]:
-            rows = self._all(self._faces, f"identity_id in {[int(i) for i in identities]}",
-                             ["identity_id", "embedding"])  # fmt: skip
-            sims: dict[int, list[float]] = {}
-            for r in rows:
-                sims.setdefault(int(r["identity_id"]), []).append(float(np.asarray(r["embedding"], np.float32) @ q))
-            return {i: float(np.mean(sorted(s, reverse=True)[:top])) for i, s in sims.items()}
-
+    @contextmanager
+    def _search_view(self) -> Iterator[None]:
+        """Every call asks for Strong consistency: the search sees every write acknowledged before it."""
         with self._call():
-            ranked = rank_identities(nearest, INT64_MAX, k, aggregate, top, mean_top, max_fetch=MAX_TOPK)
-            names = {int(r["id"]): r["name"] for r in self._identity_rows([i for _, i, _ in ranked[: 2 * k]])}
-        # A face whose identity was removed (a removal in progress) is not an answer.
-        chosen = [(s, ident, f) for s, ident, f in ranked if ident in names][:k]
-        return [Match(ident, names[ident], float(s), int(f)) for s, ident, f in chosen]
+            yield None
+
+    def _nearest(self, view: None, q: np.ndarray, n: int) -> list[tuple[float, int, int]]:
+        if self.index_kind == "hnsw":
+            params: dict[str, Any] = {"ef": max(self._ef_search, n)}
+        elif self.index_kind == "ivf":
+            params = {"nprobe": self._nprobe}
+        else:
+            params = {}
+        hits = self._client.search(self._faces, data=[q.tolist()], limit=n, output_fields=["identity_id"],
+                                   search_params={"metric_type": "COSINE", "params": params},
+                                   consistency_level="Strong")[0]  # fmt: skip
+        return [(float(h["distance"]), int(h["id"]), int(h["entity"]["identity_id"])) for h in hits]
+
+    def _faces_of(self, view: None, identities: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._all(self._faces, f"identity_id in {[int(i) for i in identities]}", ["identity_id", "embedding"])
+        x = np.asarray([r["embedding"] for r in rows], np.float32).reshape(len(rows), self.dim)
+        return np.asarray([int(r["identity_id"]) for r in rows], np.int64), x
+
+    def _names(self, view: None, identities: list[int]) -> dict[int, str]:
+        return {int(r["id"]): r["name"] for r in self._identity_rows(identities)}
 
     # ----------------------------------------------------------------------------------------------
     # Lifecycle
@@ -357,9 +274,23 @@ class MilvusGallery(GalleryStore):
     # ----------------------------------------------------------------------------------------------
     # Internals
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise GalleryError(f"the gallery {self.location} is closed")
+    def _write(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A write (``insert``, ``delete``, ``upsert``) of the client; one refused by Milvus's rate limiter is retried
+        for ``busy_timeout`` seconds, then :class:`GalleryBusyError` (a refused write wrote nothing)."""
+        call = getattr(self._client, method)
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.05
+        while True:
+            try:
+                return call(*args, retry_on_rate_limit=False, **kwargs)
+            except self._pm.exceptions.MilvusException as e:
+                if getattr(e, "code", None) != _RATE_LIMIT:
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._busy("Milvus refused writes", e) from None
+                time.sleep(min(pause, left))
+                pause = min(2 * pause, 1.0)
 
     @contextmanager
     def _call(self) -> Iterator[None]:
@@ -373,21 +304,11 @@ class MilvusGallery(GalleryStore):
         try:
             yield
         except self._pm.exceptions.MilvusException as e:
-            raise GalleryStorageError(
-                f"the gallery {self.location} cannot be reached or written now ({self._scrub(e)})"
-            ) from None
+            raise self._unavailable(e) from None
         except Exception as e:
             if type(e).__module__.split(".")[0] in ("grpc", "milvus_lite"):
-                raise GalleryStorageError(
-                    f"the gallery {self.location} cannot be reached or written now ({self._scrub(e)})"
-                ) from None
+                raise self._unavailable(e) from None
             raise
-
-    def _scrub(self, e: BaseException) -> str:
-        text = " ".join(str(getattr(e, "message", "") or e).split("\n")[0].split()) or type(e).__name__
-        for s in self._secrets:
-            text = text.replace(s, "***")
-        return text[:500]
 
     def _all(self, collection: str, expr: str, fields: list[str]) -> list[dict]:
         """Every row matching ``expr`` (an expression built from integers only): one query, or batches past
@@ -447,26 +368,16 @@ class MilvusGallery(GalleryStore):
                 raise GalleryError(f"{self.location}: creating a gallery needs a model contract")
             self._create_meta()
         c.load_collection(self._meta)
-        rows = c.query(self._meta, ids=["schema", "contract", "index"], output_fields=["key", "value"],
-                       consistency_level="Strong")  # fmt: skip
+        keys = ["schema", "contract", "contract_id", "index"]
+        rows = c.query(self._meta, ids=keys, output_fields=["key", "value"], consistency_level="Strong")
         meta = {r["key"]: r["value"] for r in rows}
         if not meta:
-            if contract is None:
-                raise GalleryError(f"{self.location}: creating a gallery needs a model contract")
-            meta = {"schema": SCHEMA_VERSION, "contract": contract.to_json(), "index": index}
-            c.upsert(self._meta, [{"key": k, "value": v, "v": _DUMMY} for k, v in meta.items()])
+            meta = {**self._new_meta(contract, SCHEMA_VERSION), "index": index}
+            self._write("upsert", self._meta, [{"key": k, "value": v, "v": _DUMMY} for k, v in meta.items()])
             # Two processes creating at once: the contract read back is the one that stays.
-            rows = c.query(self._meta, ids=list(meta), output_fields=["key", "value"], consistency_level="Strong")
+            rows = c.query(self._meta, ids=keys, output_fields=["key", "value"], consistency_level="Strong")
             meta = {r["key"]: r["value"] for r in rows}
-        if meta.get("schema") != SCHEMA_VERSION or "contract" not in meta:
-            raise GalleryError(f"{self.location}: gallery schema {meta.get('schema')} (this code reads "
-                               f"{SCHEMA_VERSION})")  # fmt: skip
-        try:
-            bound = ModelContract.from_json(meta["contract"])
-        except (ValueError, TypeError, KeyError) as e:
-            raise GalleryError(f"{self.location}: the stored model contract is unreadable ({e})") from None
-        if contract is not None and contract.id != bound.id:
-            raise contract_refused(self.location, bound, contract)
+        bound = self._bound_contract(meta, contract, SCHEMA_VERSION)
         kind = meta.get("index", "exact")
         if kind != index:
             logger.debug("gallery %s: its faces are indexed %s (chosen at creation); index=%r is not used",
@@ -533,9 +444,5 @@ class MilvusGallery(GalleryStore):
 _IDENTITY_FIELDS = ["id", "name", "metadata", "created"]
 
 
-def _open_milvus(target: GalleryTarget, contract: ModelContract | None, **options: Any) -> MilvusGallery:
-    return MilvusGallery(target, contract, **options)
-
-
-GALLERY_BACKENDS.register("milvus", _open_milvus)
-GALLERY_BACKENDS.register("milvus-lite", _open_milvus)
+GALLERY_BACKENDS.register("milvus", MilvusGallery)
+GALLERY_BACKENDS.register("milvus-lite", MilvusGallery)

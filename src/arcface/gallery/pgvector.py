@@ -8,8 +8,7 @@ One schema per gallery (``gallery=NAME``, default ``arcface``), created on first
                      contract_id text, created float8, source text
     indexes          faces(identity_id); faces USING hnsw (embedding vector_cosine_ops) WITH (m, ef_construction)
 
-The semantics are the SQLite store's (:mod:`arcface.gallery.store`, :mod:`arcface.gallery.rules`); where a server
-decides differently:
+How this backend keeps the rules of :class:`~arcface.gallery.base.GalleryStore`:
 
 - **Every write is one transaction**, committed before the method returns. ``synchronous_commit`` is raised to
   ``on`` for our connections when the server has it ``off`` (never lowered), so an acknowledged write is in the
@@ -35,51 +34,29 @@ decides differently:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import unquote
 
 import numpy as np
 
-from arcface.gallery.base import (
-    GALLERY_BACKENDS,
-    FaceRecord,
-    GalleryStore,
-    GalleryTarget,
-    Identity,
-    Match,
-    checked_faces,
-    checked_query,
-    contract_refused,
-    rank_identities,
-)
-from arcface.gallery.rules import (
-    INT64_MAX,
-    GalleryBusyError,
-    GalleryError,
-    GalleryFullError,
-    GalleryStorageError,
-    check_metadata,
-    check_name,
-    valid_id,
-)
-from arcface.index import INDEX_KINDS
+from arcface.gallery._server import ServerGallery
+from arcface.gallery.base import GALLERY_BACKENDS, FaceRecord, Identity, identity_from_row
+from arcface.gallery.rules import GalleryBusyError, GalleryError, GalleryFullError
 from arcface.inference.contract import ModelContract
 
 __all__ = ["DEFAULT_EF_SEARCH", "PgGallery"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = "1"
 DEFAULT_EF_SEARCH = 400
-"""HNSW search beam width when neither the URI nor ``index_params`` give one: the smallest of the benchmark's values
-with recall@10 >= 0.95 against exact search at 1M faces (0.951 at 1M, 0.996 at 100K; 100 gave 0.750 and 0.932;
-docs/benchmarks.md, bench/gallery_backends.py). A smaller gallery may lower it in the URI for speed."""
+"""HNSW search beam width when neither the URI nor ``index_params`` give one: the smallest value that kept the
+benchmark's recall against exact search high on a large gallery (bench/gallery_backends.py). A smaller gallery may
+lower it in the URI for speed."""
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 64
 POOL_SIZE = 8
@@ -150,10 +127,10 @@ class _Pool:
             conn.close()
 
 
-class PgGallery(GalleryStore):
+class PgGallery(ServerGallery):
     """The gallery in a PostgreSQL database with pgvector (see the module docstring).
 
-    Use :func:`~arcface.gallery.base.open_gallery` (or ``Gallery.open``) with a ``postgresql://`` URI.
+    Open it with :func:`~arcface.gallery.base.open_gallery` and a ``postgresql://`` URI.
 
     Args:
         target: the parsed URI.
@@ -162,100 +139,56 @@ class PgGallery(GalleryStore):
         create: create the schema when the database has none (else :class:`FileNotFoundError`).
         index_params: ``m``, ``ef_construction`` (used when the index is created), ``ef_search``.
         busy_timeout: seconds a write waits for a row lock.
-        pool_size: connections kept at most.
     """
 
     backend = "postgresql"
+    DEFAULT_EF_SEARCH = DEFAULT_EF_SEARCH
 
-    def __init__(
-        self,
-        target: GalleryTarget,
-        contract: ModelContract | None = None,
-        *,
-        index: str = "exact",
-        create: bool = True,
-        index_params: Mapping[str, Any] | None = None,
-        busy_timeout: float = 1.5,
-        pool_size: int = POOL_SIZE,
-        cache: bool = True,
-    ) -> None:
-        if index not in INDEX_KINDS:
-            raise ValueError(f"unknown index kind {index!r}; expected one of {INDEX_KINDS}")
+    def _connect(self, contract: ModelContract | None, index: str, create: bool) -> tuple[ModelContract, str]:
         self._psycopg, self._register_vector = _driver()
         from psycopg import sql  # optional (the [pgvector] extra), present once _driver() passed
 
         self._sql = sql
-        self._target = target
-        self.index_kind = "exact" if index == "exact" else "hnsw"
-        params = dict(index_params or {})
-        self._ef_search = int(target.options.get("ef_search", params.get("ef_search", DEFAULT_EF_SEARCH)))
-        self._m = int(params.get("m", DEFAULT_M))
-        self._ef_construction = int(params.get("ef_construction", DEFAULT_EF_CONSTRUCTION))
-        self._busy_timeout = float(busy_timeout)
-        self._secrets = [s for s in {target.password, unquote(target.password), _uri_password(target.uri)} if s]
-        self._closed = False
+        self._m = int(self._params.get("m", DEFAULT_M))
+        self._ef_construction = int(self._params.get("ef_construction", DEFAULT_EF_CONSTRUCTION))
         self._iterative = False
-        schema = target.name
+        schema = self._target.name
         self._q = {name: sql.Identifier(schema, name) for name in ("meta", "identities", "faces")}
         self._schema = sql.Identifier(schema)
-        self._pool = _Pool(self._connect, pool_size, POOL_WAIT_S, target.display)
+        self._pool = _Pool(self._new_connection, POOL_SIZE, POOL_WAIT_S, self.location)
         try:
-            self.contract = self._bind(contract, create)
+            return self._bind(contract, create), "exact" if index == "exact" else "hnsw"
         except BaseException:
             self._pool.close()
             raise
-        self.dim = self.contract.embedding_size
-
-    def __repr__(self) -> str:
-        return f"PgGallery({self._target.display!r}, contract={self.contract.id}, index={self.index_kind!r})"
 
     # ----------------------------------------------------------------------------------------------
-    # Identities
+    # Primitives (see GalleryStore)
 
-    def add_identity(self, name: str, metadata: Mapping[str, Any] | None = None) -> int:
-        name = check_name(name)
-        meta = check_metadata(metadata)
+    def _insert_identity(self, name: str, metadata: str) -> int:
         with self._write() as cur:
             cur.execute(self._f("INSERT INTO {identities} (name, metadata, created) VALUES (%s, %s, %s) RETURNING id"),
-                        (name, meta, time.time()))  # fmt: skip
+                        (name, metadata, time.time()))  # fmt: skip
             return int(cur.fetchone()[0])
 
-    def get_identity(self, identity_id: int) -> Identity:
-        rows = []
-        if valid_id(identity_id):
-            with self._read() as cur:
-                cur.execute(self._f(_IDENTITY_SQL + " WHERE i.id = %s"), (int(identity_id),))
-                rows = cur.fetchall()
-        if not rows:
-            raise KeyError(f"no identity {identity_id} in the gallery {self.location}")
-        return _identity(rows[0])
+    def _identity(self, identity_id: int) -> Identity | None:
+        found = self._identity_rows(" WHERE i.id = %s", (identity_id,))
+        return found[0] if found else None
 
-    def list_identities(self, limit: int | None = None, after: int = 0) -> list[Identity]:
-        if limit is not None and int(limit) < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
-        after = max(0, min(int(after), INT64_MAX))
-        with self._read() as cur:
-            cur.execute(self._f(_IDENTITY_SQL + " WHERE i.id > %s ORDER BY i.id LIMIT %s"),
-                        (after, None if limit is None else int(limit)))  # fmt: skip
-            return [_identity(r) for r in cur.fetchall()]
+    def _identity_page(self, after: int, limit: int | None) -> list[Identity]:
+        return self._identity_rows(" WHERE i.id > %s ORDER BY i.id LIMIT %s", (after, limit))
 
-    def find_identities(self, name: str) -> list[Identity]:
-        if not isinstance(name, str):
-            return []
-        with self._read() as cur:
-            cur.execute(self._f(_IDENTITY_SQL + " WHERE i.name = %s ORDER BY i.id"), (name,))
-            return [_identity(r) for r in cur.fetchall()]
+    def _identities_named(self, name: str) -> list[Identity]:
+        return self._identity_rows(" WHERE i.name = %s ORDER BY i.id", (name,))
 
-    def remove_identity(self, identity_id: int) -> int:
-        if not valid_id(identity_id):
-            raise KeyError(f"no identity {identity_id} in the gallery {self.location}")
+    def _delete_identity(self, identity_id: int) -> int | None:
         with self._write() as cur:
-            cur.execute(self._f("SELECT 1 FROM {identities} WHERE id = %s FOR UPDATE"), (int(identity_id),))
+            cur.execute(self._f("SELECT 1 FROM {identities} WHERE id = %s FOR UPDATE"), (identity_id,))
             if cur.fetchone() is None:
-                raise KeyError(f"no identity {identity_id} in the gallery {self.location}")
-            cur.execute(self._f("DELETE FROM {faces} WHERE identity_id = %s"), (int(identity_id),))
+                return None
+            cur.execute(self._f("DELETE FROM {faces} WHERE identity_id = %s"), (identity_id,))
             n = cur.rowcount
-            cur.execute(self._f("DELETE FROM {identities} WHERE id = %s"), (int(identity_id),))
+            cur.execute(self._f("DELETE FROM {identities} WHERE id = %s"), (identity_id,))
             return int(n)
 
     def count_identities(self) -> int:
@@ -263,32 +196,19 @@ class PgGallery(GalleryStore):
             cur.execute(self._f("SELECT count(*) FROM {identities}"))
             return int(cur.fetchone()[0])
 
-    # ----------------------------------------------------------------------------------------------
-    # Faces
-
-    def add_faces(
-        self,
-        identity_id: int,
-        embeddings: np.ndarray,
-        contract_id: str | ModelContract,
-        sources: Sequence[str | None] | None = None,
-    ) -> list[int]:
-        self._check_open()
-        x, srcs = checked_faces(self, embeddings, contract_id, sources)  # (N, D) unit rows
-        if not valid_id(identity_id):
-            raise KeyError(f"no identity {identity_id} in the gallery {self.location}")
+    def _insert_faces(self, identity_id: int, x: np.ndarray, sources: list[str | None]) -> list[int] | None:
         now, cid = time.time(), self.contract.id
         with self._write() as cur:
             # FOR SHARE: a removal of this identity waits for this transaction (and then removes these faces too)
-            cur.execute(self._f("SELECT 1 FROM {identities} WHERE id = %s FOR SHARE"), (int(identity_id),))
+            cur.execute(self._f("SELECT 1 FROM {identities} WHERE id = %s FOR SHARE"), (identity_id,))
             if cur.fetchone() is None:
-                raise KeyError(f"no identity {identity_id} in the gallery {self.location}")
+                return None
             if not len(x):
                 return []
             cur.executemany(
                 self._f("INSERT INTO {faces} (identity_id, embedding, contract_id, created, source)"
                         " VALUES (%s, %s, %s, %s, %s) RETURNING id"),
-                [(int(identity_id), row, cid, now, src) for row, src in zip(x, srcs, strict=True)],
+                [(identity_id, row, cid, now, src) for row, src in zip(x, sources, strict=True)],
                 returning=True,
             )  # fmt: skip
             ids = []
@@ -298,88 +218,58 @@ class PgGallery(GalleryStore):
                     break
             return ids
 
-    def remove_face(self, face_id: int) -> None:
-        if not valid_id(face_id):
-            raise KeyError(f"no face {face_id} in the gallery {self.location}")
+    def _delete_face(self, face_id: int) -> bool:
         with self._write() as cur:
-            cur.execute(self._f("DELETE FROM {faces} WHERE id = %s"), (int(face_id),))
-            if cur.rowcount == 0:
-                raise KeyError(f"no face {face_id} in the gallery {self.location}")
+            cur.execute(self._f("DELETE FROM {faces} WHERE id = %s"), (face_id,))
+            return cur.rowcount > 0
 
-    def list_faces(self, identity_id: int | None = None) -> list[FaceRecord]:
+    def _face_records(self, identity_id: int | None) -> list[FaceRecord]:
         query, args = "SELECT id, identity_id, contract_id, created, source FROM {faces}", ()
         if identity_id is not None:
-            if not valid_id(identity_id):
-                return []
-            query, args = query + " WHERE identity_id = %s", (int(identity_id),)
+            query, args = query + " WHERE identity_id = %s", (identity_id,)
         with self._read() as cur:
             cur.execute(self._f(query + " ORDER BY id"), args)
             return [FaceRecord(int(a), int(b), c, float(d), e) for a, b, c, d, e in cur.fetchall()]
 
-    def get_embedding(self, face_id: int) -> np.ndarray:
-        row = None
-        if valid_id(face_id):
-            with self._read() as cur:
-                cur.execute(self._f("SELECT embedding FROM {faces} WHERE id = %s"), (int(face_id),))
-                row = cur.fetchone()
-        if row is None:
-            raise KeyError(f"no face {face_id} in the gallery {self.location}")
-        return np.asarray(row[0].to_numpy() if hasattr(row[0], "to_numpy") else row[0], np.float32)
-
-    def get_embeddings(self, face_ids: Sequence[int]) -> np.ndarray:
-        ids = [int(f) for f in face_ids if valid_id(f)]
-        found: dict[int, Any] = {}
-        if ids:
-            with self._read() as cur:
-                cur.execute(self._f("SELECT id, embedding FROM {faces} WHERE id = ANY(%s)"), (ids,))
-                found = {int(a): b for a, b in cur.fetchall()}
-        missing = [f for f in face_ids if not valid_id(f) or int(f) not in found]
-        if missing:
-            raise KeyError(f"no face {missing[0]} in the gallery {self.location}")
-        out = [found[int(f)] for f in face_ids]
-        return np.asarray([v.to_numpy() if hasattr(v, "to_numpy") else v for v in out], np.float32).reshape(
-            len(out), self.dim
-        )
+    def _embeddings(self, face_ids: list[int]) -> dict[int, np.ndarray]:
+        if not face_ids:
+            return {}
+        with self._read() as cur:
+            cur.execute(self._f("SELECT id, embedding FROM {faces} WHERE id = ANY(%s)"), (face_ids,))
+            return {int(a): _vector(b) for a, b in cur.fetchall()}
 
     def count(self) -> int:
         with self._read() as cur:
             cur.execute(self._f("SELECT count(*) FROM {faces}"))
             return int(cur.fetchone()[0])
 
-    # ----------------------------------------------------------------------------------------------
-    # Search
-
-    def search(self, embedding: np.ndarray, k: int = 5, *, aggregate: str = "max", top: int = 3) -> list[Match]:
-        q, k, top = checked_query(embedding, self.dim, k, aggregate, top)
+    @contextmanager
+    def _search_view(self) -> Iterator[Any]:
+        """One ``REPEATABLE READ READ ONLY`` transaction: a search never answers an identity removed before it."""
         with self._read() as cur:
             if self.index_kind == "exact":  # the planner may not take the HNSW index: every face is compared
                 cur.execute("SELECT set_config('enable_indexscan', 'off', true)")
             elif self._iterative:  # pgvector >= 0.8: more faces than ef_search, still nearest first
                 cur.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
-            nearest_sql = self._f("SELECT embedding <=> %(q)s, id, identity_id FROM {faces}"
-                                  " ORDER BY embedding <=> %(q)s LIMIT %(n)s")  # fmt: skip
+            yield cur
 
-            def nearest(n: int) -> list[tuple[float, int, int]]:
-                if self.index_kind == "hnsw":
-                    ef = min(MAX_EF_SEARCH, max(self._ef_search, n))
-                    cur.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef),))
-                cur.execute(nearest_sql, {"q": q, "n": n})
-                return [(1.0 - float(d), int(f), int(i)) for d, f, i in cur.fetchall()]
+    def _nearest(self, view: Any, q: np.ndarray, n: int) -> list[tuple[float, int, int]]:
+        if self.index_kind == "hnsw":
+            ef = min(MAX_EF_SEARCH, max(self._ef_search, n))
+            view.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef),))
+        view.execute(self._f("SELECT embedding <=> %(q)s, id, identity_id FROM {faces}"
+                             " ORDER BY embedding <=> %(q)s LIMIT %(n)s"), {"q": q, "n": n})  # fmt: skip
+        return [(1.0 - float(d), int(f), int(i)) for d, f, i in view.fetchall()]
 
-            def mean_top(identities: list[int], top: int) -> dict[int, float]:
-                cur.execute(self._f("SELECT identity_id, 1 - (embedding <=> %s) FROM {faces}"
-                                    " WHERE identity_id = ANY(%s)"), (q, identities))  # fmt: skip
-                sims: dict[int, list[float]] = {}
-                for ident, s in cur.fetchall():
-                    sims.setdefault(int(ident), []).append(float(s))
-                return {i: float(np.mean(sorted(s, reverse=True)[:top])) for i, s in sims.items()}
+    def _faces_of(self, view: Any, identities: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        view.execute(self._f("SELECT identity_id, embedding FROM {faces} WHERE identity_id = ANY(%s)"), (identities,))
+        rows = view.fetchall()
+        x = np.asarray([_vector(v) for _, v in rows], np.float32).reshape(len(rows), self.dim)
+        return np.asarray([int(i) for i, _ in rows], np.int64), x
 
-            ranked = rank_identities(nearest, INT64_MAX, k, aggregate, top, mean_top)[:k]
-            if not ranked:
-                return []
-            cur.execute(self._f("SELECT id, name FROM {identities} WHERE id = ANY(%s)"), ([i for _, i, _ in ranked],))
-            names = {int(a): b for a, b in cur.fetchall()}
-        return [Match(ident, names[ident], float(s), int(f)) for s, ident, f in ranked if ident in names]
+    def _names(self, view: Any, identities: list[int]) -> dict[int, str]:
+        view.execute(self._f("SELECT id, name FROM {identities} WHERE id = ANY(%s)"), (identities,))
+        return {int(a): b for a, b in view.fetchall()}
 
     # ----------------------------------------------------------------------------------------------
     # Lifecycle
@@ -396,11 +286,7 @@ class PgGallery(GalleryStore):
         """``query`` with ``{meta}``, ``{identities}``, ``{faces}`` as quoted schema-qualified names."""
         return self._sql.SQL(query).format(**self._q)
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise GalleryError(f"the gallery {self.location} is closed")
-
-    def _connect(self) -> Any:
+    def _new_connection(self) -> Any:
         psycopg = self._psycopg
         with self._errors():
             conn = psycopg.connect(self._target.connect, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
@@ -423,6 +309,11 @@ class PgGallery(GalleryStore):
         with self._errors(), self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             yield cur
 
+    def _identity_rows(self, where: str, args: tuple) -> list[Identity]:
+        with self._read() as cur:
+            cur.execute(self._f(_IDENTITY_SQL + where), args)
+            return [identity_from_row(r) for r in cur.fetchall()]
+
     @contextmanager
     def _read(self) -> Iterator[Any]:
         """One read-only snapshot (REPEATABLE READ); yields a cursor."""
@@ -439,24 +330,11 @@ class PgGallery(GalleryStore):
         try:
             yield
         except (errors.LockNotAvailable, errors.DeadlockDetected) as e:
-            raise GalleryBusyError(
-                f"the gallery {self.location} is busy: another connection held a lock for more than "
-                f"{self._busy_timeout:g} s ({self._scrub(e)}); retry later",
-                retry_after=max(1.0, self._busy_timeout),
-            ) from None
+            raise self._busy("another connection held a lock", e) from None
         except errors.DiskFull as e:
             raise GalleryFullError(f"the disk of the gallery {self.location} is full ({self._scrub(e)})") from None
         except (psycopg.OperationalError, errors.ReadOnlySqlTransaction, errors.InsufficientPrivilege) as e:
-            raise GalleryStorageError(
-                f"the gallery {self.location} cannot be reached or written now ({self._scrub(e)})"
-            ) from None
-
-    def _scrub(self, e: BaseException) -> str:
-        """The first line of an error, with every form of the password taken out."""
-        text = " ".join(str(e).split("\n")[0].split()) or type(e).__name__
-        for s in self._secrets:
-            text = text.replace(s, "***")
-        return text
+            raise self._unavailable(e) from None
 
     def _bind(self, contract: ModelContract | None, create: bool) -> ModelContract:
         """Create the schema (first use) or read the bound contract; one process at a time (an advisory lock)."""
@@ -473,14 +351,11 @@ class PgGallery(GalleryStore):
                                 f"no gallery at {self.location} (no schema {self._target.name!r} with a gallery); "
                                 "enroll faces first"
                             )
-                        if contract is None:
-                            raise GalleryError(f"{self.location}: creating a gallery needs a model contract")
-                        self._create(cur, contract)
-                        bound = contract
+                        meta = self._new_meta(contract, SCHEMA_VERSION)
+                        self._create(cur, contract, meta)
                     else:
                         cur.execute(self._f("SELECT key, value FROM {meta}"))
                         meta = dict(cur.fetchall())
-                        bound = self._bound(meta)
                     cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
                     version = cur.fetchone()
             except (errors.UndefinedTable, errors.UndefinedColumn, errors.DuplicateTable, errors.DuplicateObject,
@@ -491,20 +366,9 @@ class PgGallery(GalleryStore):
                 raise GalleryError(f"{self.location}: the server has no pgvector extension ({self._scrub(e)}); "
                                    "install pgvector there") from None  # fmt: skip
         self._iterative = version is not None and tuple(int(p) for p in version[0].split(".")[:2]) >= (0, 8)
-        if contract is not None and contract.id != bound.id:
-            raise contract_refused(self.location, bound, contract)
-        return bound
+        return self._bound_contract(meta, contract, SCHEMA_VERSION)
 
-    def _bound(self, meta: Mapping[str, str]) -> ModelContract:
-        if meta.get("schema") != str(SCHEMA_VERSION) or "contract" not in meta:
-            raise GalleryError(f"{self.location}: gallery schema {meta.get('schema')} (this code reads "
-                               f"{SCHEMA_VERSION})")  # fmt: skip
-        try:
-            return ModelContract.from_json(meta["contract"])
-        except (ValueError, TypeError, KeyError) as e:
-            raise GalleryError(f"{self.location}: the stored model contract is unreadable ({e})") from None
-
-    def _create(self, cur: Any, contract: ModelContract) -> None:
+    def _create(self, cur: Any, contract: ModelContract, meta: Mapping[str, str]) -> None:
         sql = self._sql
         cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'")
         if cur.fetchone() is None:
@@ -527,9 +391,7 @@ class PgGallery(GalleryStore):
         cur.execute(sql.SQL("CREATE INDEX ON {faces} USING hnsw (embedding vector_cosine_ops)"
                             " WITH (m = {m}, ef_construction = {efc})").format(
             m=sql.Literal(self._m), efc=sql.Literal(self._ef_construction), **self._q))  # fmt: skip
-        cur.executemany(self._f("INSERT INTO {meta} (key, value) VALUES (%s, %s)"), [
-            ("schema", str(SCHEMA_VERSION)), ("contract", contract.to_json()), ("contract_id", contract.id),
-        ])  # fmt: skip
+        cur.executemany(self._f("INSERT INTO {meta} (key, value) VALUES (%s, %s)"), list(meta.items()))
 
 
 _IDENTITY_SQL = (
@@ -538,22 +400,9 @@ _IDENTITY_SQL = (
 )
 
 
-def _identity(row: tuple) -> Identity:
-    ident, name, meta, created, faces = row
-    return Identity(int(ident), name, json.loads(meta), float(created), int(faces))
+def _vector(value: Any) -> np.ndarray:
+    """A pgvector value (a ``Vector``, or an array) as a float32 array."""
+    return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, np.float32)
 
 
-def _uri_password(uri: str) -> str:
-    """The password of a libpq URI (``user:password@``), percent-decoded; "" when there is none."""
-    rest = uri.split("://", 1)[-1].split("?", 1)[0].split("/", 1)[0]
-    if "@" not in rest:
-        return ""
-    cred = rest.rsplit("@", 1)[0]
-    return unquote(cred.split(":", 1)[1]) if ":" in cred else ""
-
-
-def _open_pg(target: GalleryTarget, contract: ModelContract | None, **options: Any) -> PgGallery:
-    return PgGallery(target, contract, **options)
-
-
-GALLERY_BACKENDS.register("postgresql", _open_pg)
+GALLERY_BACKENDS.register("postgresql", PgGallery)

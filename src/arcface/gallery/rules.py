@@ -1,7 +1,7 @@
 """What every gallery backend accepts and promises, whatever stores it: limits, names, metadata, ids, errors.
 
-The SQLite store (:mod:`arcface.gallery.store`) applies these; a server backend must apply the same checks (and raise
-the same errors) so that a caller cannot tell the backends apart by what they accept.
+:class:`~arcface.gallery.base.GalleryStore` applies these for every backend, so that a caller cannot tell the backends
+apart by what they accept.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ MAX_METADATA_DEPTH = 8
 MAX_SOURCE_CHARS = 4096
 """Longest face source (a file path, as ``arcface gallery enroll`` stores it), in characters."""
 # Bidirectional formatting characters: they reorder what a terminal or a page shows (a name that reads as another).
+_REFUSED_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
 BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
@@ -77,16 +78,18 @@ def check_name(name: object) -> str:
     """An identity name as the gallery accepts it; raises ValueError naming what is wrong.
 
     Refused: a non-string, blank, longer than :data:`MAX_NAME_CHARS` characters, or holding a control character
-    (Unicode category Cc: NUL, ESC, tab, line breaks, DEL, C1), a line or paragraph separator, a lone surrogate,
-    or a bidirectional override/isolate/mark (they make a name display as another one).
+    (Unicode category Cc: NUL, ESC, tab, line breaks, DEL, C1), an invisible format character (category Cf: zero
+    width spaces and joiners, the byte-order mark, soft hyphen, the bidirectional overrides, isolates and marks), a
+    line or paragraph separator or a lone surrogate: each makes a name display as another one (or not at all).
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError("an identity needs a non-empty name")
     if len(name) > MAX_NAME_CHARS:
         raise ValueError(f"a name has at most {MAX_NAME_CHARS} characters, got {len(name)}")
     for i, c in enumerate(name):
-        if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") or c in BIDI_CONTROLS:
-            raise ValueError(f"a name may not hold control or bidirectional characters (U+{ord(c):04X} at {i})")
+        if unicodedata.category(c) in _REFUSED_CATEGORIES or c in BIDI_CONTROLS:
+            raise ValueError(f"a name may not hold control, invisible or bidirectional characters (U+{ord(c):04X} at "
+                             f"{i})")  # fmt: skip
     return name
 
 

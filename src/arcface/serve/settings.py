@@ -54,7 +54,7 @@ class Settings:
 
     Attributes:
         gallery: the gallery: a folder, or a URI (``postgresql://``, ``milvus://``, ``milvus-lite://``,
-            ``sqlite://``; see :mod:`arcface.gallery.base`), created on first use and bound to the model's contract.
+            ``sqlite://``; see :mod:`arcface.gallery.target`), created on first use and bound to the model's contract.
             Not in ``repr()`` (a URI may carry a password); :attr:`gallery_display` is the masked form.
         model: model name or file, as :class:`~arcface.inference.recognizer.FaceRecognizer` takes it.
         detector: face detector name ("mtcnn", "yunet", "scrfd").
