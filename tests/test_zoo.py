@@ -195,7 +195,7 @@ def test_onnx_nhwc_fixed_batch(tmp_path):
     path = tmp_path / "nhwc.onnx"
     _export(NHWC(module), path, dynamic=False, input_name="img", shape=(1, 112, 112, 3))
     backend = load_backend(path)
-    assert backend.runner.layout == "NHWC" and backend.batch_size == 1  # fixed batch of 1: one crop per run
+    assert backend.runner.layout == "NHWC" and backend.pass_size == 1  # fixed batch of 1: one crop per run
     crops = _crops(3)
     got, want = backend.embed(crops), _torch_embed(module, crops, backend.contract)
     assert (np.sum(got * want, axis=1) > 0.999).all()

@@ -135,7 +135,7 @@ def recognizer_from_args(args: argparse.Namespace, **options: Any) -> FaceRecogn
 
     Args:
         args: parsed ``add_detector_args`` + ``add_model_args`` options (``--flip`` when present, ``--device``).
-        **options: more ``FaceRecognizer`` arguments (``threshold``) or ``model_options`` entries (``batch_size``).
+        **options: more ``FaceRecognizer`` arguments (``threshold``) or ``model_options`` entries (``pass_size``).
     """
     name, det_options = detector_options(args)
     max_side = det_options.pop("max_side")

@@ -165,7 +165,7 @@ class Trainer:
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.step = 0
         if self.device.type == "cpu":
-            retain_freed_memory()  # CPU steps reuse freed activation buffers (bench/allocator.py: +16% mbf samples/s)
+            retain_freed_memory()  # CPU steps reuse freed activation buffers instead of page-faulting new ones
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
         self.contract = model_contract(cfg, init_from)  # drives the input normalisation and the saved file
