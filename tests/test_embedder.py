@@ -10,7 +10,7 @@ import torch
 
 import arcface
 from arcface.eval.samples import aligned_lfw_sample
-from arcface.inference.embedder import Embedder, resolve_auto
+from arcface.inference.embedder import Embedder, RunnerChoice, choose_runner, resolve_auto
 from arcface.inference.loader import load_model
 from arcface.inference.runners import CPU_PASS_SIZE
 from arcface.models import create_model
@@ -129,6 +129,34 @@ def test_auto_decision_table(monkeypatch):
     assert resolve_auto("bf16", "auto") == ("bf16", "torch")  # an explicit precision keeps eager torch
     monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: False)
     assert resolve_auto("auto", "jit") == ("fp32", "jit")
+
+
+def test_the_runner_is_a_pure_choice_of_precision_backend_device_and_cpu():
+    auto_jit = RunnerChoice("bf16", "jit", verify=True, fallback=RunnerChoice("bf16", "torch", verify=True))
+    assert choose_runner("auto", "auto", native_bf16=True) == auto_jit  # verified; autocast if tracing fails
+    assert choose_runner("auto", "auto", native_bf16=False) == RunnerChoice("fp32", "torch")  # nothing to verify
+    assert choose_runner("auto", "onnx", native_bf16=True) == RunnerChoice(
+        "fp32", "onnx", verify=True, fallback=RunnerChoice("fp32", "torch"))
+    assert choose_runner("bf16", "jit", native_bf16=False) == RunnerChoice("bf16", "jit")  # asked: no fallback
+    assert choose_runner("auto", "auto", device="cuda", native_bf16=True) == RunnerChoice("fp32", "torch")
+    with pytest.raises(ValueError, match="on device cuda"):
+        choose_runner("bf16", "auto", device="cuda")
+    with pytest.raises(ValueError, match="bf16 runs on the torch backend only"):
+        choose_runner("bf16", "onnx")
+
+
+def test_building_and_running_changes_no_process_wide_setting_when_a_plan_is_handed_down(monkeypatch):
+    """Only the entry point that decided the plan applies it: runners and the Embedder's passes set nothing."""
+    from arcface.runtime import threads as tp
+
+    plan = tp.decide("embed", threads=2)
+    for name in ("set_num_threads", "set_num_interop_threads", "set_flush_denormal"):
+        monkeypatch.setattr(torch, name, lambda *a, name=name: pytest.fail(f"torch.{name} called below the entry"))
+    monkeypatch.setattr(tp, "apply", lambda p: pytest.fail("the plan was applied again"))
+    crops = np.random.default_rng(4).integers(0, 256, (2 * CPU_PASS_SIZE + 1, 112, 112, 3), dtype=np.uint8)
+    for backend in ("torch", "jit"):
+        emb = Embedder.from_module(_small_module(), "fp32", backend, plan=plan)
+        assert emb.pass_threads == 2 and emb.embed(crops).shape == (len(crops), 64)
 
 
 def test_jit_bf16_is_close_to_float32_and_batch_invariant():
