@@ -93,7 +93,8 @@ def child(args: argparse.Namespace) -> None:
     warm, paths = paths[: args.warm], paths[args.warm :]
     for p in warm:
         rec.embed(p)
-    out: dict = {"load_s": load_s, "torch_threads": torch.get_num_threads(), "item_threads": rec.thread_plan.item_threads,
+    out: dict = {"load_s": load_s, "torch_threads": torch.get_num_threads(),
+                 "item_threads": rec.thread_plan.item_threads,
                  "path": f"{rec.embedder.precision}/{rec.embedder.backend}",
                  "affinity": len(os.sched_getaffinity(0))}  # fmt: skip
 

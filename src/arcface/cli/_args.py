@@ -106,7 +106,7 @@ def detector_options(args: argparse.Namespace, *, threads: int | None = None) ->
 
 def make_detector(args: argparse.Namespace) -> FaceDetector:
     """The detector the options of ``add_detector_args`` ask for, with this process's threads set for detection."""
-    thread_policy.configure("detect", threads=getattr(args, "threads", None))
+    thread_policy.apply(thread_policy.decide("detect", threads=getattr(args, "threads", None)))
     name, options = detector_options(args)
     return create_detector(name, **options)
 

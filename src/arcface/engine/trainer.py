@@ -155,7 +155,8 @@ class Trainer:
         threads: int | str | None = None,
     ) -> None:
         #: The thread plan of this training process.
-        self.thread_plan = thread_policy.configure("train", threads=threads, loader_workers=cfg.data.num_workers)
+        self.thread_plan = thread_policy.apply(
+            thread_policy.decide("train", threads=threads, loader_workers=cfg.data.num_workers))
         self.cfg = cfg
         self.dist = dist or DistInfo()
         self.device = self.dist.device

@@ -76,7 +76,6 @@ __all__ = [
     "ThreadsError",
     "apply",
     "cgroup_cpu_limit",
-    "configure",
     "cpu_budget",
     "decide",
     "entry_plan",
@@ -475,22 +474,6 @@ def apply(plan: ThreadPlan) -> ThreadPlan:
     set_threads(plan.intra_op, plan.inter_op)
     log.debug("thread plan %s", plan.describe())
     return plan
-
-
-def configure(
-    workload: str,
-    *,
-    threads: int | str | None = None,
-    workers: int | None = None,
-    items: int | None = None,
-    loader_workers: int = 0,
-) -> ThreadPlan:
-    """:func:`decide` and :func:`apply`, for an entry point that needs nothing in between.
-
-    Raises:
-        ThreadsError: as :func:`decide`.
-    """
-    return apply(decide(workload, threads=threads, workers=workers, items=items, loader_workers=loader_workers))
 
 
 def entry_plan(workload: str, threads: int | str | None = None, plan: ThreadPlan | None = None) -> ThreadPlan:
