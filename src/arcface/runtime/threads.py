@@ -477,9 +477,9 @@ def apply(plan: ThreadPlan) -> ThreadPlan:
 
 
 def entry_plan(workload: str, threads: int | str | None = None, plan: ThreadPlan | None = None) -> ThreadPlan:
-    """The plan of a Python entry object (``load_model``, ``Embedder.from_module``, ``FaceRecognizer``, the
-    evaluation pipeline): ``plan`` as an entry point above handed it down (nothing is applied then), or, this being
-    the entry point, the plan of ``workload`` for the CPU budget ``threads``, decided and applied here.
+    """The plan of a Python entry object (``load_model``, ``Embedder.from_module``, ``FaceRecognizer``): ``plan`` as
+    an entry point above handed it down (nothing is applied then), or, this being the entry point, the plan of
+    ``workload`` for the CPU budget ``threads``, decided and applied here.
 
     Raises:
         ThreadsError: both ``threads`` and ``plan``, a bad ``threads`` or ``ARCFACE_THREADS``.
