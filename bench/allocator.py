@@ -9,7 +9,7 @@ The allocator setting (``arcface.runtime.memory.retain_freed_memory``) on two wo
 * train: mbf + ArcFace over 1,000 synthetic classes at batch 32 with the trainer's defaults, two threads:
   samples/s (median step after 2 warm-up steps).
 
-Then crops per forward pass (``arcface.inference.embedder.MICRO_BATCH``, 16) against 32 and 64: the embed
+Then crops per forward pass (``Embedder.pass_size``; ``CPU_PASS_SIZE``, 16, by default) against 32 and 64: the embed
 workload with the setting on, both paths, the three sizes interleaved 4 times in one process, median ms per
 face.
 
@@ -88,8 +88,6 @@ def child_micro(crops: int) -> dict:
     import numpy as np
     import torch
 
-    import arcface.inference.embedder as embedder
-
     torch.set_num_threads(1)
     x = np.random.default_rng(0).integers(0, 256, (crops, 112, 112, 3), dtype=np.uint8)
     out = {}
@@ -99,11 +97,10 @@ def child_micro(crops: int) -> dict:
         times: dict[int, list[float]] = {16: [], 32: [], 64: []}
         for _ in range(4):
             for size, ts in times.items():
-                embedder.MICRO_BATCH = size
+                emb.pass_size = size
                 t = time.perf_counter()
                 emb.embed(x)
                 ts.append((time.perf_counter() - t) / crops * 1000)
-        embedder.MICRO_BATCH = 16
         out[backend] = {str(size): statistics.median(ts) for size, ts in times.items()}
     return out
 

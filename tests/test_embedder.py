@@ -10,9 +10,9 @@ import torch
 
 import arcface
 from arcface.eval.samples import aligned_lfw_sample
-from arcface.inference.embedder import Embedder, resolve_auto
+from arcface.inference.embedder import Embedder, RunnerChoice, choose_runner, resolve_auto
 from arcface.inference.loader import load_model
-from arcface.inference.runners import MICRO_BATCH
+from arcface.inference.runners import CPU_PASS_SIZE
 from arcface.models import create_model
 
 LFW = "data/lfw/lfw-deepfunneled"
@@ -42,18 +42,18 @@ def test_shape_and_unit_norm():
 
 
 def test_passes_side_by_side_give_the_same_numbers_on_one_thread_each():
-    """The torch runner spreads a call's 16-crop passes over its threads: the same outputs as one thread, each pass
-    on one torch intra-op thread with denormals flushed (per-thread settings), and the runner still pickles."""
+    """The Embedder spreads a call's passes over its threads: the same outputs as one thread, each pass on one torch
+    intra-op thread (the plan the entry point applied), and the Embedder and its runner still pickle."""
     import pickle
     import threading
 
     from arcface.inference.runners import EagerRunner
 
     module = _small_module()
-    crops = np.random.default_rng(5).integers(0, 256, (3 * MICRO_BATCH + 5, 112, 112, 3), dtype=np.uint8)
+    crops = np.random.default_rng(5).integers(0, 256, (3 * CPU_PASS_SIZE + 5, 112, 112, 3), dtype=np.uint8)
     one = Embedder.from_module(module, precision="fp32", backend="torch", threads=1)
     two = Embedder.from_module(module, precision="fp32", backend="torch", threads=2)
-    assert (one.runner.workers, two.runner.workers) == (1, 2)
+    assert (one.pass_threads, two.pass_threads) == (1, 2)
     seen = []
     run = EagerRunner._run
 
@@ -70,21 +70,22 @@ def test_passes_side_by_side_give_the_same_numbers_on_one_thread_each():
     assert len(pool) == 8 and set(pool) == {1}  # both calls (crops, mirrored) of 4 passes each, in the pool
     copy = pickle.loads(pickle.dumps(two.runner))
     np.testing.assert_array_equal(copy(crops[:20]), two.runner(crops[:20]))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(two)).embed(crops), two.embed(crops))
 
 
 def test_a_forked_child_gets_a_pool_of_its_own(monkeypatch):
-    """After a fork the pool object is inherited without its threads: the runner makes a new one in the child (here the
-    child is simulated by another process id) and still gives the same numbers."""
+    """After a fork the pool object is inherited without its threads: the Embedder makes a new one in the child (here
+    the child is simulated by another process id) and still gives the same numbers."""
     import os
 
     emb = Embedder.from_module(_small_module(), precision="fp32", backend="torch", threads=2)
-    crops = np.random.default_rng(6).integers(0, 256, (2 * MICRO_BATCH, 112, 112, 3), dtype=np.uint8)
+    crops = np.random.default_rng(6).integers(0, 256, (2 * CPU_PASS_SIZE, 112, 112, 3), dtype=np.uint8)
     ref = emb.embed(crops)
-    parent_pool = emb.runner._pool
+    parent_pool = emb._pool
     pid = os.getpid()
     monkeypatch.setattr(os, "getpid", lambda: pid + 1)
     np.testing.assert_array_equal(emb.embed(crops), ref)
-    assert emb.runner._pool is not parent_pool and emb.runner._pool_pid == pid + 1
+    assert emb._pool is not parent_pool and emb._pool_pid == pid + 1
 
 
 def test_fp32_equals_module_output():
@@ -98,11 +99,13 @@ def test_fp32_equals_module_output():
         np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
-def test_batches_split_into_micro_batches_give_the_same_embeddings():
-    """The fast path runs MICRO_BATCH crops per forward pass; a batch that spans several must equal one by one."""
-    crops = np.random.default_rng(2).integers(0, 256, (MICRO_BATCH * 2 + 3, 112, 112, 3), dtype=np.uint8)
+def test_batches_split_into_passes_give_the_same_embeddings():
+    """The Embedder runs CPU_PASS_SIZE crops per forward pass of a torch model on the CPU; a batch that spans several
+    passes must equal one by one."""
+    crops = np.random.default_rng(2).integers(0, 256, (CPU_PASS_SIZE * 2 + 3, 112, 112, 3), dtype=np.uint8)
     for precision in ("fp32", "bf16"):
-        emb = Embedder.from_module(_small_module(), precision=precision, backend="torch", batch_size=64)
+        emb = Embedder.from_module(_small_module(), precision=precision, backend="torch")
+        assert emb.pass_size == CPU_PASS_SIZE
         whole = emb.embed(crops)
         single = np.concatenate([emb.embed(c) for c in crops])
         np.testing.assert_allclose(whole, single, atol=1e-5 if precision == "fp32" else 2e-2)
@@ -126,6 +129,34 @@ def test_auto_decision_table(monkeypatch):
     assert resolve_auto("bf16", "auto") == ("bf16", "torch")  # an explicit precision keeps eager torch
     monkeypatch.setattr(amp, "cpu_has_native_bf16", lambda: False)
     assert resolve_auto("auto", "jit") == ("fp32", "jit")
+
+
+def test_the_runner_is_a_pure_choice_of_precision_backend_device_and_cpu():
+    auto_jit = RunnerChoice("bf16", "jit", verify=True, fallback=RunnerChoice("bf16", "torch", verify=True))
+    assert choose_runner("auto", "auto", native_bf16=True) == auto_jit  # verified; autocast if tracing fails
+    assert choose_runner("auto", "auto", native_bf16=False) == RunnerChoice("fp32", "torch")  # nothing to verify
+    assert choose_runner("auto", "onnx", native_bf16=True) == RunnerChoice(
+        "fp32", "onnx", verify=True, fallback=RunnerChoice("fp32", "torch"))
+    assert choose_runner("bf16", "jit", native_bf16=False) == RunnerChoice("bf16", "jit")  # asked: no fallback
+    assert choose_runner("auto", "auto", device="cuda", native_bf16=True) == RunnerChoice("fp32", "torch")
+    with pytest.raises(ValueError, match="on device cuda"):
+        choose_runner("bf16", "auto", device="cuda")
+    with pytest.raises(ValueError, match="bf16 runs on the torch backend only"):
+        choose_runner("bf16", "onnx")
+
+
+def test_building_and_running_changes_no_process_wide_setting_when_a_plan_is_handed_down(monkeypatch):
+    """Only the entry point that decided the plan applies it: runners and the Embedder's passes set nothing."""
+    from arcface.runtime import threads as tp
+
+    plan = tp.decide("embed", threads=2)
+    for name in ("set_num_threads", "set_num_interop_threads", "set_flush_denormal"):
+        monkeypatch.setattr(torch, name, lambda *a, name=name: pytest.fail(f"torch.{name} called below the entry"))
+    monkeypatch.setattr(tp, "apply", lambda p: pytest.fail("the plan was applied again"))
+    crops = np.random.default_rng(4).integers(0, 256, (2 * CPU_PASS_SIZE + 1, 112, 112, 3), dtype=np.uint8)
+    for backend in ("torch", "jit"):
+        emb = Embedder.from_module(_small_module(), "fp32", backend, plan=plan)
+        assert emb.pass_threads == 2 and emb.embed(crops).shape == (len(crops), 64)
 
 
 def test_jit_bf16_is_close_to_float32_and_batch_invariant():
@@ -159,7 +190,7 @@ def test_auto_uses_autocast_where_tracing_fails(monkeypatch):
 def test_auto_falls_back_when_accuracy_breaks(monkeypatch):
     import arcface.inference.embedder as mod
 
-    monkeypatch.setattr(mod, "resolve_auto", lambda p, b: ("bf16", "torch"))
+    monkeypatch.setattr(mod, "resolve_auto", lambda p, b, *_: ("bf16", "torch"))
     with pytest.warns(UserWarning, match="using float32"):
         emb = Embedder.from_module(_small_module(), min_cosine=2.0)
     assert (emb.precision, emb.min_cosine_checked) == ("fp32", 1.0)
@@ -234,7 +265,7 @@ def test_an_untrained_network_whose_output_overflows_float32_keeps_its_fast_path
         def forward(self, x):
             return self.net(x) * 1e30  # squares overflow float32
 
-    monkeypatch.setattr(mod, "resolve_auto", lambda p, b: ("bf16", "torch"))
+    monkeypatch.setattr(mod, "resolve_auto", lambda p, b, *_: ("bf16", "torch"))
     emb = Embedder.from_module(Huge())
     assert emb.precision == "bf16" and emb.min_cosine_checked > 0.98
     out = emb.embed(np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8))

@@ -1,6 +1,7 @@
-"""The CPU thread policy (issue 18): its decisions for given CPU counts, quotas and overrides (pure functions with
-injected inputs), and that every CPU entry point applies it (fresh processes, so torch's thread count starts at its
-default; a fake cgroup tree stands in for a container's CPU quota).
+"""The CPU thread policy: its decisions for given CPU counts, quotas and overrides (pure functions with injected
+inputs), that every CPU entry point applies it (fresh processes, so torch's thread count starts at its default; a fake
+cgroup tree stands in for a container's CPU quota), and that each entry point decides and applies once while the
+objects below it take the plan handed down.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from arcface.runtime import threads as tp
@@ -131,9 +131,9 @@ def test_an_invalid_override_is_one_clear_error(value):
 
 def test_legacy_turns_the_policy_off():
     plan = tp.decide("embed", budget=_budget(affinity=2, quota=None, env={"ARCFACE_THREADS": "legacy"}))
-    assert plan.legacy and plan.threads is None and plan.onnx_threads is None and plan.workers == 1
+    assert plan.legacy and plan.intra_op is None and plan.onnx_threads is None and plan.item_threads == 1
     service = tp.decide("service", budget=_budget(affinity=2, quota=None, env={"ARCFACE_THREADS": "legacy"}))
-    assert service.workers == 2  # the pool size the service had before the policy
+    assert service.item_threads == 2  # the pool size the service had before the policy
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -148,40 +148,50 @@ def _plan(workload: str, cpus: int, **kw) -> tp.ThreadPlan:
 @pytest.mark.parametrize("workload", tp.WORKLOADS)
 def test_by_default_workers_times_threads_never_exceed_the_usable_cpus(workload, cpus):
     plan = _plan(workload, cpus)
-    assert plan.threads is not None and plan.threads >= 1 and plan.workers >= 1
-    assert plan.workers * plan.threads <= cpus
+    assert plan.intra_op is not None and plan.intra_op >= 1 and plan.item_threads >= 1 and plan.processes >= 1
+    assert plan.processes * plan.item_threads * plan.intra_op <= cpus
     assert plan.onnx_threads is not None and 1 <= plan.onnx_threads <= cpus
-    assert plan.interop == 1
+    assert plan.inter_op == 1
 
 
 def test_each_workload_gets_its_rule():
-    assert (_plan("detect", 4).workers, _plan("detect", 4).threads) == (4, 1)  # across images, one thread each
-    embed = _plan("embed", 4)  # 16-crop passes side by side on four threads of one torch thread each
-    assert (embed.workers, embed.threads, embed.onnx_threads) == (4, 1, 4)
+    detect = _plan("detect", 4)  # across images: processes of one thread each
+    assert (detect.processes, detect.item_threads, detect.intra_op) == (4, 1, 1)
+    embed = _plan("embed", 4)  # passes side by side on four threads of one torch thread each
+    assert (embed.processes, embed.item_threads, embed.intra_op, embed.onnx_threads) == (1, 4, 1, 4)
     pipe = _plan("pipeline", 4)  # the detector on one thread, photos side by side, embedding batches on four
-    assert (pipe.workers, pipe.threads, pipe.onnx_threads) == (4, 1, 4)
-    assert (_plan("service", 4).workers, _plan("service", 4).threads) == (4, 1)
-    assert _plan("train", 4).threads == 4
+    assert (pipe.processes, pipe.item_threads, pipe.intra_op, pipe.onnx_threads) == (1, 4, 1, 4)
+    assert (_plan("service", 4).item_threads, _plan("service", 4).intra_op) == (4, 1)
+    assert (_plan("train", 4).processes, _plan("train", 4).intra_op) == (1, 4)
 
 
 def test_a_short_detection_job_gets_fewer_processes():
     per = tp.MIN_ITEMS_PER_PROCESS
-    assert _plan("detect", 8, items=per - 1).workers == 1
-    assert _plan("detect", 8, items=3 * per).workers == 3
-    assert _plan("detect", 2, items=100 * per).workers == 2
+    assert _plan("detect", 8, items=per - 1).processes == 1
+    assert _plan("detect", 8, items=3 * per).processes == 3
+    assert _plan("detect", 2, items=100 * per).processes == 2
 
 
 def test_explicit_workers_are_respected_and_their_threads_shrink():
-    assert (_plan("service", 8, workers=2).workers, _plan("service", 8, workers=2).threads) == (2, 4)
-    assert (_plan("service", 2, workers=4).workers, _plan("service", 2, workers=4).threads) == (4, 1)
-    assert _plan("detect", 2, workers=3, items=10).workers == 3
+    assert (_plan("service", 8, workers=2).item_threads, _plan("service", 8, workers=2).intra_op) == (2, 4)
+    assert (_plan("service", 2, workers=4).item_threads, _plan("service", 2, workers=4).intra_op) == (4, 1)
+    assert _plan("detect", 2, workers=3, items=10).processes == 3
+
+
+def test_a_request_of_the_service_runs_within_its_share():
+    """Each of the service's request threads gets a pipeline plan whose budget is its intra-op threads, spent as one
+    team (no threads of its own beside it), so requests x their threads stay within the CPUs."""
+    one = _plan("service", 8, workers=2).per_item()
+    assert (one.workload, one.cpus, one.processes, one.item_threads, one.intra_op, one.onnx_threads) == (
+        "pipeline", 4, 1, 1, 4, 4)
+    assert _plan("service", 4).per_item().cpus == 1
 
 
 def test_training_leaves_a_cpu_per_loader_worker_and_shares_them_between_local_ranks():
-    assert _plan("train", 8, loader_workers=2).threads == 6
-    assert _plan("train", 2, loader_workers=4).threads == 1
+    assert _plan("train", 8, loader_workers=2).intra_op == 6
+    assert _plan("train", 2, loader_workers=4).intra_op == 1
     plan = _plan("train", 8, loader_workers=1, env={"LOCAL_WORLD_SIZE": "2"})
-    assert (plan.workers, plan.threads) == (2, 3)
+    assert (plan.processes, plan.intra_op) == (2, 3)
 
 
 def test_bad_workload_or_workers_are_clear_errors():
@@ -243,13 +253,13 @@ ENTRY_POINTS = """
     emb = load_model("default", precision="fp32", backend="onnx")
     seen["embed"] = torch.get_num_threads()
     seen["embed_onnx"] = emb.runner.session.get_session_options().intra_op_num_threads
-    seen["embed_workers"] = load_model("default").runner.workers  # torch: passes side by side
+    seen["embed_workers"] = load_model("default").pass_threads  # torch: passes side by side
 
     # the face pipeline: the detector on one thread, photos side by side, onnxruntime for the batches
     from arcface import FaceRecognizer
     rec = FaceRecognizer(precision="fp32", backend="onnx")
     seen["pipeline"] = torch.get_num_threads()
-    seen["pipeline_workers"] = rec.thread_plan.workers
+    seen["pipeline_workers"] = rec.thread_plan.item_threads
     seen["pipeline_onnx"] = rec.embedder.runner.session.get_session_options().intra_op_num_threads
     assert rec.embed_batch(samples).shape[0] == len(samples)
 
@@ -261,8 +271,7 @@ ENTRY_POINTS = """
     calls = []
     real = workers_module.process_map
     def spy(fn, items, **kw):
-        plan = tp.decide("detect", threads=kw.get("threads"), workers=kw.get("workers"), items=len(items))
-        calls.append(plan.workers)
+        calls.append(min(kw["plan"].processes, len(items)))
         return real(fn, items, **kw)
     pipeline_module.process_map = spy
     pairs = PairSet(name="samples", images=[str(p) for p in samples], pairs=np.array([[0, 1], [1, 2]]),
@@ -276,15 +285,14 @@ ENTRY_POINTS = """
     app = create_app(Settings(gallery=tempfile.mkdtemp(), allow_no_auth=True))
     seen["service"] = torch.get_num_threads()
     seen["service_workers"] = app.state.engine.pool._max_workers
-    seen["service_embed_workers"] = app.state.recognizer.embedder.runner.workers  # one request: one thread
-    seen["service_lone"] = app.state.recognizer._lone.cpus  # a lone request on an idle machine: every CPU
+    seen["service_embed_workers"] = app.state.recognizer.embedder.pass_threads  # one request: one thread
     from fastapi.testclient import TestClient
     health = TestClient(app).get("/health").json()
     seen["health"] = [health["workers"], health["threads"]]
 
     # training: the step's threads (skipped with more threads than CPUs: torch's oneDNN then crashes at exit, in
     # its primitive cache's destructor, whatever set the threads)
-    if tp.decide("train").threads > len(os.sched_getaffinity(0)):
+    if tp.decide("train").intra_op > len(os.sched_getaffinity(0)):
         print(json.dumps(seen))
         sys.exit(0)
     from arcface.engine.config import load_config
@@ -310,7 +318,7 @@ def test_every_entry_point_applies_the_policy_under_a_cpu_quota(tmp_path):
     seen = _run(ENTRY_POINTS, _fake_quota(tmp_path, 1.0))
     expect = {"detect": 1, "embed": 1, "embed_onnx": 1, "embed_workers": 1, "pipeline": 1, "pipeline_workers": 1,
               "pipeline_onnx": 1, "eval": 1, "eval_detect_workers": [1], "service": 1, "service_workers": 1,
-              "service_embed_workers": 1, "service_lone": 1, "health": [1, 1], "train": 1}  # fmt: skip
+              "service_embed_workers": 1, "health": [1, 1], "train": 1}  # fmt: skip
     assert {k: seen[k] for k in expect} == expect, seen
 
 
@@ -321,7 +329,7 @@ def test_every_entry_point_applies_the_arcface_threads_override(tmp_path):
     seen = _run(ENTRY_POINTS, {tp.ENV: "3", **_fake_quota(tmp_path, 1.0)})
     expect = {"detect": 1, "embed": 1, "embed_onnx": 3, "embed_workers": 3, "pipeline": 1, "pipeline_workers": 3,
               "pipeline_onnx": 3, "eval": 1, "eval_detect_workers": [1], "service": 1, "service_workers": 3,
-              "service_embed_workers": 1, "service_lone": 3, "health": [3, 1]}  # fmt: skip
+              "service_embed_workers": 1, "health": [3, 1]}  # fmt: skip
     if len(os.sched_getaffinity(0)) >= 3:
         expect["train"] = 3
     assert {k: seen[k] for k in expect} == expect, seen
@@ -368,7 +376,7 @@ def test_cli_bad_threads_is_a_usage_error(capsys, args, expect):
 
     with pytest.raises(SystemExit) as e:
         main(["detect", "x.jpg", *args])
-    assert e.value.code == 2
+    assert e.value.code == 1  # a usage error exits 1, like every bad argument
     err = capsys.readouterr().err
     assert expect in err and "Traceback" not in err
 
@@ -384,93 +392,62 @@ def test_cli_bad_environment_is_one_line(capsys, monkeypatch, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# A lone photo on an idle machine
+# One decision per entry point; nothing below re-applies it
 
 
-def test_others_running_counts_runnable_threads_of_other_processes(tmp_path):
-    proc = tmp_path / "proc"
-    (proc / "self" / "task" / "11").mkdir(parents=True)
-    (proc / "self" / "task" / "12").mkdir()
-    (proc / "stat").write_text("cpu  1 2 3 4\nprocs_running 4\nprocs_blocked 0\n")
-    (proc / "self" / "task" / "11" / "stat").write_text("11 (python (x) y) R 1 2 3\n")  # running: ours
-    (proc / "self" / "task" / "12" / "stat").write_text("12 (python) S 1 2 3\n")  # sleeping
-    assert tp.others_running(proc) == 3
-    (proc / "stat").write_text("cpu  1 2 3 4\n")
-    assert tp.others_running(proc) is None  # not a Linux /proc: unknown
-    assert tp.others_running(tmp_path / "nothing") is None
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts of :func:`tp.decide` and :func:`tp.apply` calls (the real ones still run)."""
+    counts = {"decide": [], "apply": []}
+    decide, apply = tp.decide, tp.apply
+
+    def count_decide(workload, **kw):
+        counts["decide"].append(workload)
+        return decide(workload, **kw)
+
+    def count_apply(plan):
+        counts["apply"].append(plan.workload)
+        return apply(plan)
+
+    monkeypatch.setattr(tp, "decide", count_decide)
+    monkeypatch.setattr(tp, "apply", count_apply)
+    return counts
 
 
-def test_openmp_team_is_this_threads_own_and_restored():
-    """Also with faiss loaded first: its wheel maps a libgomp of its own before torch's (this test failed in CI on the
-    first version, which took the first libgomp it found)."""
-    import threading
+def test_each_entry_object_decides_and_applies_once(counted):
+    from arcface import Embedder, FaceRecognizer
+    from arcface.inference.loader import load_model
+    from arcface.models import create_model
 
+    FaceRecognizer(threads=2)
+    assert counted == {"decide": ["pipeline"], "apply": ["pipeline"]}  # its model is built with the same plan
+    counted["decide"].clear(), counted["apply"].clear()
+    load_model("default", threads=2)
+    assert counted == {"decide": ["embed"], "apply": ["embed"]}
+    counted["decide"].clear(), counted["apply"].clear()
+    Embedder.from_module(create_model("mbf", num_features=64), "fp32", "torch", threads=2)
+    assert counted == {"decide": ["embed"], "apply": ["embed"]}
+
+
+def test_a_plan_handed_down_is_used_and_nothing_is_applied(counted):
     import torch
 
-    require_module("faiss", "the all extra")
-    tp._libgomp.cache_clear()
+    from arcface import FaceRecognizer
+
+    plan = tp.decide("service", threads=3, workers=1).per_item()  # a request's share: a team of 3
+    counted["decide"].clear()
     before = torch.get_num_threads()
-    seen = {}
-    with tp.openmp_team(3) as team:
-        seen["inside"] = torch.get_num_threads()
-        t = threading.Thread(target=lambda: seen.update(other=torch.get_num_threads()))
-        t.start()
-        t.join()
-    if team == 1:
-        pytest.skip("torch does not run on GNU OpenMP here: the team size cannot be set per thread")
-    assert (team, seen["inside"]) == (3, 3)
-    assert seen["other"] != 3 and torch.get_num_threads() == before
+    rec = FaceRecognizer(plan=plan)
+    assert counted == {"decide": [], "apply": []} and torch.get_num_threads() == before
+    assert rec.thread_plan is plan and rec.embedder.pass_threads == 1
+    with pytest.raises(ValueError, match="threads .* or plan"):
+        FaceRecognizer(threads=2, plan=plan)
 
 
-def test_a_lone_photo_gets_a_team_only_when_alone_and_the_machine_is_idle():
-    busy = {"others": 0}
-    lone = tp.LoneWork(2, probe=lambda: busy["others"])
-    with lone.photo() as team:
-        assert team in (1, 2)  # 2 where torch runs on GNU OpenMP
-        with lone.photo() as inner:  # nested in the same thread: the outer setting stays
-            assert inner == 0
-    busy["others"] = 1  # a neighbour is running
-    with lone.photo() as team:
-        assert team == 1
-    busy["others"] = 0
-    with lone.batch(), lone.photo() as team:  # photos side by side: none is alone
-        assert team == 1
-    assert tp.LoneWork(1, probe=lambda: 0).photo().__enter__() == 1  # one usable CPU: nothing to add
-    with tp.LoneWork(64, probe=lambda: 0).photo() as team:
-        assert team in (1, tp.LoneWork.MAX_TEAM)  # a big machine: a small team
-
-
-def test_the_recognizer_gives_a_lone_photo_the_team_and_photos_side_by_side_one_thread(monkeypatch):
-    import torch
-
-    from arcface import FaceRecognizer
-
-    if not tp._libgomp():
-        pytest.skip("torch does not run on GNU OpenMP here")
-    samples = sorted(Path("src/arcface/samples").glob("*.jpg"))
-    rec = FaceRecognizer(threads=2)
-    assert rec._lone is not None
-    rec._lone.probe = lambda: 0  # an idle machine, whatever else this test machine runs
-    seen = []
-    detect = rec.aligner.detector._detect
-    monkeypatch.setattr(rec.aligner.detector, "_detect", lambda image: (seen.append(torch.get_num_threads()),
-                                                                         detect(image))[1])  # fmt: skip
-    one = rec.embed(samples[0])
-    assert seen == [2]
-    seen.clear()
-    many = rec.embed_batch(samples[:3])
-    assert seen == [1, 1, 1]
-    assert torch.get_num_threads() == 1
-    np.testing.assert_allclose(many[0], one, atol=1e-5)  # the same photo, one thread or two
-    rec._lone.probe = lambda: 1  # a neighbour
-    seen.clear()
-    rec.embed(samples[0])
-    assert seen == [1]
-
-
-@pytest.mark.parametrize("bad", [0, -2, 1.5, "2", True])
-def test_a_bad_lone_threads_is_refused_before_loading(bad):
-    from arcface import FaceRecognizer
-
-    with pytest.raises(ValueError, match="lone_threads must be a positive integer"):
-        FaceRecognizer("no-such-model", lone_threads=bad)
+def test_process_map_takes_the_plan_of_its_entry_point(counted):
+    plan = tp.decide("detect", threads=2, workers=1)
+    counted["decide"].clear()
+    assert list(process_map(abs, [-1, -2], plan=plan)) == [1, 2]
+    assert counted == {"decide": [], "apply": []}
+    with pytest.raises(tp.ThreadsError, match="not both"):
+        list(process_map(abs, [-1], plan=plan, workers=2))

@@ -171,12 +171,12 @@ def test_insightface_onnx_matches_torch(tmp_path):
     module = _randomise_bn(create_model("r18", width_mult=0.25, num_features=256))
     path = tmp_path / "w600k_tiny.onnx"
     _export(module, path, dynamic=True)
-    backend = load_backend(path, batch_size=4)
+    backend = load_backend(path, pass_size=4)
     assert backend.backend == "onnx" and backend.runner.layout == "NCHW"
     c = backend.contract
     assert (c.embedding_size, c.input_size, c.color, c.mean, c.std) == (256, (112, 112), "RGB", 127.5, 127.5)
     assert c.options == {"preset": "insightface"} and c.threshold is None
-    crops = _crops(6)  # two batches of up to 4
+    crops = _crops(6)  # two passes of up to 4
     got, want = backend.embed(crops), _torch_embed(module, crops, c)
     assert got.shape == (6, 256)
     assert (np.sum(got * want, axis=1) > 0.999).all()
@@ -195,7 +195,7 @@ def test_onnx_nhwc_fixed_batch(tmp_path):
     path = tmp_path / "nhwc.onnx"
     _export(NHWC(module), path, dynamic=False, input_name="img", shape=(1, 112, 112, 3))
     backend = load_backend(path)
-    assert backend.runner.layout == "NHWC" and backend.batch_size == 1  # fixed batch of 1: one crop per run
+    assert backend.runner.layout == "NHWC" and backend.pass_size == 1  # fixed batch of 1: one crop per run
     crops = _crops(3)
     got, want = backend.embed(crops), _torch_embed(module, crops, backend.contract)
     assert (np.sum(got * want, axis=1) > 0.999).all()

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from arcface.align.detection import DETECTORS, FaceDetector
 from arcface.align.nms import nms
-from arcface.runtime import threads as thread_policy
 
 __all__ = ["SCRFD"]
 
@@ -35,7 +35,7 @@ class SCRFD(FaceDetector):
         max_side: images whose longer side exceeds this are downscaled first (the letterbox shrinks them anyway).
         min_score: drop final detections below this score.
         providers: onnxruntime execution providers; None means CPU.
-        num_threads: onnxruntime intra-op threads; None: the thread policy's choice for detection
+        num_threads: onnxruntime intra-op threads; None: the torch intra-op thread count that
             (:mod:`arcface.runtime.threads`: one thread; parallelism comes from photos side by side).
     """
 
@@ -64,10 +64,10 @@ class SCRFD(FaceDetector):
         self.nms_threshold = float(nms_threshold)
         opts = ort.SessionOptions()
         if num_threads is None:
-            num_threads = thread_policy.decide("detect").onnx_threads  # None when the policy is off
-        if num_threads is not None:
-            opts.intra_op_num_threads = int(num_threads)
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            # the entry point's thread plan is already applied to this process: its session takes the same count
+            num_threads = torch.get_num_threads()
+        opts.intra_op_num_threads = int(num_threads)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
         self._input_name = self._session.get_inputs()[0].name
         n_out = len(self._session.get_outputs())

@@ -93,25 +93,27 @@ def run_job(
 
 
 def _local(settings: JobSettings, items: Sequence[Item], options: EngineOptions, progress_bar: bool) -> Iterator[Row]:
-    """The thread policy sizes the pool: ``align`` (detection only) runs one process per usable CPU with one thread
-    each (fewer for a short job); ``embed`` / ``enroll`` run in this process, photos side by side on its threads and
-    the model's batches on all of them, unless ``options.workers`` asks for processes."""
+    """One "detect" thread plan sizes the pool: ``align`` (detection only) runs one process per usable CPU with one
+    thread each (fewer for a short job); ``embed`` / ``enroll`` run in this process, photos side by side on its
+    threads and the model's passes on all of them (the worker's ``FaceRecognizer`` decides and applies that plan),
+    unless ``options.workers`` asks for processes (each with a budget of one CPU)."""
     if not items:
         return
     n = len(items)
-    if settings.kind != "align" and options.workers is None:
-        workers = 1
-    else:
-        plan = thread_policy.decide("detect", threads=options.threads, workers=options.workers, items=n)
-        workers = min(plan.workers, n)
+    in_process = settings.kind != "align" and options.workers is None
+    plan = thread_policy.decide("detect", threads=options.threads, workers=1 if in_process else options.workers,
+                                items=n)  # fmt: skip
+    workers = min(plan.processes, n)
     if workers > 1:
         settings = dataclasses.replace(settings, threads=1)  # each process: one photo at a time on one thread
     elif settings.threads is None:
         settings = dataclasses.replace(settings, threads=options.threads)
     size = settings.batch_size if workers <= 1 else max(1, min(settings.batch_size, n // (workers * 4)))
     chunks = [(settings, list(items[i : i + size])) for i in range(0, n, size)]
+    if workers <= 1 and settings.kind == "align":
+        thread_policy.apply(plan)  # detection here; an embed / enroll worker's FaceRecognizer applies its own plan
     try:
-        results = process_map(_run_chunk, chunks, workers=workers, threads=options.threads, chunksize=1)
+        results = process_map(_run_chunk, chunks, plan=plan, chunksize=1)
         rows = (row for chunk in results for row in chunk)
         yield from progress(rows, total=n, desc=settings.kind, enabled=progress_bar)
     finally:

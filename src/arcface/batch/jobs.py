@@ -163,7 +163,7 @@ class JobSettings:
         return FaceRecognizer(
             self.model, self.detector, flip=self.flip, precision=self.precision, backend=self.backend,
             device=device, max_side=max_side, detector_options=options, threads=self.threads,
-            model_options={**self.model_options, "batch_size": self.batch_size},
+            model_options=self.model_options,
         )  # fmt: skip
 
 
@@ -201,7 +201,7 @@ class Worker:
         crops: list[np.ndarray] = []
         pending: list[Row] = []  # rows whose crop waits for the model
         # photos side by side on this process's threads (the thread policy's "pipeline" plan: one torch thread each)
-        side_by_side = self.recognizer.thread_plan.workers if self.recognizer is not None else 1
+        side_by_side = self.recognizer.thread_plan.item_threads if self.recognizer is not None else 1
         for row, crop in thread_map(self._one_or_failure, items, workers=side_by_side):
             rows.append(row)
             if crop is not None:

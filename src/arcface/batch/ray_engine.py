@@ -62,13 +62,15 @@ class ArcfaceBatchActor:
     Args:
         settings: the job.
         device: "cpu", or "cuda" on an actor with a GPU share.
-        threads: torch / OpenCV / OpenMP threads (the actor's CPUs, rounded up).
+        threads: the actor's CPU budget (its CPUs, rounded up): the torch / OpenCV threads of an ``align`` job, the
+            budget of an ``embed`` / ``enroll`` job's face pipeline.
     """
 
     def __init__(self, settings: JobSettings, device: str, threads: int) -> None:
         t0 = time.perf_counter()
         os.environ.update(thread_policy.worker_environment(threads))
-        thread_policy.set_threads(threads)
+        if settings.kind == "align":  # detection only; an embed / enroll worker's FaceRecognizer applies its own plan
+            thread_policy.set_threads(threads)
         self.worker = Worker(dataclasses.replace(settings, threads=threads), device)
         self.load_s = time.perf_counter() - t0
 

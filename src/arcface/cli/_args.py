@@ -98,7 +98,7 @@ def detector_options(args: argparse.Namespace, *, threads: int | None = None) ->
 
 def make_detector(args: argparse.Namespace) -> FaceDetector:
     """The detector the options of ``add_detector_args`` ask for, with this process's threads set for detection."""
-    thread_policy.configure("detect", threads=getattr(args, "threads", None))
+    thread_policy.apply(thread_policy.decide("detect", threads=getattr(args, "threads", None)))
     name, options = detector_options(args)
     return create_detector(name, **options)
 
@@ -127,7 +127,7 @@ def recognizer_from_args(args: argparse.Namespace, **options: Any) -> FaceRecogn
 
     Args:
         args: parsed ``add_detector_args`` + ``add_model_args`` options (``--flip`` when present, ``--device``).
-        **options: more ``FaceRecognizer`` arguments (``threshold``) or ``model_options`` entries (``batch_size``).
+        **options: more ``FaceRecognizer`` arguments (``threshold``) or ``model_options`` entries (``pass_size``).
     """
     name, det_options = detector_options(args)
     max_side = det_options.pop("max_side")

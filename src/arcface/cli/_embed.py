@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="F.npz", help="the .npz file to write")
     add_model_args(p)
     p.add_argument("--aligned", action="store_true", help="the images are aligned crops (no detection)")
-    p.add_argument("--batch-size", type=int, default=64, help="crops per forward pass (default 64)")
+    p.add_argument("--batch-size", type=int, default=64, help="photos per model call (default 64)")
     add_detector_args(p)
     add_engine_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -66,7 +66,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--cache", default=".cache/arcface", metavar="DIR", help="crops/embeddings cache folder")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    p.add_argument("--batch-size", type=int, default=64, help="crops per forward pass (default 64)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="crops per forward pass (default: the runner's; 16 for torch on the CPU, else 64)")
     p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     """Read the set, embed it (cached), run the protocol, print the table, write JSON and plot."""
     if args.workers is not None and args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise CliError(f"--batch-size must be positive, got {args.batch_size}")
     if args.plot is not None and not args.plot.lower().endswith(".png"):
         raise CliError(f"--plot {args.plot}: the plot is written as a .png file")
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     # ValueError (one line from the CLI) for a path the model cannot run, e.g. sface with --precision bf16
     embedder = load_model(
         args.model, precision=args.precision, backend=args.backend, flip=args.flip, device=args.device,
-        batch_size=args.batch_size, arch=args.arch, threads=args.threads,
+        pass_size=args.batch_size, arch=args.arch, threads=args.threads,
     )  # fmt: skip
     cache = EvalCache(None if args.no_cache else args.cache)
     report = evaluate_pair_set(

@@ -154,7 +154,8 @@ class Trainer:
         threads: int | str | None = None,
     ) -> None:
         #: The thread plan of this training process.
-        self.thread_plan = thread_policy.configure("train", threads=threads, loader_workers=cfg.data.num_workers)
+        self.thread_plan = thread_policy.apply(
+            thread_policy.decide("train", threads=threads, loader_workers=cfg.data.num_workers))
         self.cfg = cfg
         self.dist = dist or DistInfo()
         self.device = self.dist.device
@@ -164,7 +165,7 @@ class Trainer:
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.step = 0
         if self.device.type == "cpu":
-            retain_freed_memory()  # CPU steps reuse freed activation buffers instead of page-faulting them afresh
+            retain_freed_memory()  # CPU steps reuse freed activation buffers instead of page-faulting new ones
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
         self.contract = model_contract(cfg, init_from)  # drives the input normalisation and the saved file

@@ -7,10 +7,12 @@
 Each set is one of the kinds of :data:`EVAL_SETS`: an insightface ``.bin`` (``kind: bin``, ``path: lfw.bin``) or a
 folder of aligned crops with an LFW-format pair file (``kind: pairs``, ``path: CROPS_DIR``, ``pairs: pairs.txt``;
 crops named ``NAME/NAME_%04d.jpg`` or ``.png``). The images are already aligned, so there is no detection: they are
-decoded once (on the first call), resized to the contract's input size when they differ, and fed as the model's
-contract says (colour order, ``(x - mean) / std``, NCHW), the same preprocessing the saved model will get. With
-``cfg.eval.flip`` the embedding is ``f(x) + f(mirror(x))``, then L2-normalised. The model is put in eval mode for
-the evaluation and back in train mode afterwards (if it was training).
+decoded once (on the first call), resized to the contract's input size when they differ, and embedded by an
+:class:`~arcface.inference.embedder.Embedder` around the training model as it is (eager float32, its memory format
+untouched, ``cfg.eval.batch_size`` crops per pass, one pass after another on the trainer's threads), fed as the
+contract says, the same preprocessing the saved model will get. With ``cfg.eval.flip`` the embedding is
+``f(x) + f(mirror(x))``, then L2-normalised. The model is put in eval mode for the evaluation and back in train mode
+afterwards (if it was training).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from arcface.engine.config import Config, EvalSetConfig
@@ -28,7 +29,8 @@ from arcface.eval.metrics import fold_accuracies
 from arcface.eval.pipeline import decode_aligned
 from arcface.eval.verification import pair_scores
 from arcface.inference.contract import ModelContract
-from arcface.inference.runners import preprocess
+from arcface.inference.embedder import Embedder
+from arcface.inference.runners import EagerRunner
 from arcface.registry import Registry
 
 __all__ = ["EVAL_SETS", "build_evaluator", "embed_with_model", "load_eval_set"]
@@ -76,7 +78,8 @@ def load_eval_set(spec: EvalSetConfig) -> PairSet:
 def embed_with_model(
     model: nn.Module, crops: np.ndarray, contract: ModelContract, *, flip: bool = True, batch_size: int = 64
 ) -> np.ndarray:
-    """Embeddings of aligned crops by a training model (eval mode inside, the mode restored after).
+    """Embeddings of aligned crops by a training model, through an :class:`Embedder` (eval mode inside, the mode
+    restored after; the model's device and memory format are kept).
 
     Args:
         model: a backbone taking (B, 3, H, W) float input.
@@ -89,20 +92,12 @@ def embed_with_model(
         (M, D) float32 unit rows.
     """
     was_training = model.training
-    device = next(model.parameters()).device
-    model.eval()
-    out = []
+    device = str(next(model.parameters()).device)
     try:
-        with torch.no_grad():
-            for s in range(0, len(crops), batch_size):
-                x = torch.from_numpy(preprocess(crops[s : s + batch_size], contract, "NCHW")).to(device)  # (B, 3, H, W)
-                e = model(x).float()  # (B, D)
-                if flip:
-                    e = e + model(torch.flip(x, dims=[3])).float()
-                out.append(torch.nn.functional.normalize(e, dim=1).cpu().numpy())
+        runner = EagerRunner(model, contract, "fp32", device, channels_last=False)
+        return Embedder(runner, "fp32", "torch", flip=flip, pass_size=batch_size).embed(crops)
     finally:
         model.train(was_training)
-    return np.concatenate(out).astype(np.float32)
 
 
 def build_evaluator(cfg: Config) -> Callable[[nn.Module, ModelContract], dict[str, float]]:

@@ -19,10 +19,10 @@ resized to the crop size. Such images are counted (``fallbacks``) and reported; 
 other. Unreadable images are errors.
 
 Detection runs in ``workers`` processes (:func:`arcface.runtime.workers.process_map`: ``spawn``, one torch thread
-each); it is the slow part (MTCNN takes about 10 ms per 250x250 LFW image on one core). By default the thread policy
-(:mod:`arcface.runtime.threads`) chooses them: one per usable CPU, fewer for a short job (one per 200 images; one
-runs in this process, with one torch thread). Embedding runs in this process on every usable CPU, a batch at a
-time as the crops arrive, so it overlaps the workers' detection.
+each); it is the slow part. By default one "detect" thread plan, decided once per set (:mod:`arcface.runtime.threads`),
+chooses them: one per usable CPU, fewer for a short job (one per ``MIN_ITEMS_PER_PROCESS`` images; one runs in this
+process). Embedding runs in this process on the plan the Embedder was built with (its passes side by side), a batch
+at a time as the crops arrive, so it overlaps the workers' detection.
 """
 
 from __future__ import annotations
@@ -261,10 +261,10 @@ def iter_crops(
     if counts is not None:
         counts.update(cached=len(paths) - len(todo), detected=len(todo))
     chunks = [todo[s : s + DETECT_BATCH] for s in range(0, len(todo), DETECT_BATCH)]
-    # The policy sizes the pool by images (a worker pays off from 200), not by chunks.
-    workers = thread_policy.decide("detect", threads=threads, workers=workers, items=len(todo)).workers
-    results = process_map(_align_chunk, [([str(paths[i]) for i in c], spec) for c in chunks], workers=workers,
-                          chunksize=1, threads=threads)  # fmt: skip
+    # One plan for the detection, sized by images (a worker process pays off from MIN_ITEMS_PER_PROCESS), not chunks.
+    plan = thread_policy.decide("detect", threads=threads, workers=workers, items=len(todo))
+    results = process_map(_align_chunk, [([str(paths[i]) for i in c], spec) for c in chunks], plan=plan,
+                          chunksize=1)  # fmt: skip
     with Progress(len(todo), "detect+align", enabled=progress) as bar:
         for chunk, found in zip(chunks, results, strict=True):
             for i, (crop, fb) in zip(chunk, found, strict=True):
@@ -359,8 +359,8 @@ def embed_pair_set(
         detector_options: its options (``max_side`` defaults to 1600 as in ``FaceRecognizer``).
         workers: detection processes; None: the thread policy's (see the module docstring).
         progress: progress reports on stderr.
-        threads: CPUs it may use; None: ``ARCFACE_THREADS``, else the usable CPUs (the policy's "detect" plan for
-            detection, "embed" for the embedding).
+        threads: the CPU budget of the detection (the policy's "detect" plan); None: ``ARCFACE_THREADS``, else the
+            usable CPUs. The embedding runs on the plan the embedder was built with.
 
     Returns:
         ``(embeddings, stats)``: (M, D) float32 unit rows in ``pairset.images`` order, and an :class:`EmbedStats`.
@@ -409,8 +409,6 @@ def embed_pair_set(
 
     def embed_pending() -> float:
         t1 = time.perf_counter()
-        # The policy's "embed" threads (a detection running in this process left one torch thread).
-        thread_policy.configure("embed", threads=threads)
         emb[rows] = embedder.embed(np.stack(pending))
         return time.perf_counter() - t1
 

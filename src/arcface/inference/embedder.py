@@ -5,15 +5,19 @@
     >>> emb.embed(crops)               # (N, 112, 112, 3) uint8 RGB -> (N, D) float32, unit rows
     >>> emb.embed(crops, flip=True)    # flip-test fusion: f(x) + f(hflip(x)), then normalised
 
-Everything that embeds (the face pipeline, evaluation, the gallery and the service, the batch jobs) talks to an
-Embedder; what runs inside it is a :mod:`runner <arcface.inference.runners>`. Paths (``precision`` x ``backend``)
-for torch models on the CPU:
+Everything that embeds (the face pipeline, evaluation, the trainer's evaluation hook, the gallery and the service, the
+batch jobs) talks to an Embedder; what runs inside it is a :mod:`runner <arcface.inference.runners>`. The Embedder is
+the one place that splits a call into forward passes (:attr:`Embedder.pass_size` crops each) and, for runners that
+allow it, runs the passes side by side on :attr:`Embedder.pass_threads` threads of one intra-op thread each
+(parallelism across crops rather than an OpenMP team per operator, which stalls whenever another process takes one of
+its cores).
+
+Paths (``precision`` x ``backend``) for torch models on the CPU:
 
 =========  ===========  ===========================================================================
 precision  backend      what runs
 =========  ===========  ===========================================================================
-fp32       torch        eager module, channels_last memory format (same numbers as the module); on the CPU the
-                        16-crop passes of a batch run side by side on the thread policy's threads
+fp32       torch        eager module, channels_last memory format (same numbers as the module)
 bf16       torch        bfloat16 autocast + channels_last (needs native bf16 to be fast)
 fp32       jit          the module traced, frozen and ``optimize_for_inference``-d (TorchScript: BN folded
                         into the convolutions), channels_last
@@ -23,32 +27,38 @@ fp32       onnx         the module exported to ONNX (``export_onnx``), run by on
 
 ONNX files run float32 in onnxruntime; torch models on another device ("cuda") run float32 eagerly.
 
-``precision="auto"`` is a small decision table, then one accuracy check:
+Which runner is built is decided by :func:`choose_runner`, a pure function of the model kind, the precision and
+backend asked for, the device and the CPU's features. For ``precision="auto"`` on the CPU:
 
 1. CPU with native bf16 (avx512_bf16 / amx_bf16, :func:`arcface.runtime.amp.cpu_has_native_bf16`):
-   bf16 on the frozen graph (``jit``; ``backend="torch"`` asks for autocast instead). Where tracing fails
-   (a module with data-dependent control flow) it warns and uses bf16 autocast.
-2. otherwise: torch float32, channels_last, the passes side by side on the policy's threads. (Until issue 18's
-   follow-up it was onnxruntime float32; on the 2-core Ice Lake Xeon, the default model, 128 crops, one run:
-   onnxruntime with 2 threads 93-103 crops/s, torch side by side 172-201, torch with a 2-thread team 122-169.)
+   bf16 on the frozen graph (``jit``; ``backend="torch"`` asks for autocast instead); where tracing fails (a module
+   TorchScript cannot trace, or a PyTorch without TorchScript) bf16 autocast is built instead, with a warning.
+2. otherwise: torch float32, channels_last, the passes side by side.
 
-The chosen path is run once on a calibration batch (real aligned faces if the caller passes
-``calibration=``; otherwise a fixed synthetic batch) next to eager float32; if any embedding's cosine
-to float32 falls below ``min_cosine`` (0.99) it falls back to float32 on the same backend family. The cosines
-are computed in float64 from the raw outputs, so an output whose float32 norm overflows (an untrained
+A path other than eager float32 chosen by "auto" is run once on a calibration batch (real aligned faces if the caller
+passes ``calibration=``; otherwise a fixed synthetic batch) next to eager float32; if any embedding's cosine to
+float32 falls below ``min_cosine`` (0.99) the float32 runner of the same backend is built instead, with a warning.
+The cosines are computed in float64 from the raw outputs, so an output whose float32 norm overflows (an untrained
 network's) cannot fake a disagreement. ``backend="auto"`` with an explicit precision means torch; with
-``precision="auto"`` it follows the table (``backend="onnx"`` asks for onnxruntime float32). int8
-(onnxruntime static quantisation) fell below cosine 0.99 and is not offered; ``torch.compile`` was measured no
-faster than the frozen graph and costs 10-16 s per model to build. Measured numbers: ``bench/embed_speed.py``
-(``--graph`` for jit.freeze and torch.compile side by side).
+``precision="auto"`` it follows the table (``backend="onnx"`` asks for onnxruntime float32). int8 (onnxruntime
+static quantisation) fell below cosine 0.99 and is not offered; ``torch.compile`` was no faster than the frozen graph
+and takes long to build per model (``bench/embed_speed.py`` compares the paths).
+
+The Embedder changes no process-wide setting: the entry point that decided the thread plan applied it
+(:func:`arcface.runtime.threads.apply`); ``load_model`` and :meth:`Embedder.from_module` are such entry points when
+no ``plan`` is handed to them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +73,16 @@ from arcface.runtime import amp
 from arcface.runtime import threads as thread_policy
 from arcface.runtime.paths import cache_dir
 
-__all__ = ["BACKENDS", "MIN_COSINE", "PRECISIONS", "Embedder", "check_names", "resolve_auto"]
+__all__ = [
+    "BACKENDS",
+    "MIN_COSINE",
+    "PRECISIONS",
+    "Embedder",
+    "RunnerChoice",
+    "check_names",
+    "choose_runner",
+    "resolve_auto",
+]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 BACKENDS = ("auto", "torch", "jit", "onnx")
@@ -78,18 +97,75 @@ def check_names(precision: str, backend: str) -> None:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
-def resolve_auto(precision: str, backend: str) -> tuple[str, str]:
-    """The decision table of the module docstring: (precision, backend) before the accuracy check."""
+def resolve_auto(precision: str, backend: str, native_bf16: bool | None = None) -> tuple[str, str]:
+    """The decision table of the module docstring: (precision, backend) before the accuracy check.
+
+    Args:
+        precision: "auto", "fp32" or "bf16".
+        backend: "auto", "torch", "jit" or "onnx".
+        native_bf16: the CPU runs bfloat16 natively; None asks :func:`arcface.runtime.amp.cpu_has_native_bf16`.
+    """
     check_names(precision, backend)
     if precision == "bf16" and backend == "onnx":
         raise ValueError("bf16 runs on the torch backend only")
     if precision == "auto":
-        if backend in ("auto", "torch", "jit") and amp.cpu_has_native_bf16():
+        native = amp.cpu_has_native_bf16() if native_bf16 is None else native_bf16
+        if backend in ("auto", "torch", "jit") and native:
             return "bf16", "jit" if backend == "auto" else backend
         return "fp32", "torch" if backend == "auto" else backend
     if backend == "auto":
         backend = "torch"
     return precision, backend
+
+
+@dataclass(frozen=True)
+class RunnerChoice:
+    """One runner to build for a torch module.
+
+    Attributes:
+        precision: "fp32" or "bf16".
+        backend: "torch", "jit" or "onnx".
+        verify: compare it with eager float32 on the calibration batch before use ("auto" chose a faster path).
+        fallback: what to build when this one cannot be built (an export or a trace that fails), or None: the
+            error stands.
+    """
+
+    precision: str
+    backend: str
+    verify: bool = False
+    fallback: RunnerChoice | None = None
+
+
+def choose_runner(
+    precision: str, backend: str, *, device: str = "cpu", native_bf16: bool | None = None
+) -> RunnerChoice:
+    """The runner :meth:`Embedder.from_module` builds for a torch module: a pure function of what is asked, the
+    device and the CPU's features (see the module docstring).
+
+    Args:
+        precision: "auto", "fp32" or "bf16".
+        backend: "auto", "torch", "jit" or "onnx".
+        device: "cpu", or another torch device (float32 eager only).
+        native_bf16: the CPU runs bfloat16 natively; None asks :func:`arcface.runtime.amp.cpu_has_native_bf16`.
+
+    Raises:
+        ValueError: an unknown name, bf16 on onnx, or a fast path asked of another device.
+    """
+    check_names(precision, backend)
+    if torch.device(device).type != "cpu":
+        if precision not in ("auto", "fp32") or backend not in ("auto", "torch"):
+            raise ValueError(
+                f"on device {device} the model runs as it is: only precision fp32 on backend torch, "
+                f"got {precision}/{backend}"
+            )
+        return RunnerChoice("fp32", "torch")
+    prec, back = resolve_auto(precision, backend, native_bf16)
+    if precision != "auto":
+        return RunnerChoice(prec, back)
+    fallback = None
+    if back in ("onnx", "jit"):  # an export or trace that fails: eager torch (onnx's precision is fp32)
+        fallback = RunnerChoice(prec, "torch", verify=prec != "fp32")
+    return RunnerChoice(prec, back, verify=(prec, back) != ("fp32", "torch"), fallback=fallback)
 
 
 def _default_contract(module: nn.Module) -> ModelContract:
@@ -145,20 +221,40 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(cos.min())
 
 
+def _runner(module: nn.Module, contract: ModelContract, choice: RunnerChoice, onnx_threads: int | None) -> Runner:
+    """Build the runner of ``choice`` on the CPU."""
+    if choice.backend == "torch":
+        return EagerRunner(module, contract, choice.precision, "cpu")
+    if choice.backend == "jit":
+        return FrozenRunner(module, contract, choice.precision)
+    path = _onnx_graph(module, contract)
+    return OnnxRunner(open_session(path, threads=onnx_threads), contract, path)
+
+
+def _raw(runner: Runner, crops: np.ndarray) -> np.ndarray:
+    """Raw outputs of ``crops`` through ``runner``, one pass of its size after another (the accuracy check)."""
+    size = runner.fixed_pass or runner.pass_size
+    return np.concatenate([runner(crops[i : i + size]) for i in range(0, len(crops), size)])
+
+
 class Embedder:
     """Aligned crops in, L2-normalised float32 embeddings out.
 
     Build one with :func:`arcface.inference.loader.load_model` (a model name or file), :meth:`from_module` (a torch
-    backbone) or :meth:`from_onnx` (an ONNX session).
+    backbone) or :meth:`from_onnx` (an ONNX session), or around a runner directly.
 
     Args:
-        runner: what runs the forward pass.
+        runner: what runs one forward pass.
         precision: "fp32" or "bf16", the precision that runs.
         backend: "torch", "jit" or "onnx", the backend that runs.
         min_cosine_checked: the chosen path's least cosine to float32 on the calibration batch (1.0 for float32
             itself, None where nothing was checked, e.g. a foreign ONNX file).
         flip: flip-test fusion default of :meth:`embed`.
-        batch_size: most crops per runner call.
+        pass_size: crops per forward pass; None: the runner's (``runner.pass_size``). A fixed-batch model takes
+            its own size whatever is asked.
+        pass_threads: threads the passes of one call run on side by side, where the runner allows it
+            (``runner.concurrent``); each pass runs on the process's intra-op threads (the thread plan's: 1).
+        module: the torch backbone, for export.
 
     Attributes:
         contract: the model's contract (embeddings of equal ``contract.id`` are comparable).
@@ -173,18 +269,24 @@ class Embedder:
         *,
         min_cosine_checked: float | None = None,
         flip: bool = False,
-        batch_size: int = 64,
+        pass_size: int | None = None,
+        pass_threads: int = 1,
         module: nn.Module | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        thread_policy.positive(pass_threads, "pass_threads")
+        if pass_size is not None and (isinstance(pass_size, bool) or int(pass_size) < 1):
+            raise ValueError(f"pass_size must be at least 1, got {pass_size}")
         self.runner = runner
         self.precision = precision
         self.backend = backend
         self.min_cosine_checked = min_cosine_checked
         self.flip = bool(flip)
-        self.batch_size = min(int(batch_size), runner.max_batch)
+        self.pass_size = runner.fixed_pass or int(pass_size or runner.pass_size)
+        self.pass_threads = int(pass_threads) if runner.concurrent else 1
         self.module = module
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
+        self._pool_lock = threading.Lock()
 
     @property
     def contract(self) -> ModelContract:
@@ -213,8 +315,9 @@ class Embedder:
         contract: ModelContract | None = None,
         calibration: np.ndarray | None = None,
         min_cosine: float = MIN_COSINE,
-        batch_size: int = 64,
-        threads: int | None = None,
+        pass_size: int | None = None,
+        threads: int | str | None = None,
+        plan: thread_policy.ThreadPlan | None = None,
         flip: bool = False,
         device: str = "cpu",
     ) -> Embedder:
@@ -227,71 +330,51 @@ class Embedder:
             contract: how to feed it; None assumes ours (RGB, (x - 127.5) / 127.5, 112x112).
             calibration: (N, H, W, 3) uint8 aligned faces for the accuracy check of "auto".
             min_cosine: the least cosine to float32 the "auto" path must keep.
-            batch_size: most crops per forward pass.
-            threads: CPUs it may use (the threads its torch passes run on side by side, onnxruntime's threads); None:
-                the thread policy's choice for the "embed" workload (:mod:`arcface.runtime.threads`). Sets this
-                process's torch intra-op threads (on the CPU: 1).
+            pass_size: crops per forward pass; None: the runner's.
+            threads: the CPU budget (:mod:`arcface.runtime.threads`); None: ``ARCFACE_THREADS``, else the usable
+                CPUs. Without ``plan`` this is an entry point: it decides the "embed" plan and applies it to this
+                process.
+            plan: a thread plan decided by the caller (its ``item_threads`` run the passes side by side, its
+                ``onnx_threads`` the onnxruntime session); nothing is applied then.
             flip: flip-test fusion default of :meth:`embed` (the accuracy check runs without it).
             device: "cpu", or another torch device, where the module runs float32 eagerly.
 
         Raises:
-            ValueError: an unknown precision or backend name, bf16 asked of the onnx backend, or a fast path asked
-                of a module on another device.
+            ValueError: an unknown precision or backend name, bf16 asked of the onnx backend, a fast path asked
+                of a module on another device, or both ``threads`` and ``plan``.
         """
-        check_names(precision, backend)  # before any work: a bad name fails fast
+        choice = choose_runner(precision, backend, device=device)  # before any work: a bad name fails fast
+        plan = thread_policy.entry_plan("embed", threads, plan)
         module = module.eval()
         contract = contract or _default_contract(module.cpu() if device == "cpu" else module)
         if torch.device(device).type != "cpu":
-            if precision not in ("auto", "fp32") or backend not in ("auto", "torch"):
-                raise ValueError(
-                    f"on device {device} the model runs as it is: only precision fp32 on backend torch, "
-                    f"got {precision}/{backend}"
-                )
-            runner = EagerRunner(module, contract, "fp32", device, batch_size)
-            return cls(runner, "fp32", "torch", flip=flip, batch_size=batch_size, module=module)
-        prec, back = resolve_auto(precision, backend)
+            runner: Runner = EagerRunner(module, contract, "fp32", device)
+            return cls(runner, "fp32", "torch", flip=flip, pass_size=pass_size, module=module)
         module = module.cpu()
-        auto = precision == "auto"
-        plan = thread_policy.configure("embed", threads=threads)
         try:
-            emb = cls._build(module, contract, prec, back, batch_size, plan)
+            runner = _runner(module, contract, choice, plan.onnx_threads)
         except Exception as e:  # "auto" picked onnx or jit, but the export / trace failed (odd module, no onnx)
-            if not (auto and back in ("onnx", "jit")):
+            if choice.fallback is None:
                 raise
-            what = "onnx export" if back == "onnx" else "tracing the module"
-            prec = "fp32" if back == "onnx" else prec
-            warnings.warn(f"{what} failed ({type(e).__name__}: {e}); using torch {prec}", stacklevel=2)
-            back = "torch"
-            emb = cls._build(module, contract, prec, back, batch_size, plan)
-        checked = 1.0 if prec == "fp32" else None
-        if auto and (prec, back) != ("fp32", "torch"):
+            what = "onnx export" if choice.backend == "onnx" else "tracing the module"
+            choice = choice.fallback
+            warnings.warn(f"{what} failed ({type(e).__name__}: {e}); using torch {choice.precision}", stacklevel=2)
+            runner = _runner(module, contract, choice, plan.onnx_threads)
+        checked = 1.0 if choice.precision == "fp32" else None
+        if choice.verify:
             crops = calibration if calibration is not None else _synthetic_crops(8, contract.input_size)
-            reference = EagerRunner(module, contract, "fp32", "cpu", batch_size)
-            checked = _min_cosine(emb.runner(crops), reference(crops))
+            checked = _min_cosine(_raw(runner, crops), _raw(EagerRunner(module, contract, "fp32", "cpu"), crops))
             if checked < min_cosine:
                 warnings.warn(
-                    f"{prec}/{back} keeps cosine {checked:.4f} < {min_cosine} to float32; using float32",
+                    f"{choice.precision}/{choice.backend} keeps cosine {checked:.4f} < {min_cosine} to float32; "
+                    "using float32",
                     stacklevel=2,
                 )
-                emb = cls._build(module, contract, "fp32", back, batch_size, plan)
+                choice = RunnerChoice("fp32", choice.backend)
+                runner = _runner(module, contract, choice, plan.onnx_threads)
                 checked = 1.0
-        emb.min_cosine_checked = checked
-        emb.flip = flip
-        return emb
-
-    @classmethod
-    def _build(
-        cls, module: nn.Module, contract: ModelContract, precision: str, backend: str, batch_size: int,
-        plan: thread_policy.ThreadPlan,
-    ) -> Embedder:  # fmt: skip
-        if backend == "torch":
-            runner: Runner = EagerRunner(module, contract, precision, "cpu", batch_size, plan.workers)
-        elif backend == "jit":
-            runner = FrozenRunner(module, contract, precision, batch_size, plan.workers)
-        else:
-            path = _onnx_graph(module, contract)
-            runner = OnnxRunner(open_session(path, threads=plan.onnx_threads), contract, path, batch_size)
-        return cls(runner, precision, backend, batch_size=batch_size, module=module)
+        return cls(runner, choice.precision, choice.backend, min_cosine_checked=checked, flip=flip,
+                   pass_size=pass_size, pass_threads=plan.item_threads, module=module)  # fmt: skip
 
     @classmethod
     def from_onnx(
@@ -303,10 +386,11 @@ class Embedder:
         precision: str = "auto",
         backend: str = "auto",
         flip: bool = False,
-        batch_size: int = 64,
+        pass_size: int | None = None,
         raw_input: bool = False,
     ) -> Embedder:
         """An ONNX model in onnxruntime, run float32 as it is (``raw_input``: the graph normalises RGB 0..255 itself).
+        The session's threads were set when it was opened.
 
         Raises:
             ValueError: a precision other than auto/fp32 or a backend other than auto/onnx.
@@ -314,8 +398,8 @@ class Embedder:
         check_names(precision, backend)
         if precision not in ("auto", "fp32") or backend not in ("auto", "onnx"):
             raise ValueError(f"{path} is an ONNX model: only precision fp32 on backend onnx, got {precision}/{backend}")
-        runner = OnnxRunner(session, contract, path, batch_size, raw_input=raw_input)
-        return cls(runner, "fp32", "onnx", flip=flip, batch_size=batch_size)
+        runner = OnnxRunner(session, contract, path, raw_input=raw_input)
+        return cls(runner, "fp32", "onnx", flip=flip, pass_size=pass_size)
 
     # ----------------------------------------------------------------------------------------------
     # Embedding
@@ -323,10 +407,13 @@ class Embedder:
     def embed(self, batch: np.ndarray | Sequence[np.ndarray], flip: bool | None = None) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB aligned crops -> (N, D) float32, unit L2 rows.
 
+        The crops go through the runner :attr:`pass_size` at a time, the passes side by side on :attr:`pass_threads`
+        threads; a crop's embedding does not depend on the others, so the split does not change the numbers.
+
         Args:
             batch: the crops (a sequence of (H, W, 3) crops, or one crop as N = 1, also do), (H, W) the contract's
                 ``input_size``.
-            flip: flip-test fusion, ``f(x) + f(hflip(x))`` then normalised (DESIGN.md); None uses :attr:`flip`.
+            flip: flip-test fusion, ``f(x) + f(hflip(x))`` then normalised; None uses :attr:`flip`.
 
         Raises:
             ValueError: crops of the wrong shape or dtype.
@@ -335,19 +422,41 @@ class Embedder:
         flip = self.flip if flip is None else bool(flip)
         if len(crops) == 0:
             return np.zeros((0, self.embedding_size), np.float32)
-        out = []
-        for start in range(0, len(crops), self.batch_size):
-            chunk = crops[start : start + self.batch_size]
+
+        def one_pass(chunk: np.ndarray) -> np.ndarray:
             emb = self.runner(chunk).astype(np.float64)  # (n, D) raw
             if flip:
                 emb = emb + self.runner(np.ascontiguousarray(chunk[:, :, ::-1]))
-            out.append(emb)
+            return emb
+
+        passes = [crops[i : i + self.pass_size] for i in range(0, len(crops), self.pass_size)]
+        if self.pass_threads > 1 and len(passes) > 1:
+            out = list(self._executor().map(one_pass, passes))
+        else:
+            out = [one_pass(p) for p in passes]
         emb = np.concatenate(out).reshape(len(crops), -1)
         if emb.shape[1] != self.embedding_size:
             raise ValueError(f"model gave {emb.shape[1]}-D embeddings but its contract says {self.embedding_size}-D")
         return l2_normalise(emb)
 
     __call__ = embed
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            # a forked child inherits the pool object but not its threads: it makes its own
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool = ThreadPoolExecutor(self.pass_threads, thread_name_prefix="arcface-embed")
+                self._pool_pid = os.getpid()
+            return self._pool
+
+    def __getstate__(self) -> dict[str, Any]:  # a pool and a lock do not pickle; a copy makes its own
+        state = self.__dict__.copy()
+        state["_pool"], state["_pool_lock"] = None, None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pool_lock = threading.Lock()
 
     def _check(self, crops: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         h, w = self.input_size

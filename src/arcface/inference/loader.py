@@ -34,7 +34,7 @@ def load_model(
     backend: str = "auto",
     flip: bool = False,
     device: str = "cpu",
-    batch_size: int = 64,
+    pass_size: int | None = None,
     arch: str | None = None,
     options: dict[str, Any] | None = None,
     preset: str | None = None,
@@ -42,7 +42,8 @@ def load_model(
     providers: Sequence[str] | None = None,
     calibration: np.ndarray | None = None,
     min_cosine: float = MIN_COSINE,
-    threads: int | None = None,
+    threads: int | str | None = None,
+    plan: thread_policy.ThreadPlan | None = None,
 ) -> Embedder:
     """Load a model by name or file into the inference engine.
 
@@ -52,7 +53,7 @@ def load_model(
         backend: "auto", "torch", "jit" or "onnx".
         flip: flip-test fusion default of :meth:`Embedder.embed`.
         device: torch device ("cpu", "cuda"); for ONNX, "cuda" asks onnxruntime for CUDA then CPU.
-        batch_size: most crops per forward pass.
+        pass_size: crops per forward pass; None: the runner's (see :class:`Embedder`).
         arch: backbone name of a ``.pth``/``.pt`` state dict (e.g. "r50", "mbf").
         options: extra ``create_model`` arguments of a ``.pth``/``.pt`` (the embedding size is read from the weights).
         preset: preprocessing of a foreign ONNX file, "insightface" (default) or "sface".
@@ -60,30 +61,30 @@ def load_model(
         providers: onnxruntime execution providers.
         calibration: aligned faces for the accuracy check of ``precision="auto"``.
         min_cosine: the least cosine to float32 a fast path must keep.
-        threads: CPUs the model may use (torch intra-op and onnxruntime threads); None: the thread policy's choice
-            (``ARCFACE_THREADS``, else the usable CPUs: affinity and cgroup quota; see
-            :mod:`arcface.runtime.threads`). Sets this process's torch threads.
+        threads: the CPU budget (passes side by side, onnxruntime threads); None: ``ARCFACE_THREADS``, else the
+            usable CPUs (affinity and cgroup quota; see :mod:`arcface.runtime.threads`). Without ``plan`` this is an
+            entry point: it decides the "embed" plan and applies it to this process, once.
+        plan: a thread plan decided by the caller (an entry point above, e.g. ``FaceRecognizer``); nothing is applied.
 
     Raises:
         FileNotFoundError: an unknown name, a missing file, or SFace not found (the message says where to get it).
         ValueError: an unknown precision or backend, one the model cannot run, an option that does not apply to the
             file type, or an unreadable model (``ContractError`` for weights that do not fit); ``ThreadsError`` for
-            a bad ``threads`` or ``ARCFACE_THREADS``.
+            a bad ``threads`` or ``ARCFACE_THREADS``, or both ``threads`` and ``plan``.
     """
     check_names(precision, backend)  # before loading anything
-    plan = thread_policy.decide("embed", threads=threads)
+    plan = thread_policy.entry_plan("embed", threads, plan)
     path = resolve_model_path(model)
     read = read_model_file(
         path, device=device, arch=arch, options=options, preset=preset, contract=contract, providers=providers,
         threads=plan.onnx_threads,
     )  # fmt: skip
     if read.module is None:
-        thread_policy.apply(plan)
         return Embedder.from_onnx(
             read.session, read.contract, path=path, precision=precision, backend=backend, flip=flip,
-            batch_size=batch_size, raw_input=read.raw_input,
+            pass_size=pass_size, raw_input=read.raw_input,
         )  # fmt: skip
     return Embedder.from_module(
         read.module, precision, backend, contract=read.contract, calibration=calibration, min_cosine=min_cosine,
-        batch_size=batch_size, threads=threads, flip=flip, device=device,
+        pass_size=pass_size, plan=plan, flip=flip, device=device,
     )  # fmt: skip

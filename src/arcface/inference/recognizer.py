@@ -18,10 +18,9 @@ The "main face" of a photo is the first of :meth:`FaceRecognizer.detect`: large 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sized
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +38,8 @@ from arcface.runtime.workers import thread_map
 
 __all__ = ["DEFAULT_FLIP", "Face", "FaceRecognizer", "NoFaceError", "Verification"]
 
-#: Flip-test fusion default of :class:`FaceRecognizer`; the bundled model's threshold is calibrated with it.
-#: Off: on LFW View 1 (bench/calibrate_default.py) flip fusion scored the same pairsDevTest accuracy (0.993)
-#: at twice the embedding cost; its own threshold would be 0.407 instead of 0.399.
+#: Flip-test fusion default of :class:`FaceRecognizer`; the bundled model's threshold is calibrated with it. Off: on
+#: LFW View 1 flip fusion scored the same accuracy at twice the embedding cost.
 DEFAULT_FLIP = False
 
 
@@ -109,21 +107,21 @@ class FaceRecognizer:
             from the full-resolution photo).
         detector_options: extra arguments of the detector (e.g. ``{"min_face_size": 40}``).
         model_options: extra arguments of :func:`~arcface.inference.loader.load_model` (``arch``, ``options``,
-            ``preset``, ``providers``, ``batch_size``, ``calibration``, ``min_cosine``).
-        threads: CPUs the pipeline may use; None: ``ARCFACE_THREADS``, else the usable CPUs (affinity and cgroup
-            quota). The thread policy's "pipeline" plan (:mod:`arcface.runtime.threads`) runs the detector's small
-            operators on one torch thread, the embedding batches on that many onnxruntime threads, and that many
-            photos side by side in :meth:`embed_batch` / :meth:`main_crops`. Sets this process's torch threads.
-        lone_threads: the OpenMP team a photo gets when it is alone in the process and no other process runs
-            (:class:`~arcface.runtime.threads.LoneWork`); None: the plan's usable CPUs. The service runs each
-            request on one thread and gives a lone request the service's CPUs this way.
+            ``preset``, ``providers``, ``pass_size``, ``calibration``, ``min_cosine``).
+        threads: the CPU budget of the pipeline; None: ``ARCFACE_THREADS``, else the usable CPUs (affinity and cgroup
+            quota). Without ``plan`` this is an entry point: it decides the thread policy's "pipeline" plan
+            (:mod:`arcface.runtime.threads`: the detector's small operators on one intra-op thread, that many photos
+            side by side in :meth:`embed_batch` / :meth:`main_crops`, the model's passes side by side, onnxruntime on
+            that many threads) and applies it to this process, once.
+        plan: a thread plan decided by the caller (the service gives each request's recognizer
+            ``plan.per_item()`` of its own); nothing is applied then, and the model is built with it.
 
     Raises:
         FileNotFoundError: unknown model name or missing file (see ``load_model``).
         KeyError: unknown detector name.
         ValueError: a contract whose crop this pipeline cannot make (non-square input, unknown template size);
             an unknown precision or backend name, or one the model cannot run; a bad ``threads`` or
-            ``ARCFACE_THREADS`` (``ThreadsError``).
+            ``ARCFACE_THREADS``, or both ``threads`` and ``plan`` (``ThreadsError``).
     """
 
     def __init__(
@@ -141,25 +139,21 @@ class FaceRecognizer:
         detector_options: Mapping[str, Any] | None = None,
         model_options: Mapping[str, Any] | None = None,
         threads: int | str | None = None,
-        lone_threads: int | None = None,
+        plan: thread_policy.ThreadPlan | None = None,
     ) -> None:
         if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold}")
-        thread_policy.positive(lone_threads, "lone_threads")  # ThreadsError, a ValueError
         model_options = dict(model_options or {})
         threads = model_options.pop("threads", None) if threads is None else threads
-        plan = thread_policy.decide("pipeline", threads=threads)  # a bad setting fails before any loading
+        #: The thread plan this pipeline runs with (its ``item_threads`` photos at a time in :meth:`main_crops`).
+        self.thread_plan = thread_policy.entry_plan("pipeline", threads, plan)  # a bad setting fails before loading
         if isinstance(model, Embedder):
             self.embedder = model
         else:
             self.embedder = load_model(
-                model, precision=precision, backend=backend, flip=flip, device=device, threads=threads,
+                model, precision=precision, backend=backend, flip=flip, device=device, plan=self.thread_plan,
                 **model_options,
             )  # fmt: skip
-        #: The thread plan this pipeline runs with (its ``workers`` photos at a time in :meth:`main_crops`).
-        self.thread_plan = thread_policy.apply(plan)  # after the loader's "embed" plan: the detector gets one thread
-        # a photo alone in this process on an idle machine gets every usable CPU (up to 4) as its OpenMP team
-        self._lone = None if plan.legacy else thread_policy.LoneWork(lone_threads or plan.cpus)
         options = dict(detector_options or {})
         if not isinstance(detector, FaceDetector):
             options = {"max_side": max_side, **options}
@@ -236,12 +230,11 @@ class FaceRecognizer:
         Raises:
             ImageError: the input is not a readable image.
         """
-        with self._photo():
-            faces = self.aligner.faces(load_image(image), max_faces)
-            done = [f for f in faces if f.crop is not None]
-            if not done:
-                return faces
-            emb = self.embedder.embed(np.stack([f.crop for f in done]))  # (n, D)
+        faces = self.aligner.faces(load_image(image), max_faces)
+        done = [f for f in faces if f.crop is not None]
+        if not done:
+            return faces
+        emb = self.embedder.embed(np.stack([f.crop for f in done]))  # (n, D)
         return [dataclasses.replace(f, embedding=emb[i]) if i < len(done) else f for i, f in enumerate(faces)]
 
     def detect(self, image: ImageSource) -> list[Face]:
@@ -250,8 +243,7 @@ class FaceRecognizer:
         Raises:
             ImageError: the input is not a readable image.
         """
-        with self._photo():
-            return self.aligner.detector.detect(load_image(image))
+        return self.aligner.detector.detect(load_image(image))
 
     def align(self, image: ImageSource) -> list[np.ndarray]:
         """Aligned crops of every face, in :meth:`detect` order.
@@ -259,8 +251,7 @@ class FaceRecognizer:
         Returns:
             List of (H, W, 3) uint8 RGB crops, (H, W) the contract's ``input_size`` (112x112).
         """
-        with self._photo():
-            return [f.crop for f in self.aligner.faces(load_image(image))]
+        return [f.crop for f in self.aligner.faces(load_image(image))]
 
     def embed(self, image: ImageSource, *, aligned: bool = False) -> np.ndarray:
         """The embedding of the main face.
@@ -303,20 +294,19 @@ class FaceRecognizer:
             NoFaceError: for the first image without a face.
             ImageError: for the first unreadable image.
         """
-        with self._work(images):
-            crops = []
-            for crop in self.main_crops(images, aligned=aligned):
-                if isinstance(crop, Exception):
-                    raise crop
-                crops.append(crop)
-            return self.embedder.embed(crops)
+        crops = []
+        for crop in self.main_crops(images, aligned=aligned):
+            if isinstance(crop, Exception):
+                raise crop
+            crops.append(crop)
+        return self.embedder.embed(crops)
 
     def main_crops(self, images: Iterable[ImageSource], *, aligned: bool = False) -> Iterator[np.ndarray | Exception]:
-        """The main face's aligned crop of each image, in order, ``thread_plan.workers`` photos at a time.
+        """The main face's aligned crop of each image, in order, ``thread_plan.item_threads`` photos at a time.
 
-        Photos are detected side by side on threads of this process, each with one torch thread (the thread policy:
-        MTCNN's small operators gain little from a team of threads, and a team stalls whenever another process
-        takes one of its cores).
+        Photos are detected side by side on threads of this process, each on the process's intra-op threads (the
+        thread policy's one: MTCNN's small operators gain little from a team of threads, and a team stalls whenever
+        another process takes one of its cores).
 
         Args:
             images: photos (or aligned crops with ``aligned=True``); may be a long iterator.
@@ -335,21 +325,7 @@ class FaceRecognizer:
             except (ImageError, NoFaceError, ValueError, OSError) as e:
                 return e
 
-        with self._work(images):
-            yield from thread_map(crop_or_error, images, workers=self.thread_plan.workers)
-
-    def _work(self, images: Iterable[ImageSource]) -> contextlib.AbstractContextManager:
-        """:meth:`_photo` for a single image, else :meth:`_batch`."""
-        return self._photo() if isinstance(images, Sized) and len(images) <= 1 else self._batch()
-
-    def _photo(self) -> contextlib.AbstractContextManager:
-        """One photo's work: every usable CPU (up to 4) as its OpenMP team when it is alone and the machine idle
-        (:class:`~arcface.runtime.threads.LoneWork`), else one thread."""
-        return self._lone.photo() if self._lone is not None else contextlib.nullcontext()
-
-    def _batch(self) -> contextlib.AbstractContextManager:
-        """Photos side by side: each on one thread."""
-        return self._lone.batch() if self._lone is not None else contextlib.nullcontext()
+        yield from thread_map(crop_or_error, images, workers=self.thread_plan.item_threads)
 
     def compare(self, a: ImageSource | np.ndarray, b: ImageSource | np.ndarray, *, aligned: bool = False) -> float:
         """Cosine similarity of two faces.

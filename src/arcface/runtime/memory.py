@@ -2,20 +2,19 @@
 
 On glibc, an allocation above the mmap threshold gets fresh pages from the kernel and gives them back when
 freed, and freed memory at the top of the heap is returned once it exceeds the trim threshold. A CPU forward
-pass allocates and frees the same multi-megabyte activations again and again (MobileFaceNet at 16 crops:
-12.8 MB per bf16 map), so by default every pass page-faults its activations afresh. glibc's dynamic
-threshold (raised to the largest freed mmap chunk) helps only partly.
+pass allocates and frees the same multi-megabyte activations again and again, so by default every pass
+page-faults its activations afresh. glibc's dynamic threshold (raised to the largest freed mmap chunk) helps
+only partly.
 
 :func:`retain_freed_memory` sets both thresholds (mmap 64 MiB, trim 256 MiB) once per process: freed
-activations stay in the heap and are reused. ``bench/allocator.py`` (2-core EPYC, fresh processes, setting on
-vs off, one thread, the default model embedding 512 crops with flip): eager bf16 autocast 4.38 vs 6.80 ms per
-face (1.55x), the frozen bf16 graph 4.31 vs 4.99 (1.16x), peak RSS within 16 MiB; mbf training at batch 32
-(two threads) 49.5 vs 42.7 samples/s (1.16x). Setting only one of the two thresholds was slower than neither
-in our trials (a set threshold turns glibc's dynamic adjustment off), so both are set or neither.
+activations stay in the heap and are reused (``bench/allocator.py`` measures it on embedding and training;
+docs/benchmarks.md has the figures). Setting only one of the two thresholds turns glibc's dynamic adjustment
+off and was slower than neither, so both are set or neither.
 
 It changes the whole process's allocator (it is what the jemalloc / tcmalloc ``LD_PRELOAD`` of PyTorch's CPU
-tuning guides achieve, from inside the process). ``ARCFACE_MALLOC_TUNING=0`` turns it off; it does nothing
-off Linux or where the C library has no ``mallopt``.
+tuning guides achieve, from inside the process), so only entry points call it: the thread plan's
+:func:`arcface.runtime.threads.apply` for inference, the trainer on the CPU. ``ARCFACE_MALLOC_TUNING=0`` turns
+it off; it does nothing off Linux or where the C library has no ``mallopt``.
 """
 
 from __future__ import annotations

@@ -1,78 +1,69 @@
-"""The one CPU thread policy: how many CPUs this process may use, and how many threads and worker processes each
-kind of work gets from them. Every CPU entry point asks :func:`configure` (or :func:`decide`) and nothing else.
+"""The one CPU thread policy: how many CPUs this process may use, and how the work of one entry point divides them.
+
+Each entry point (a CLI command, the service, and the Python entry objects: ``load_model`` / ``Embedder``,
+``FaceRecognizer``, the evaluation pipeline, the trainer, the batch jobs) calls :func:`decide` once, :func:`apply`
+once, and hands the :class:`ThreadPlan` down; code below an entry point reads the plan and never sets a thread count.
 
 Why: an OpenMP team of intra-op threads waits at the end of every operator for its slowest member. When another
-process shares the cores (a neighbour, a container's CPU quota below the thread count, the service's own other
-workers), one member is descheduled for a whole scheduler slice while the others wait, and small operators (MTCNN's
-P/R/O-Nets) lose 20-25x (issue 18). A team never larger than the CPUs the process may use, one intra-op thread where
-the operators are small (parallelism across images instead), and workers x threads <= those CPUs avoid it.
+process shares the cores (a neighbour, a container's CPU quota below the thread count, the service's other
+requests), one member is descheduled for a whole scheduler slice while the others wait, and small operators
+(MTCNN's P/R/O-Nets) lose many times over. A team never larger than the CPUs the process may use, one intra-op thread
+where the operators are small (parallelism across images instead), and processes x item threads x intra-op threads
+<= those CPUs avoid it.
 
 **Usable CPUs** (:func:`cpu_budget`): the CPUs of the affinity mask (``os.sched_getaffinity``; a ``taskset`` or a
 container's cpuset), capped by the cgroup CPU quota: cgroup v2 ``cpu.max`` (``"150000 100000"`` = 1.5 CPUs,
 ``"max ..."`` = none), or v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (-1 = none), read for this process's
 cgroup (``/proc/self/cgroup``) and its ancestors under ``/sys/fs/cgroup`` (the smallest limit wins). A fractional
-quota is rounded **down** (at least 1): 1.5 CPUs give 1 thread. A team of 2 on a 1.5-CPU quota is throttled for a
-quarter of every period at an arbitrary point of its operators, which stalls the team like a neighbour does, and
-the half CPU left over goes to what runs beside the model (image decoding, the event loop, the gallery).
+quota is rounded **down** (at least 1): 1.5 CPUs give 1 thread. A team of 2 on a 1.5-CPU quota is throttled for part
+of every period at an arbitrary point of its operators, which stalls the team like a neighbour does, and the half
+CPU left over goes to what runs beside the model (image decoding, the event loop, the gallery).
 
 **Override**: ``ARCFACE_THREADS=N`` (or ``--threads N`` of every CLI command that computes, or ``threads=N`` of the
-library entry points) replaces the usable CPUs by N: arcface then uses at most N CPUs, split by the rules below.
-``ARCFACE_THREADS=legacy`` turns the policy off (torch, onnxruntime and OpenCV keep their own defaults, as before
-issue 18; for comparisons such as ``bench/contention.py``). ``ARCFACE_CGROUP_ROOT`` points at another cgroup mount
-(tests use a fake one).
+library entry points; always the CPU budget, never a per-worker count) replaces the usable CPUs by N: arcface then
+uses at most N CPUs, split by the rules below. ``ARCFACE_THREADS=legacy`` turns the policy off (torch, onnxruntime
+and OpenCV keep their own defaults; for comparisons such as ``bench/contention.py``). ``ARCFACE_CGROUP_ROOT`` points
+at another cgroup mount (tests use a fake one).
 
-**Per workload** (N usable CPUs; "workers" are processes, or the service's inference threads):
+**Per workload** (N usable CPUs; the :class:`ThreadPlan` fields in brackets):
 
 ===========  =======================================================================================================
 workload     decision
 ===========  =======================================================================================================
-detect       detection of many photos (``arcface align``, the evaluation's detection): 1 torch/OpenCV thread per
-             worker, N worker processes (fewer for a short job: one per ``MIN_ITEMS_PER_PROCESS`` images, since a
-             process costs a torch import and a detector; one worker runs in this process)
-embed        the backbone over batches of aligned crops: N threads side by side, each running whole 16-crop
-             passes on 1 torch thread (:class:`~arcface.inference.runners.EagerRunner`); onnxruntime N threads
-pipeline     detect + embed in one process (``FaceRecognizer``: ``arcface embed``, ``verify``, ``gallery``): 1 torch
-             and OpenCV thread (the detector's small operators), onnxruntime N threads (the embedding batches), and
-             N threads across photos in :meth:`~arcface.inference.recognizer.FaceRecognizer.embed_batch`; a photo
-             alone in the process while no other process runs gets an OpenMP team of min(N, 4) (:class:`LoneWork`)
-service      W inference threads x T torch threads <= N: by default W = N, T = 1 (requests run side by side, each on
-             its own thread); ``workers=W`` given: T = max(1, N // W)
-train        torch threads = max(1, N // P - L) per process, P training processes on this machine
+detect       detection of many photos (``arcface align``, the evaluation's detection): N worker ``processes`` of
+             1 intra-op thread (fewer for a short job: one per ``MIN_ITEMS_PER_PROCESS`` images, since a process
+             costs a torch import and a detector; one process means this one)
+embed        the backbone over batches of aligned crops: N ``item_threads`` running whole passes side by side, each
+             on 1 intra-op thread; onnxruntime N threads (one session runs one pass at a time)
+pipeline     detect + embed in one process (``FaceRecognizer``): 1 intra-op thread (the detector's small
+             operators), N ``item_threads`` (photos side by side, and the Embedder's passes), onnxruntime N threads
+service      W request ``item_threads`` x T intra-op threads <= N: by default W = N, T = 1; ``workers=W`` given:
+             T = max(1, N // W). Each request runs within :meth:`ThreadPlan.per_item` (a budget of T CPUs).
+train        intra-op threads = max(1, N // P - L) per process, P training ``processes`` on this machine
              (``LOCAL_WORLD_SIZE`` of torchrun), L DataLoader workers (``data.num_workers``; each runs 1 thread)
 ===========  =======================================================================================================
 
 Torch's inter-op pool is set to 1 thread (arcface runs no inter-op parallel work). Explicit ``workers`` are respected
-(a user may want more); the threads per worker then shrink to ``max(1, N // workers)``.
+(a user may want more); the intra-op threads then shrink to ``max(1, N // workers)``.
 
-Measured for these rules (the shared 2-core Xeon, fresh processes, interleaved; "quiet" runs were given a higher
-scheduling priority than the machine's other work, a stand-in for a quiet machine): MTCNN on LFW photos detected
-26-35 photos/s with 1 torch thread and 32-37 with 2 (at 1.85 CPUs); detect + crop of 80 photos took 19-20 photos/s
-one after another on 1 thread, 20-22 on 2, and 27-28 two photos side by side on 1 thread each.
-
-**OpenMP wait policy**: left at its default, because it did not pay (measured on the shared 2-core Xeon, torch's
-GNU OpenMP, the default model's eager fp32 embedding of 64 crops with 2 threads, fresh processes, interleaved, 2-3
-runs each): ``OMP_WAIT_POLICY=PASSIVE`` cost 20% on a quiet machine (121-142 vs 145-177 faces/s) for 3x among
-many busy neighbours; ``GOMP_SPINCOUNT=10000`` / ``30000`` gave 64-71 / 54-64 faces/s beside one spinning
-neighbour against 45-58 by default, but cost up to 15% quiet, and one thread did better still there (83). The
-thread counts above are the remedy; a spin setting is not. (``KMP_BLOCKTIME`` is Intel OpenMP's and does nothing
-to torch's GNU OpenMP.) Spawned workers get ``OMP_NUM_THREADS`` before torch loads (:func:`worker_environment`).
-onnxruntime sessions run without spinning (:func:`arcface.inference.runners.open_session`): with 2 threads beside
-a spinning neighbour they embedded as fast as with 1 (50 vs 50 faces/s; 85 vs 53 quiet), so they keep N threads.
+**OpenMP wait policy**: left at its default. ``OMP_WAIT_POLICY=PASSIVE`` and smaller ``GOMP_SPINCOUNT`` values cost
+more on a quiet machine than they saved beside busy neighbours; the thread counts above are the remedy.
+(``KMP_BLOCKTIME`` is Intel OpenMP's and does nothing to torch's GNU OpenMP.) Spawned workers get
+``OMP_NUM_THREADS`` before torch loads (:func:`worker_environment`). onnxruntime sessions run without spinning
+(:func:`arcface.inference.runners.open_session`), so they keep N threads.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
+import dataclasses
 import logging
 import math
 import os
-import re
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from arcface.runtime.memory import retain_freed_memory
 
 __all__ = [
     "CGROUP_ENV",
@@ -81,16 +72,13 @@ __all__ = [
     "MIN_ITEMS_PER_PROCESS",
     "WORKLOADS",
     "CpuBudget",
-    "LoneWork",
     "ThreadPlan",
     "ThreadsError",
     "apply",
     "cgroup_cpu_limit",
-    "configure",
     "cpu_budget",
     "decide",
-    "openmp_team",
-    "others_running",
+    "entry_plan",
     "parse_threads",
     "positive",
     "quota_cpus",
@@ -104,12 +92,14 @@ log = logging.getLogger(__name__)
 ENV = "ARCFACE_THREADS"
 #: Where the cgroup file systems are mounted (default ``/sys/fs/cgroup``); tests point it at a fake tree.
 CGROUP_ENV = "ARCFACE_CGROUP_ROOT"
-#: ``ARCFACE_THREADS=legacy``: leave every library's thread settings at its own default (before issue 18).
+#: ``ARCFACE_THREADS=legacy``: leave every library's thread settings at its own default.
 LEGACY = "legacy"
 #: The kinds of work the policy knows (see the module docstring).
 WORKLOADS = ("detect", "embed", "pipeline", "service", "train")
-#: A worker process costs about 2 s (a torch import and a detector): worth it from this many images each (MTCNN
-#: takes about 10 ms per LFW photo on one core).
+#: Workloads that run the embedding model in this process: :func:`apply` also sets the process-wide numeric
+#: settings that model needs (flush denormals, keep freed activation buffers).
+INFERENCE_WORKLOADS = ("embed", "pipeline", "service")
+#: A worker process costs a torch import and a detector (seconds): worth it from this many images each.
 MIN_ITEMS_PER_PROCESS = 200
 
 
@@ -311,38 +301,50 @@ def cpu_budget(
 
 @dataclass(frozen=True)
 class ThreadPlan:
-    """What one kind of work runs with.
+    """What one entry point's work runs with; every field has one meaning for every workload.
 
     Attributes:
         workload: one of :data:`WORKLOADS`.
-        cpus: the usable CPUs the plan divides.
-        workers: worker processes (detect), threads across photos (pipeline), inference threads
-            (service), threads side by side (embed), training processes on this machine (train).
-        threads: torch and OpenCV intra-op threads of each worker; None: leave them (legacy).
+        cpus: the CPU budget the plan divides (the usable CPUs, or the override).
+        processes: processes the budget is shared by: detection worker processes (detect), training processes on
+            this machine (train); 1 otherwise (this process alone).
+        item_threads: threads of one process that each run one item at a time side by side: photos (pipeline),
+            the Embedder's passes (embed, pipeline), requests (service); 1 for detect and train.
+        intra_op: torch's and OpenCV's intra-op threads; None: leave them (legacy).
         onnx_threads: onnxruntime intra-op threads of each session; None: onnxruntime's default (legacy).
-        interop: torch inter-op threads; None: leave them.
+        inter_op: torch's inter-op threads; None: leave them (legacy).
         source: where ``cpus`` comes from.
     """
 
     workload: str
     cpus: int
-    workers: int
-    threads: int | None
+    processes: int
+    item_threads: int
+    intra_op: int | None
     onnx_threads: int | None
-    interop: int | None
+    inter_op: int | None
     source: str
 
     @property
     def legacy(self) -> bool:
-        """The policy is off (``ARCFACE_THREADS=legacy``): nothing is set."""
-        return self.threads is None
+        """The policy is off (``ARCFACE_THREADS=legacy``): no thread count is set."""
+        return self.intra_op is None
+
+    def per_item(self) -> ThreadPlan:
+        """The plan one of :attr:`item_threads` runs within: a "pipeline" plan whose budget is :attr:`intra_op` CPUs,
+        spent as one intra-op team (its passes one after another). The service gives each request's recognizer this.
+        """
+        if self.legacy:
+            return dataclasses.replace(self, workload="pipeline", processes=1, item_threads=1)
+        t = self.intra_op or 1
+        return ThreadPlan("pipeline", t, 1, 1, t, t, self.inter_op, f"{self.workload} plan, per item")
 
     def describe(self) -> str:
-        """One line for logs: ``pipeline: 2 CPUs (affinity 2): 2 workers x 1 thread, onnxruntime 2``."""
+        """One line for logs: the workload, the budget and its division."""
         if self.legacy:
             return f"{self.workload}: thread policy off ({self.source}): library defaults"
-        return (f"{self.workload}: {self.cpus} CPUs ({self.source}): {self.workers} workers x {self.threads} "
-                f"thread{'s' if self.threads != 1 else ''}, onnxruntime {self.onnx_threads}")  # fmt: skip
+        return (f"{self.workload}: {self.cpus} CPUs ({self.source}): {self.processes} process(es) x "
+                f"{self.item_threads} item thread(s) x {self.intra_op} intra-op, onnxruntime {self.onnx_threads}")
 
 
 def positive(value: int | None, what: str) -> int | None:
@@ -364,13 +366,14 @@ def decide(
     env: Mapping[str, str] | None = None,
     budget: CpuBudget | None = None,
 ) -> ThreadPlan:
-    """The thread plan of one kind of work (the rules are in the module docstring).
+    """The thread plan of one kind of work (the rules are in the module docstring). Pure: it sets nothing.
 
     Args:
         workload: "detect", "embed", "pipeline", "service" or "train".
-        threads: the override (``--threads``), else ``ARCFACE_THREADS``, else the usable CPUs.
-        workers: workers asked for explicitly (``--workers``, ``settings.workers``); None lets the policy choose.
-        items: the number of images of a detection job (fewer workers for short jobs).
+        threads: the CPU budget (``--threads``), else ``ARCFACE_THREADS``, else the usable CPUs.
+        workers: the parallel units asked for explicitly (``--workers``, ``settings.workers``): detection
+            processes (detect), item threads (embed, pipeline, service); None lets the policy choose.
+        items: the number of images of a detection job (fewer processes for short jobs).
         loader_workers: DataLoader worker processes beside a training process.
         env: the environment (default ``os.environ``; ``LOCAL_WORLD_SIZE`` counts torchrun's processes).
         budget: the usable CPUs, already decided (default :func:`cpu_budget`).
@@ -384,33 +387,26 @@ def decide(
     workers = positive(workers, "workers")
     b = budget or cpu_budget(threads, env=env)
     n = b.cpus
-    if b.legacy:  # the worker counts arcface had before the policy: the service's pool of 2, else 1
-        return ThreadPlan(workload, n, workers or (2 if workload == "service" else 1), None, None, None, b.source)
-
-    def pool(default: int) -> tuple[int, int]:
-        """(workers, threads per worker): ``default`` workers of one thread, or the workers asked for."""
-        if workers is None:
-            return default, max(1, n // default)
-        return workers, max(1, n // workers)
-
-    if workload == "embed":
-        w = workers or n
-        return ThreadPlan(workload, n, w, 1, n, 1, b.source)
+    if b.legacy:  # the parallelism arcface had without the policy: the service's pool of 2, else 1
+        if workload == "detect":
+            return ThreadPlan(workload, n, workers or 1, 1, None, None, None, b.source)
+        if workload == "train":
+            return ThreadPlan(workload, n, _local_processes(env), 1, None, None, None, b.source)
+        default = 2 if workload == "service" else 1
+        return ThreadPlan(workload, n, 1, workers or default, None, None, None, b.source)
+    if workload in ("embed", "pipeline"):
+        return ThreadPlan(workload, n, 1, workers or n, 1, n, 1, b.source)
     if workload == "detect":
         default = n if items is None else min(n, max(1, items // MIN_ITEMS_PER_PROCESS))
-        w = workers or default
-        return ThreadPlan(workload, n, w, 1, 1, 1, b.source)
-    if workload == "pipeline":
-        w = workers or n
-        return ThreadPlan(workload, n, w, 1, n, 1, b.source)
+        return ThreadPlan(workload, n, workers or default, 1, 1, 1, 1, b.source)
     if workload == "service":
-        w, t = pool(n)
-        return ThreadPlan(workload, n, w, t, t, 1, b.source)
+        w = workers or n
+        t = max(1, n // w)
+        return ThreadPlan(workload, n, 1, w, t, t, 1, b.source)
     # train
     local = _local_processes(env)
-    per_process = max(1, n // local)
-    t = max(1, per_process - max(0, int(loader_workers)))
-    return ThreadPlan(workload, n, local, t, t, 1, b.source)
+    t = max(1, max(1, n // local) - max(0, int(loader_workers)))
+    return ThreadPlan(workload, n, local, 1, t, t, 1, b.source)
 
 
 def _local_processes(env: Mapping[str, str]) -> int:
@@ -421,7 +417,7 @@ def _local_processes(env: Mapping[str, str]) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Applying it
+# Applying it (entry points only)
 
 
 _interop_set: dict[str, bool] = {}
@@ -429,7 +425,8 @@ _interop_set: dict[str, bool] = {}
 
 def set_threads(threads: int, interop: int | None = 1) -> None:
     """Set torch's intra-op threads and OpenCV's threads to ``threads`` in this process, and torch's inter-op threads
-    to ``interop`` (once per process, where torch still allows it)."""
+    to ``interop`` (once per process, where torch still allows it). For a process's start (a spawned worker, an
+    actor); elsewhere :func:`apply` a plan."""
     import cv2  # heavy: imported on use, so that this module (and a worker's environment) comes before torch
     import torch  # heavy: as above
 
@@ -446,32 +443,41 @@ def set_threads(threads: int, interop: int | None = 1) -> None:
 
 
 def apply(plan: ThreadPlan) -> ThreadPlan:
-    """Set this process's torch intra-op threads (and inter-op, once), and OpenCV's threads, to the plan's.
+    """Set this process's settings for ``plan``, once, at the entry point that decided it. Returns ``plan``.
 
-    Nothing is changed for a legacy plan. Returns ``plan``.
+    * torch's intra-op threads (and inter-op, once) and OpenCV's threads: the plan's (nothing for a legacy plan);
+      threads started later (the Embedder's passes, the service's requests) take torch's count when they first run.
+    * for the workloads that run the embedding model here (:data:`INFERENCE_WORKLOADS`), also with the policy
+      off: denormal floats flushed to zero in this thread (threads started later inherit it; denormal activations
+      cost many times a normal operation on x86 and their value is about 0), and glibc kept from returning freed
+      activation buffers to the kernel (:func:`arcface.runtime.memory.retain_freed_memory`).
     """
+    if plan.workload in INFERENCE_WORKLOADS:
+        import torch  # heavy: as above
+
+        torch.set_flush_denormal(True)
+        retain_freed_memory()
     if plan.legacy:
         return plan
-    assert plan.threads is not None
-    set_threads(plan.threads, plan.interop)
+    assert plan.intra_op is not None
+    set_threads(plan.intra_op, plan.inter_op)
     log.debug("thread plan %s", plan.describe())
     return plan
 
 
-def configure(
-    workload: str,
-    *,
-    threads: int | str | None = None,
-    workers: int | None = None,
-    items: int | None = None,
-    loader_workers: int = 0,
-) -> ThreadPlan:
-    """:func:`decide` and :func:`apply`: what every CPU entry point calls first.
+def entry_plan(workload: str, threads: int | str | None = None, plan: ThreadPlan | None = None) -> ThreadPlan:
+    """The plan of a Python entry object (``load_model``, ``Embedder.from_module``, ``FaceRecognizer``): ``plan`` as
+    an entry point above handed it down (nothing is applied then), or, this being the entry point, the plan of
+    ``workload`` for the CPU budget ``threads``, decided and applied here.
 
     Raises:
-        ThreadsError: as :func:`decide`.
+        ThreadsError: both ``threads`` and ``plan``, a bad ``threads`` or ``ARCFACE_THREADS``.
     """
-    return apply(decide(workload, threads=threads, workers=workers, items=items, loader_workers=loader_workers))
+    if plan is not None:
+        if threads is not None:
+            raise ThreadsError("give threads (a CPU budget) or plan (a decided thread plan), not both")
+        return plan
+    return apply(decide(workload, threads=threads))
 
 
 def worker_environment(threads: int | None) -> dict[str, str]:
@@ -480,150 +486,3 @@ def worker_environment(threads: int | None) -> dict[str, str]:
     if threads is None:
         return {}
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# A lone photo on an idle machine
-
-
-def others_running(proc: str | os.PathLike = "/proc") -> int | None:
-    """Threads of other processes runnable right now: ``procs_running`` of ``/proc/stat`` minus this process's threads
-    in state R (so its own OpenMP workers, still spinning after a parallel region, do not count). None without /proc.
-    """
-    root = Path(proc)
-    text = _read(root / "stat")
-    match = re.search(r"^procs_running\s+(\d+)", text or "", re.MULTILINE)
-    if match is None:
-        return None
-    ours = 0
-    try:
-        tasks = list((root / "self" / "task").iterdir())
-    except OSError:
-        tasks = []
-    for task in tasks:
-        stat = _read(task / "stat") or ""
-        ours += stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "R"  # the state follows the command's ")"
-    return max(0, int(match.group(1)) - ours)
-
-
-@functools.lru_cache(maxsize=1)
-def _libgomp() -> ctypes.CDLL | None:
-    """The GNU OpenMP runtime torch's operators run on, else None.
-
-    Other libraries bring their own copy (faiss-cpu's wheel maps a libgomp before torch's), so each mapped libgomp is
-    tried: the one whose per-thread setting ``torch.get_num_threads()`` then reports is torch's (set and restored at
-    once, in the calling thread).
-    """
-    import torch  # heavy: imported on use (its libgomp must be loaded to be found)
-
-    if not hasattr(os, "RTLD_NOLOAD"):
-        return None
-    paths = dict.fromkeys(re.findall(r"(/\S*/libgomp[^/\s]*\.so[.\d]*)$", _read(Path("/proc/self/maps")) or "",
-                                     re.MULTILINE))  # fmt: skip
-    current = torch.get_num_threads()
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
-            lib.omp_get_max_threads.restype = ctypes.c_int
-            lib.omp_set_num_threads.argtypes = [ctypes.c_int]
-        except (OSError, AttributeError):
-            continue
-        before = int(lib.omp_get_max_threads())
-        lib.omp_set_num_threads(current + 1)
-        drives_torch = torch.get_num_threads() == current + 1
-        lib.omp_set_num_threads(before)
-        if drives_torch:
-            return lib
-    return None
-
-
-@contextlib.contextmanager
-def openmp_team(threads: int) -> Iterator[int]:
-    """Run the block with an OpenMP team of ``threads`` for torch's operators started in *this* thread.
-
-    The team size is a per-thread OpenMP setting (``omp_set_num_threads`` of the calling thread, through ctypes on
-    the runtime torch loaded): other threads, MKL and oneDNN's caches are untouched (``torch.set_num_threads`` would
-    change process-wide settings and clear oneDNN's primitive cache). Restored on exit. Yields the team size that
-    applies: 1 where torch does not run on GNU OpenMP (no change is made then).
-    """
-    import torch  # heavy: imported on use
-
-    lib = _libgomp() if threads > 1 else None
-    if lib is None:
-        yield 1
-        return
-    torch.get_num_threads()  # torch's lazy per-thread setting happens now, not inside the block over ours
-    before = int(lib.omp_get_max_threads())
-    lib.omp_set_num_threads(int(threads))
-    try:
-        yield int(threads)
-    finally:
-        lib.omp_set_num_threads(before)
-
-
-class LoneWork:
-    """Gives one piece of work (a photo) every usable CPU (up to 4) as an OpenMP team when it runs alone in this
-    process and no other process is running; otherwise it runs on its one thread, as the policy says.
-
-    The policy's single thread per photo is what keeps photos side by side, requests of the service and neighbours
-    from stalling a team (issue 18); but a lone photo on an idle machine then leaves the other cores idle, and its
-    MTCNN is slower than on a team (one photo at a time, ``FaceRecognizer.embed`` in a loop: 16% fewer photos/s than
-    a 2-thread team on the 2-core Xeon). So: alone here (no other :meth:`photo` or :meth:`batch` in flight) and
-    nothing runnable elsewhere (:func:`others_running` is 0) -> a team of ``cpus``; else one thread. The check costs
-    a read of /proc/stat and of this process's task states (tens of microseconds).
-
-    The team is at most :attr:`MAX_TEAM` threads: it was measured on 2 CPUs only, and MTCNN's operators are small
-    enough that a team of dozens would spend more on waking its threads than it saves.
-
-    Args:
-        cpus: the usable CPUs (the plan's).
-        probe: how many other threads are runnable (default :func:`others_running`); tests give a fake.
-    """
-
-    #: The largest team a lone photo gets.
-    MAX_TEAM = 4
-
-    def __init__(self, cpus: int, probe=others_running) -> None:
-        self.cpus = max(1, int(cpus))
-        self.probe = probe
-        self._lock = threading.Lock()
-        self._in_flight = 0
-        self._local = threading.local()
-
-    def _enter(self, weight: int) -> bool:
-        with self._lock:
-            self._in_flight += weight
-            return self._in_flight == weight
-
-    def _leave(self, weight: int) -> None:
-        with self._lock:
-            self._in_flight -= weight
-
-    @contextlib.contextmanager
-    def photo(self) -> Iterator[int]:
-        """One photo's work; yields its team size. Nested in the same thread: the outer one's setting stays."""
-        if getattr(self._local, "depth", 0):
-            self._local.depth += 1
-            try:
-                yield 0
-            finally:
-                self._local.depth -= 1
-            return
-        alone = self._enter(1)
-        self._local.depth = 1
-        try:
-            team = min(self.cpus, self.MAX_TEAM) if alone and self.cpus > 1 and self.probe() == 0 else 1
-            with openmp_team(team) as applied:
-                yield applied
-        finally:
-            self._local.depth = 0
-            self._leave(1)
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Photos side by side: while it lasts no photo of this process counts as alone."""
-        self._enter(2)
-        try:
-            yield
-        finally:
-            self._leave(2)

@@ -3,16 +3,17 @@
     >>> for result in process_map(align_one, paths, workers=2):   # results in input order
     ...     ...
 
-The pool follows the thread policy (:mod:`arcface.runtime.threads`, workload "detect"): by default as many workers
-as usable CPUs (affinity and cgroup quota, or ``ARCFACE_THREADS``), fewer for a short job, each with one intra-op
-thread (small per-image networks gain little from intra-op threads; parallelism comes from the processes), and
-never more threads per worker than ``usable CPUs // workers``.
+The pool follows a "detect" thread plan (:mod:`arcface.runtime.threads`), handed in by the entry point that decided
+it (``plan=``) or decided here: by default as many worker processes as usable CPUs (affinity and cgroup quota, or
+``ARCFACE_THREADS``), fewer for a short job, each with one intra-op thread (small per-image networks gain little
+from intra-op threads; parallelism comes from the processes), and never more threads per worker than
+``usable CPUs // workers``.
 
 Each worker is a fresh interpreter (``spawn``: forking a process that already runs torch's threads can hang) that
-starts with ``OMP_NUM_THREADS`` in its environment (read when torch loads), ignores
-Ctrl-C (the parent handles it) and calls ``initializer(*initargs)`` once. With one worker, or one item, everything
-runs in this process instead, with the same per-worker thread count (unless the policy is off,
-``ARCFACE_THREADS=legacy``).
+starts with ``OMP_NUM_THREADS`` in its environment (read when torch loads), sets its threads once, ignores Ctrl-C
+(the parent handles it) and calls ``initializer(*initargs)`` once. With one worker, or one item, everything runs in
+this process instead: on the threads its entry point applied, or, without a ``plan``, with the per-worker thread
+count set here (unless the policy is off, ``ARCFACE_THREADS=legacy``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def process_map(
     fn: Callable[[T], R],
     items: Iterable[T],
     *,
+    plan: thread_policy.ThreadPlan | None = None,
     workers: int | None = None,
     initializer: Callable[..., Any] | None = None,
     initargs: tuple = (),
@@ -88,25 +90,32 @@ def process_map(
         fn: a picklable (module-level) function; it should return failures rather than raise them, so that one bad
             item does not end a long batch.
         items: the work.
-        workers: processes; None lets the thread policy choose (usable CPUs, fewer for a short job); 1 (or a single
-            item) runs in this process.
+        plan: the "detect" plan of the entry point that applied it (its ``processes`` and ``cpus``); None: decided
+            here from ``workers``, ``threads`` and the number of items.
+        workers: processes (without ``plan``); None lets the thread policy choose (usable CPUs, fewer for a short
+            job); 1 (or a single item) runs in this process.
         initializer: called once per process before its first item (in this process too, when run here).
         initargs: its arguments.
         chunksize: items sent to a worker at a time (default: about four chunks per worker, at most 16 items).
         threads_per_worker: torch / OpenCV / OpenMP threads of each worker (default 1); at most
             ``usable CPUs // workers`` (at least 1).
-        threads: CPUs the whole pool may use (the thread policy's override); None: ``ARCFACE_THREADS``, else the
-            usable CPUs.
+        threads: the CPU budget of the whole pool (without ``plan``); None: ``ARCFACE_THREADS``, else the usable
+            CPUs.
 
     Raises:
         WorkerDied: a worker process died; the results yielded so far are complete.
-        ThreadsError: an invalid ``ARCFACE_THREADS``, or ``workers`` / ``threads_per_worker`` below 1.
+        ThreadsError: an invalid ``ARCFACE_THREADS``, ``workers`` / ``threads_per_worker`` below 1, or ``plan``
+            with ``workers`` or ``threads``.
     """
     items = list(items) if not isinstance(items, Sequence) else items
     if not items:
         return
-    plan = thread_policy.decide("detect", threads=threads, workers=workers, items=len(items))
-    workers = min(plan.workers, len(items))
+    entry = plan is None  # no entry point above applied a plan: this call sets the threads it runs on here
+    if plan is None:
+        plan = thread_policy.decide("detect", threads=threads, workers=workers, items=len(items))
+    elif workers is not None or threads is not None:
+        raise thread_policy.ThreadsError("give plan, or workers and threads, not both")
+    workers = min(plan.processes, len(items))
     if threads_per_worker is not None and (isinstance(threads_per_worker, bool) or threads_per_worker < 1):
         raise thread_policy.ThreadsError(f"threads_per_worker must be a positive integer, got {threads_per_worker!r}")
     threads = None
@@ -115,7 +124,7 @@ def process_map(
     elif workers > 1:
         threads = threads_per_worker or 1  # before the policy, workers always ran with these threads
     if workers <= 1:
-        if threads is not None:
+        if entry and threads is not None:
             thread_policy.set_threads(threads)
         if initializer is not None:
             initializer(*initargs)
@@ -143,10 +152,11 @@ def process_map(
 def thread_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int) -> Iterator[R]:
     """``fn(item)`` for every item on ``workers`` threads of this process, yielded in input order.
 
-    For work that releases the GIL in its heavy parts (torch operators, OpenCV, numpy) and runs one intra-op thread
-    each (the thread policy's "pipeline": photos side by side instead of one photo's small operators on a team of
-    threads). At most ``2 * workers`` items are in flight, so ``items`` may be a long iterator. An exception of
-    ``fn`` is raised when its item's turn comes. One worker, or a single item, runs in the calling thread.
+    For work that releases the GIL in its heavy parts (torch operators, OpenCV, numpy), each item on the process's
+    intra-op threads (the thread policy's "pipeline": photos side by side on one intra-op thread each instead of one
+    photo's small operators on a team of threads). At most ``2 * workers`` items are in flight, so ``items`` may be
+    a long iterator. An exception of ``fn`` is raised when its item's turn comes. One worker, or a single item, runs
+    in the calling thread.
     """
     if workers <= 1 or (isinstance(items, Sized) and len(items) <= 1):
         for item in items:

@@ -75,9 +75,9 @@ def service_threads(
     except thread_policy.ThreadsError as e:
         raise SettingsError(str(e)) from None
     if recognizer is None:
-        # each inference thread runs the whole pipeline of its request on the plan's threads; a lone request on an
-        # idle machine gets the CPUs (up to the recognizer's own cap)
-        recognizer = FaceRecognizer(settings.model, settings.detector, threads=plan.threads, lone_threads=plan.cpus)
+        # each inference thread runs the whole pipeline of its request within its share of the plan; the recognizer
+        # is handed that share and applies nothing itself
+        recognizer = FaceRecognizer(settings.model, settings.detector, plan=plan.per_item())
     thread_policy.apply(plan)
     return plan, recognizer
 
@@ -88,14 +88,14 @@ class ModelPool:
     Args:
         recognizer: the engine.
         settings: the byte and pixel limits of an upload.
-        plan: the thread plan: ``plan.workers`` threads in the pool.
+        plan: the thread plan: ``plan.item_threads`` threads in the pool.
     """
 
     def __init__(self, recognizer: Recognizer, settings: Settings, plan: thread_policy.ThreadPlan) -> None:
         self.recognizer = recognizer
         self.settings = settings
         self.plan = plan
-        self.pool = ThreadPoolExecutor(max_workers=plan.workers, thread_name_prefix="arcface-model")
+        self.pool = ThreadPoolExecutor(max_workers=plan.item_threads, thread_name_prefix="arcface-model")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in the model pool, off the event loop."""

@@ -56,8 +56,8 @@ async def health(
         contract=contract.id,
         threshold=recognizer.threshold,
         identification_threshold=recognizer.identification_threshold,
-        workers=pool.plan.workers,
-        threads=pool.plan.threads,
+        workers=pool.plan.item_threads,
+        threads=pool.plan.intra_op,
         gallery_backend=gallery.backend,
         gallery=gallery.location,
     )
