@@ -1,7 +1,7 @@
 """Files: which names are images, finding them under a folder, and writing a file atomically.
 
 The one list of image suffixes and the one image finder of the project (the batch commands, the training
-readers and the RecordIO packer all use these).
+readers and the RecordIO packer all use these); the finder walks with the safe walker (:mod:`arcface.io.walk`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["IMAGE_EXTENSIONS", "atomic_path", "find_images", "is_image_name", "write_bytes_atomic"]
+from arcface.io.walk import FilePolicy, Walk, walk_files
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "atomic_path", "find_images", "find_images_walk", "is_image_name", "write_bytes_atomic",
+]  # fmt: skip
 
 #: File suffixes taken as images when a folder is walked (compared in lower case).
 IMAGE_EXTENSIONS = (
@@ -25,22 +29,32 @@ def is_image_name(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def find_images(root: str | os.PathLike, *, exclude: str | os.PathLike | None = None) -> list[Path]:
-    """Image files under ``root``, recursively, sorted; hidden files and folders are skipped.
+def find_images(
+    root: str | os.PathLike,
+    *,
+    exclude: str | os.PathLike | None = None,
+    policy: FilePolicy | None = None,
+) -> list[Path]:
+    """Image files under ``root``, recursively, sorted; hidden files and folders are skipped, and so is every file
+    the safe walker refuses (not a regular file, a link leaving ``root``, over the size cap; see
+    :func:`arcface.io.walk.walk_files`, which also says why each was skipped: use it where the reasons are reported).
 
     Args:
         root: the folder to walk.
         exclude: a folder inside ``root`` that is not walked (e.g. an output folder nested in the input).
+        policy: links and size cap (default :class:`~arcface.io.walk.FilePolicy`).
     """
-    excluded = Path(exclude).resolve() if exclude is not None else None
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and (excluded is None or (here / d).resolve() != excluded)
-        )
-        found += [here / f for f in filenames if not f.startswith(".") and is_image_name(f)]
-    return sorted(found)
+    return find_images_walk(root, exclude=exclude, policy=policy).files
+
+
+def find_images_walk(
+    root: str | os.PathLike,
+    *,
+    exclude: str | os.PathLike | None = None,
+    policy: FilePolicy | None = None,
+) -> Walk:
+    """:func:`find_images` with the files skipped and their reasons (a :class:`~arcface.io.walk.Walk`)."""
+    return walk_files(root, accept=is_image_name, policy=policy, exclude=exclude)
 
 
 @contextlib.contextmanager
