@@ -3,6 +3,7 @@ special files, and the batch commands on folders holding FIFOs, links leading ou
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from arcface.io.files import find_images
 from arcface.io.images import ImageError, load_image
 from arcface.io.walk import FilePolicy, FileRefused, open_regular, parse_size, walk_files
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "src" / "arcface" / "samples"
@@ -120,10 +122,65 @@ def _cli(*args, timeout: float = 120.0) -> subprocess.CompletedProcess:
                           timeout=timeout, env=env)  # fmt: skip
 
 
-def test_embed_a_folder_with_a_fifo_ends_and_embeds_the_photo(tree, tmp_path):
+def test_embed_a_folder_with_a_fifo_ends_embeds_the_photo_and_lists_the_fifo(tree, tmp_path):
+    (tree / "link.jpg").unlink()
     out = tmp_path / "e.npz"
     p = _cli("embed", tree, "--out", out, "--no-progress")
     assert p.returncode == 0, p.stderr
+    assert "fifo.jpg: a FIFO" in p.stderr and "skipped 1 file (1 not_regular)" in p.stderr
     npz = np.load(out)
     assert [Path(x).name for x in npz["paths"]] == ["A.jpg"]
     assert np.isfinite(npz["embeddings"]).all()
+    assert [(Path(a).name, b) for a, b, _ in npz["errors"]] == [("fifo.jpg", "not_regular")]
+
+
+def test_embed_skips_a_link_leading_out_unless_told_to_follow_it(tree, tmp_path, capsys):
+    out = tmp_path / "e.npz"
+    rc, _, err = run_cli(capsys, "embed", tree, "--out", out, "--no-progress")
+    assert rc == 0, err
+    assert "link.jpg: a link to a file outside" in err and "--follow-links" in err
+    npz = np.load(out)
+    assert [Path(x).name for x in npz["paths"]] == ["A.jpg"]
+    assert sorted(b for _, b, _ in npz["errors"]) == ["link_outside", "not_regular"]
+
+    rc, _, err = run_cli(capsys, "embed", tree, "--out", out, "--no-progress", "--follow-links")
+    assert rc == 0, err
+    assert [Path(x).name for x in np.load(out)["paths"]] == ["A.jpg", "link.jpg"]
+
+    # a list naming the link: the same rule (the link leads out of the folder holding it)
+    listing = tree / "photos.txt"
+    listing.write_text("A.jpg\nlink.jpg\nfifo.jpg\n")
+    rc, _, err = run_cli(capsys, "embed", listing, "--out", out, "--no-progress")
+    assert rc == 0, err
+    assert [Path(x).name for x in np.load(out)["paths"]] == ["A.jpg"]
+
+
+def test_embed_size_cap_and_nothing_left(tree, tmp_path, capsys):
+    out = tmp_path / "e.npz"
+    rc, _, err = run_cli(capsys, "embed", tree, "--out", out, "--no-progress", "--max-file-size", "1K")
+    assert rc == 1 and "no image to embed" in err and "too_large" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:
+        run_cli(capsys, "embed", tree, "--out", out, "--max-file-size", "lots")
+    assert e.value.code == 2 and "not a size" in capsys.readouterr().err
+
+
+def test_align_and_enroll_skip_fifos_and_links_leading_out(tree, tmp_path, capsys):
+    rc, out, err = run_cli(capsys, "align", tree, tmp_path / "crops", "--workers", "1", "--no-progress")
+    assert rc == 0, err
+    assert (tmp_path / "crops" / "A.png").is_file() and not (tmp_path / "crops" / "link.png").exists()
+    assert "skipped 2 files (1 link_outside, 1 not_regular)" in err
+    report = json.loads((tmp_path / "crops" / "align_report.json").read_text())
+    assert {(f["path"], f["reason"]) for f in report["failures"]} == {
+        ("fifo.jpg", "not_regular"), ("link.jpg", "link_outside"),
+    }  # fmt: skip
+
+    people = tmp_path / "people"
+    (people / "grace").mkdir(parents=True)
+    shutil.copy(SAMPLES / "grace_hopper_1.jpg", people / "grace" / "1.jpg")
+    os.mkfifo(people / "grace" / "2.jpg")
+    (people / "grace" / "3.jpg").symlink_to(tmp_path / "outside" / "B.jpg")
+    (people / "eileen").symlink_to(tmp_path / "outside")  # a person folder that is a link leading out
+    rc, out, err = run_cli(capsys, "gallery", "enroll", people, "--gallery", tmp_path / "g", "--no-progress")
+    assert rc == 0, err
+    assert "enrolled 1 face(s)" in out and "skipped 3 files" in err
+    assert "2.jpg: a FIFO" in err and "3.jpg: a link to a file outside" in err and "eileen: a link" in err

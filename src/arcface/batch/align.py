@@ -30,7 +30,8 @@ from arcface.align.transform import CropSpec
 from arcface.batch.engines import EngineOptions, JobReport, check_engine, run_job
 from arcface.batch.failures import Failure
 from arcface.batch.jobs import Item, JobSettings, encode_image
-from arcface.io.files import find_images, write_bytes_atomic
+from arcface.io.files import find_images_walk, write_bytes_atomic
+from arcface.io.walk import FilePolicy
 
 __all__ = ["FORMATS", "REPORT_NAME", "AlignResult", "align_tree", "encode_image"]
 
@@ -44,10 +45,12 @@ class AlignResult:
     """What :func:`align_tree` did.
 
     Attributes:
-        images: photos found under the source.
+        images: photos found under the source (with the files the safe walker skipped).
         aligned: crops written by this run.
         skipped_existing: photos whose crop already existed.
-        failures: photos that could not be aligned (relative paths), with their reasons.
+        failures: photos that could not be aligned (relative paths), with their reasons; first the files the safe
+            walker skipped (``not_regular``, ``link_outside``, ``too_large``, ...).
+        skipped_files: how many of ``failures`` the walker skipped before any work.
         several_faces: photos with more than one face (the main one was kept).
         report: the report file.
         job: what the engine did (shards, actors).
@@ -56,6 +59,7 @@ class AlignResult:
     images: int = 0
     aligned: int = 0
     skipped_existing: int = 0
+    skipped_files: int = 0
     failures: list[Failure] = field(default_factory=list)
     several_faces: list[str] = field(default_factory=list)
     report: Path | None = None
@@ -76,6 +80,7 @@ def align_tree(
     progress_bar: bool = True,
     threads: int | str | None = None,
     engine: EngineOptions | None = None,
+    policy: FilePolicy | None = None,
 ) -> AlignResult:
     """Align the main face of every photo under ``src`` into ``dst``, mirroring the folders.
 
@@ -95,6 +100,8 @@ def align_tree(
             CPUs.
         engine: the engine (default: local with ``workers`` processes on ``threads`` CPUs); with Ray, ``src`` and
             ``dst`` must be on storage every node of the cluster mounts at the same path.
+        policy: which files under ``src`` are read (:class:`~arcface.io.walk.FilePolicy`: links leading out, size
+            cap); FIFOs, sockets and devices never are. Skipped files are reported as failures.
 
     Returns:
         An :class:`AlignResult`.
@@ -120,9 +127,11 @@ def align_tree(
     det_options = dict(detector_options or {})
     report_path = Path(report) if report else dst / REPORT_NAME
 
-    images = find_images(src, exclude=dst)
-    if not images:
+    walk = find_images_walk(src, exclude=dst, policy=policy)
+    images = walk.files
+    if not images and not walk.skipped:
         raise ValueError(f"{src}: no images found")
+    skipped = [Failure(Path(s.path).relative_to(src).as_posix(), s.reason, s.message) for s in walk.skipped]
     outputs = _plan_outputs(images, src, dst, FORMATS[image_format])
     items = [Item(str(i), output=str(o)) for i, o in zip(images, outputs)]
     options = engine or EngineOptions(workers=workers, threads=threads)
@@ -130,7 +139,8 @@ def align_tree(
     if options.engine == "local":  # an output that exists is done; with Ray a written shard is
         items = [it for it in items if not Path(it.output).exists()]
     settings = JobSettings("align", detector=detector, detector_options=det_options, size=size, quality=quality)
-    result = AlignResult(images=len(images), skipped_existing=len(images) - len(items), report=report_path)
+    result = AlignResult(images=len(images) + len(skipped), skipped_existing=len(images) - len(items),
+                         skipped_files=len(skipped), failures=skipped, report=report_path)  # fmt: skip
     dst.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(dst)
 

@@ -174,6 +174,7 @@ def walk_files(
     accept: Callable[[str], bool] | None = None,
     policy: FilePolicy | None = None,
     exclude: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
+    within: str | os.PathLike | None = None,
 ) -> Walk:
     """The files under ``root``, recursively, sorted, and the ones skipped (see the module); hidden files and
     folders (a leading dot) are left out silently, as are names ``accept`` refuses.
@@ -183,6 +184,8 @@ def walk_files(
         accept: which file names to consider (e.g. :func:`arcface.io.files.is_image_name`); None: all.
         policy: links and size cap (default :class:`FilePolicy`).
         exclude: folders inside ``root`` that are not walked (e.g. an output folder nested in the input).
+        within: the folder links must stay inside, when it is wider than ``root`` (a person's folder walked as part
+            of a folder of people); default ``root``.
     """
     policy = policy or FilePolicy()
     if exclude is None:
@@ -191,7 +194,7 @@ def walk_files(
         excluded = {os.path.realpath(exclude)}
     else:
         excluded = {os.path.realpath(e) for e in exclude}
-    base = os.path.realpath(root)
+    base = os.path.realpath(within if within is not None else root)
     walk = Walk()
     seen: set[tuple[int, int]] = set()  # real folders walked (a link loop ends)
 
