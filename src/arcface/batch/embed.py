@@ -25,7 +25,7 @@ import numpy as np
 
 from arcface.batch.engines import EngineOptions, JobReport, model_contract, run_job
 from arcface.batch.failures import Failure
-from arcface.batch.jobs import Item, JobSettings
+from arcface.batch.jobs import Item, JobSettings, model_facts
 from arcface.inference.contract import ModelContract
 from arcface.io.files import atomic_path
 
@@ -86,7 +86,7 @@ def embed_images(
     contract = model_contract(settings, options)
     items = [Item(os.fspath(p)) for p in sources]
     report = JobReport()
-    rows = run_job(settings, items, options, plan_extra={"contract": contract.id}, report=report,
+    rows = run_job(settings, items, options, plan_extra=model_facts(contract), report=report,
                    progress_bar=progress_bar)  # fmt: skip
     embeddings = np.zeros((len(items), contract.embedding_size), np.float32)
     paths: list[str] = []

@@ -23,7 +23,7 @@ import numpy as np
 
 from arcface.batch.engines import EngineOptions, JobReport, model_contract, run_job
 from arcface.batch.failures import Failure
-from arcface.batch.jobs import Item, JobSettings, Row
+from arcface.batch.jobs import Item, JobSettings, Row, model_facts
 from arcface.gallery import Gallery, check_name
 from arcface.io.files import find_images_walk, is_image_name
 from arcface.io.walk import FilePolicy, Skipped
@@ -153,7 +153,7 @@ def enroll_folder(
                 if _source(root, person, str(path)) not in enrolled[person][1]]  # fmt: skip
         result.skipped = len(photos) - len(todo)
         if todo:
-            rows = run_job(settings, todo, options, plan_extra={"contract": contract.id}, report=result.job,
+            rows = run_job(settings, todo, options, plan_extra=model_facts(contract), report=result.job,
                            progress_bar=progress_bar)  # fmt: skip
             for person, group in _by_person(rows, result.failures):
                 ident = enrolled[person][0]

@@ -20,7 +20,7 @@ from arcface.cli._args import (
     engine_options,
     print_failures,
 )
-from arcface.cli._files import add_file_args, file_policy, report_skipped
+from arcface.cli._files import add_file_args, file_policy, report_job, report_skipped
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
         f"aligned {r.aligned} of {r.images} images into {args.dst_dir} ({r.skipped_existing} already done, "
         f"{len(r.failures)} failed{several}); report: {r.report}"
     )
-    if r.job.summary():
-        print(r.job.summary())
+    report_job(r.job)
     report_skipped("align", r.failures[: r.skipped_files])
     print_failures(r.failures[r.skipped_files :])
     if r.aligned + r.skipped_existing == 0:

@@ -27,7 +27,7 @@ from arcface.cli._args import (
     job_settings,
     print_failures,
 )
-from arcface.cli._files import add_file_args, as_failures, collect, file_policy, report_skipped
+from arcface.cli._files import add_file_args, as_failures, collect, file_policy, report_job, report_skipped
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -69,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
         f"({r.contract.embedding_size}-D, {r.contract.architecture}, contract {r.contract.id})"
         + (f"; {len(r.failures)} skipped (the npz's errors array)" if r.failures else "")
     )
-    if r.job.summary():
-        print(r.job.summary())
+    report_job(r.job)
     report_skipped("embed", skipped)
     print_failures(r.failures[len(skipped) :])
     if not r.embedded:

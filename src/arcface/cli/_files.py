@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from arcface.batch.failures import Failure
+from arcface.batch.options import JobReport
 from arcface.cli._args import CliError
 from arcface.io.files import collect_images
 from arcface.io.walk import DEFAULT_MAX_FILE_BYTES, FilePolicy, Skipped, Walk, parse_size, summarise_skipped
@@ -57,6 +58,15 @@ def collect(src: str | os.PathLike, policy: FilePolicy) -> Walk:
 def as_failures(skipped: Sequence[Skipped]) -> list[Failure]:
     """The skipped files as the batch jobs' failure records (path, reason, message)."""
     return [Failure(s.path, s.reason, s.message) for s in skipped]
+
+
+def report_job(report: JobReport) -> None:
+    """What the engine did: its summary line on stdout, and on stderr one line for each shard of an earlier run
+    that failed its check and was computed again."""
+    for line in report.shards_redone:
+        print(line, file=sys.stderr)
+    if report.summary():
+        print(report.summary())
 
 
 def report_skipped(command: str, skipped: Sequence[Skipped | Failure], *, limit: int = 10, file=None) -> None:

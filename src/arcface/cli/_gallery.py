@@ -46,7 +46,7 @@ from arcface.cli._args import (
     print_failures,
     recognizer_from_args,
 )
-from arcface.cli._files import add_file_args, file_policy, report_skipped
+from arcface.cli._files import add_file_args, file_policy, report_job, report_skipped
 from arcface.gallery import Gallery, mask_uri
 from arcface.gallery.copy import copy_gallery
 from arcface.gallery.rules import BIDI_CONTROLS
@@ -162,8 +162,7 @@ def run_enroll(args: argparse.Namespace) -> int:
         + (f"; {r.skipped} already enrolled" if r.skipped else "")
         + (f"; {len(r.failures)} failed" if r.failures else "")
     )
-    if r.job.summary():
-        print(r.job.summary())
+    report_job(r.job)
     report_skipped("gallery enroll", r.failures[: r.skipped_files])
     print_failures(r.failures[r.skipped_files :])
     if r.enrolled == 0 and r.skipped == 0:
