@@ -356,11 +356,9 @@ class JobDir:
             if _sha256(path) != digest:
                 raise JobError(f"{shard.name}: its digest differs from the one recorded when it was finished")
             table = pq.read_table(path)
-        except OSError as e:
-            raise JobError(f"{shard.name}: unreadable ({e})") from None
         except JobError:
             raise
-        except Exception as e:  # pyarrow's errors vary by damage: one line naming the file
+        except Exception as e:  # pyarrow's errors vary by damage (and span lines): one line naming the file
             raise JobError(f"{shard.name}: unreadable ({type(e).__name__}: {' '.join(str(e).split())})") from None
         if not table.schema.equals(_arrow_schema(pa), check_metadata=False):
             raise JobError(f"{shard.name}: its columns or their types are not a shard's")
