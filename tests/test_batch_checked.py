@@ -92,3 +92,28 @@ def test_nan_huge_and_truncated_shards_are_computed_again(local_ray, tmp_path, c
     # a third run finds every shard sound: nothing computed, nothing said
     rc, out, err = run_cli(capsys, *args, "--out", tmp_path / "third.npz")
     assert rc == 0 and "computing it again" not in err and "all done earlier" in out
+
+
+def test_align_resumes_only_from_crops_that_pass_their_check(tmp_path, capsys):
+    from PIL import Image
+
+    photos = tmp_path / "photos" / "p"
+    photos.mkdir(parents=True)
+    for name in ("grace_hopper_1.jpg", "grace_hopper_2.jpg", "eileen_collins.jpg"):
+        shutil.copy(SAMPLES / name, photos / name)
+    dst = tmp_path / "crops"
+    rc, out, err = run_cli(capsys, "align", photos.parent, dst, "--workers", "1", "--no-progress")
+    assert rc == 0 and "aligned 3 of 3" in out, err
+    a, b, c = (dst / "p" / f"{n}.png" for n in ("eileen_collins", "grace_hopper_1", "grace_hopper_2"))
+    a.write_bytes(a.read_bytes()[:200])  # truncated
+    Image.new("RGB", (50, 50)).save(b)  # another size
+    before = c.stat().st_mtime_ns
+
+    rc, out, err = run_cli(capsys, "align", photos.parent, dst, "--workers", "1", "--no-progress")
+    assert rc == 0, err
+    assert "aligned 2 of 3" in out and "1 already done" in out
+    assert f"{a}: not a finished crop" in err and f"{b}: not a finished crop (50x50 pixels, not 112x112)" in err
+    for p in (a, b):
+        with Image.open(p) as im:
+            assert im.size == (112, 112)
+    assert c.stat().st_mtime_ns == before

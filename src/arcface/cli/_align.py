@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         f"{len(r.failures)} failed{several}); report: {r.report}"
     )
     report_job(r.job)
+    for line in r.redone:
+        print(line, file=sys.stderr)
     report_skipped("align", r.failures[: r.skipped_files])
     print_failures(r.failures[r.skipped_files :])
     if r.aligned + r.skipped_existing == 0:
