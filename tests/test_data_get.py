@@ -566,3 +566,13 @@ def test_a_local_mirror_reads_only_regular_files(fixture_files, tmp_path):
     os.mkfifo(mirror / "pairs.txt")  # opening it for reading would wait for a writer forever
     with pytest.raises(downloads.DownloadError, match=r"FIFO.*refused"):
         downloads.get(name, tmp_path / "data", mirror=str(mirror), progress=False, out=io.StringIO())
+
+
+def test_list_does_not_block_on_a_fifo_in_place_of_a_file(server, fixture_files, tmp_path, capsys):
+    server.files = fixture_files
+    name = register(fixture_files)
+    downloads.get(name, tmp_path, mirror=server.url, progress=False, out=io.StringIO())
+    (tmp_path / "lfw" / "pairs.txt").unlink()
+    os.mkfifo(tmp_path / "lfw" / "pairs.txt")
+    states = {s.item.target: (s.state, s.detail) for s in downloads.status(name, tmp_path)}
+    assert states["pairs.txt"][0] == "bad" and "FIFO" in states["pairs.txt"][1]

@@ -184,3 +184,24 @@ def test_align_and_enroll_skip_fifos_and_links_leading_out(tree, tmp_path, capsy
     assert rc == 0, err
     assert "enrolled 1 face(s)" in out and "skipped 3 files" in err
     assert "2.jpg: a FIFO" in err and "3.jpg: a link to a file outside" in err and "eileen: a link" in err
+
+
+def test_training_folder_reader_walks_safely(tmp_path):
+    from arcface.data.folder import list_identities, read_list_file
+
+    root, outside = tmp_path / "train", tmp_path / "store"
+    (root / "a").mkdir(parents=True)
+    (outside / "b").mkdir(parents=True)
+    shutil.copy(SAMPLES / "grace_hopper_1.jpg", root / "a" / "1.jpg")
+    shutil.copy(SAMPLES / "grace_hopper_2.jpg", outside / "b" / "1.jpg")
+    (root / "a" / "2.jpg").symlink_to(outside / "b" / "1.jpg")
+    os.mkfifo(root / "a" / "3.jpg")
+    (root / "b").symlink_to(outside / "b")
+    classes, samples = _returns(list_identities, root)
+    assert classes == ["a"] and [Path(p).name for p, _ in samples] == ["1.jpg"]
+    classes, samples = list_identities(root, follow_links=True)
+    assert classes == ["a", "b"] and [Path(p).name for p, _ in samples] == ["1.jpg", "2.jpg", "1.jpg"]
+
+    os.mkfifo(tmp_path / "list.txt")  # a list file that is a FIFO: refused, not read forever
+    with pytest.raises(FileRefused):
+        _returns(read_list_file, tmp_path / "list.txt")

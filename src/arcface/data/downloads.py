@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from arcface.io.walk import FilePolicy, check_file
+from arcface.io.walk import FilePolicy, check_file, open_regular
 from arcface.registry import Registry
 from arcface.runtime.progress import Progress
 
@@ -284,7 +284,7 @@ def _sources(item: Item, mirror: str | None) -> tuple[tuple[str, list[Mapping[st
 
 def _digests(path: Path, algorithms: Sequence[str]) -> dict[str, str]:
     hashes = {a: hashlib.new(a) for a in algorithms}
-    with open(path, "rb") as f:
+    with open_regular(path, policy=FilePolicy(follow_links=True, max_bytes=None)) as f:  # never blocks on a FIFO
         while chunk := f.read(1 << 20):
             for h in hashes.values():
                 h.update(chunk)
@@ -590,7 +590,10 @@ def _item_status(item: Item, folder: Path, manifest: dict, *, deep: bool = True)
     if not item.archive:
         if not deep:
             return ItemStatus(item, path, "ok", "present")
-        ok, how = _matches(path, [s.digests for s in item.sources])
+        try:
+            ok, how = _matches(path, [s.digests for s in item.sources])
+        except OSError as e:  # a FIFO or another special file in its place, an unreadable file
+            return ItemStatus(item, path, "bad", f"cannot be read: {e}")
         return ItemStatus(item, path, "ok" if ok else "bad", how if ok else f"checksum mismatch: {how}")
     files, total, images = _tree_size(path)
     rec = manifest.get(item.target) or {}

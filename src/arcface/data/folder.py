@@ -19,13 +19,14 @@ log = logging.getLogger(__name__)
 
 
 def list_identities(
-    root: str | os.PathLike[str], min_images_per_class: int = 1
+    root: str | os.PathLike[str], min_images_per_class: int = 1, *, follow_links: bool = False
 ) -> tuple[list[str], list[tuple[str, int]]]:
     """List an identity folder: ``root/<identity>/**/<image>`` (image names as :func:`arcface.io.files.find_images`).
 
     Identities are the immediate sub-folders of ``root`` (hidden ones, and links to folders outside ``root``,
     skipped), sorted by name; files are kept as the safe walker keeps them (:mod:`arcface.io.walk`: regular files,
-    links staying inside ``root``, the default size cap), and what it skipped is logged as one warning;
+    links staying inside ``root`` unless ``follow_links``, the default size cap), and what it skipped is logged as
+    one warning;
     a folder with fewer than ``min_images_per_class`` images gets no label. Labels are the positions
     in the sorted list of kept folders. Images are found recursively and sorted by path.
 
@@ -46,9 +47,10 @@ def list_identities(
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.name.startswith(".") or not entry.is_dir():
             continue
-        if entry.is_symlink() and os.path.commonpath([base, os.path.realpath(entry.path)]) != base:
+        leads_out = os.path.commonpath([base, os.path.realpath(entry.path)]) != base
+        if entry.is_symlink() and leads_out and not follow_links:
             continue  # a link leading out of the dataset's folder
-        walk = find_images_walk(entry.path, policy=FilePolicy(), within=root)
+        walk = find_images_walk(entry.path, policy=FilePolicy(follow_links=follow_links), within=root)
         skipped += walk.skipped
         files = sorted(str(p) for p in walk.files)
         if len(files) < max(1, min_images_per_class):
@@ -140,6 +142,8 @@ class ImageFolderDataset(_FileDataset):
             deep-funneled images, before alignment exists); None keeps the whole image.
         transform: uint8 (H, W, 3) RGB -> tensor; default :func:`~arcface.data.transforms.train_transform`.
         min_images_per_class: identity folders with fewer images are left out (and get no label).
+        follow_links: read images (and identity folders) that are links leading outside ``root`` (a folder of
+            links into a shared store); by default they are skipped, as every walk of a user's folder does.
 
     Attributes:
         classes: identity folder names; ``classes[label]`` names a label.
@@ -155,10 +159,11 @@ class ImageFolderDataset(_FileDataset):
         center_crop: int | None = None,
         transform: Transform | None = None,
         min_images_per_class: int = 1,
+        follow_links: bool = False,
     ) -> None:
         super().__init__(image_size=image_size, center_crop=center_crop, transform=transform)
         self.root = str(root)
-        self.classes, self.samples = list_identities(root, min_images_per_class)
+        self.classes, self.samples = list_identities(root, min_images_per_class, follow_links=follow_links)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.num_classes = len(self.classes)
 
