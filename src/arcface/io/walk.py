@@ -16,7 +16,7 @@ their failure report and summarise on stderr. The checks run on ``lstat``/``stat
 later (often in another process), so :func:`open_regular` checks again on the opened descriptor (``fstat``), which
 closes the window in which a checked file is swapped for a FIFO or a bigger file.
 
-    >>> walk = walk_files("photos", accept=is_image_name, policy=FilePolicy(follow_links=False))
+    >>> walk = walk_files("photos", accept=is_image_name)  # arcface.io.files.is_image_name; default FilePolicy()
     >>> walk.files      # [Path, ...] sorted
     >>> walk.skipped    # [Skipped(path, reason, message), ...]
 """
