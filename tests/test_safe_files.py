@@ -205,3 +205,12 @@ def test_training_folder_reader_walks_safely(tmp_path):
     os.mkfifo(tmp_path / "list.txt")  # a list file that is a FIFO: refused, not read forever
     with pytest.raises(FileRefused):
         _returns(read_list_file, tmp_path / "list.txt")
+
+
+def test_eval_reads_the_photos_of_a_pair_list_as_a_walk_does(tree, tmp_path, capsys):
+    pairs = tree / "pairs.csv"
+    pairs.write_text("A.jpg,link.jpg,1,0\nA.jpg,fifo.jpg,0,1\n")  # two folds
+    rc, _, err = run_cli(capsys, "eval", "csv", "--data", pairs, "--no-cache", "--no-progress")
+    assert rc == 1 and "link.jpg: a link to a file outside" in err and err.count("\n") == 1, err
+    rc, _, err = _returns(run_cli, capsys, "eval", "csv", "--data", pairs, "--no-cache", "--follow-links")
+    assert rc == 1 and "fifo.jpg: a FIFO (named pipe), not a regular file" in err and err.count("\n") == 1, err
