@@ -273,6 +273,31 @@ def test_embed_on_ray_equals_the_single_process_run(head, photos, local_npz, tmp
     assert r.returncode == 0 and "all done earlier" in r.stdout, r.stdout + r.stderr
     _assert_same_embeddings(tmp_path / "again.npz", local_npz)
 
+    # Shards are checked, not trusted: one rewritten with NaN rows (index and paths kept), one with 1e30 rows and a
+    # digest record forged to match, are computed again on the cluster, each with a line; the output is the same.
+    import hashlib
+    import json
+
+    import pyarrow as pa
+
+    shards = sorted(job.glob("shard-*.parquet"))
+    for path, factor, forge in ((shards[0], float("nan"), False), (shards[5], 1e30, True)):
+        table = pq.read_table(path)
+        i = table.schema.get_field_index("embedding")
+        values = [None if v is None else [x * factor for x in v] for v in table.column("embedding").to_pylist()]
+        pq.write_table(table.set_column(i, table.schema.field(i), pa.array(values, pa.list_(pa.float32()))), path)
+        if forge:
+            record = path.with_suffix(".json")
+            record.write_text(json.dumps({**json.loads(record.read_text()),
+                                          "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))  # fmt: skip
+    r = _console(head, "embed", lst, "--out", tmp_path / "checked.npz", "--job-dir", job, "--shard-size", "25",
+                 cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "shard-00000.parquet: its digest differs" in r.stderr
+    assert "shard-00005.parquet: an embedding is not of unit norm" in r.stderr
+    assert "11 done earlier, 2 computed" in r.stdout and "2 shard(s) failed their check" in r.stdout
+    _assert_same_embeddings(tmp_path / "checked.npz", local_npz)
+
 
 def test_a_killed_actor_loses_and_duplicates_no_row(head, photos, local_npz, tmp_path):
     _, paths = photos

@@ -162,3 +162,126 @@ def test_ray_engine_errors_are_one_line(capsys, tmp_path, monkeypatch):
         rc, _, err = cli(capsys, *args, "--engine", "ray", "--no-progress")
         assert rc == 1 and "pip install 'arcface[ray]'" in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Shards read back are checked, not trusted
+
+
+def _rewrite(path: Path, column: str, fn, *, forge_record: bool = False) -> None:
+    """Replace one column of a written shard (index and paths kept); with ``forge_record`` the digest record is
+    rewritten to match, so that only the value checks can notice."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    i = table.schema.get_field_index(column)
+    table = table.set_column(i, table.schema.field(i), fn(table.column(column)))
+    pq.write_table(table, path)
+    if forge_record:
+        record = path.with_suffix(".json")
+        doc = json.loads(record.read_text())
+        doc["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        record.write_text(json.dumps(doc))
+    assert pa  # imported for the callers' lambdas' types
+
+
+def _scaled(factor: float):
+    import pyarrow as pa
+
+    def fn(col):
+        values = [None if v is None else [x * factor for x in v] for v in col.to_pylist()]
+        return pa.array(values, pa.list_(pa.float32()))
+
+    return fn
+
+
+@pytest.fixture
+def sized_job(tmp_path):
+    """A job whose plan records an 8-D model (as embed and enroll record their model's size)."""
+    _needs_pyarrow()
+    from arcface.batch.shards import Plan, open_job_dir, rows_to_table
+
+    items = [Item(f"/photos/p{i}.jpg", identity=f"id{i % 3}") for i in range(10)]
+    plan = Plan.of(JobSettings("embed"), items, 4, {"contract": "c0ffee", "embedding_size": 8})
+    with open_job_dir(tmp_path / "job", plan, items) as j:
+        for shard in plan.shards:
+            j.write(shard, rows_to_table(_rows(j.items_of(shard)), shard.start))
+        assert j.missing() == [] and j.redone == []
+        yield j
+
+
+@pytest.mark.parametrize(
+    ("damage", "forge", "why"),
+    [
+        (_scaled(float("nan")), False, "digest differs"),
+        (_scaled(float("nan")), True, "not finite"),
+        (_scaled(1e30), False, "digest differs"),
+        (_scaled(1e30), True, "not of unit norm (norm 1e+30)"),
+        (_scaled(1e3), True, "not of unit norm"),
+        (_scaled(0.0), True, "not of unit norm"),
+    ],
+)
+def test_a_shard_with_forged_embeddings_is_computed_again(sized_job, damage, forge, why):
+    path = sized_job.shard_path(sized_job.plan.shards[1])
+    _rewrite(path, "embedding", damage, forge_record=forge)
+    assert sized_job.missing() == [sized_job.plan.shards[1]]
+    assert len(sized_job.redone) == 1 and why in sized_job.redone[0] and "computing it again" in sized_job.redone[0]
+    assert not path.exists() and not path.with_suffix(".json").exists()
+
+
+def test_other_damage_is_computed_again(sized_job):
+    import pyarrow as pa
+
+    s0, s1, s2 = sized_job.plan.shards
+    p0, p1, p2 = (sized_job.shard_path(s) for s in (s0, s1, s2))
+    p0.write_bytes(p0.read_bytes()[: p0.stat().st_size // 2])  # truncated
+    _rewrite(p1, "embedding", lambda c: pa.array([None if v is None else v[:7] for v in c.to_pylist()],
+                                                  pa.list_(pa.float32())), forge_record=True)  # fmt: skip
+    p2.with_suffix(".json").unlink()  # finished by a version that recorded no digest, or the record lost
+    assert sized_job.missing() == [s0, s1, s2]
+    lines = "\n".join(sized_job.redone)
+    assert "shard-00000.parquet: its digest differs" in lines
+    assert "shard-00001.parquet: its embeddings have 7 dimensions, the job records 8" in lines
+    assert "shard-00002.parquet: no digest was recorded" in lines
+
+
+def test_a_forged_shard_is_never_read_as_rows(sized_job):
+    import pyarrow as pa
+
+    from arcface.batch.shards import rows_to_table
+
+    shard = sized_job.plan.shards[0]
+    _rewrite(sized_job.shard_path(shard), "embedding", _scaled(float("nan")), forge_record=True)
+    with pytest.raises(JobError, match=r"shard-00000.parquet: .*not finite.*run the job again"):
+        sized_job.read(shard)
+    n = len(shard)
+    forged = {
+        "score": (pa.array([float("inf")] * n, pa.float64()), "score is not finite"),
+        "landmarks": (pa.array([[0.0] * 9] * n, pa.list_(pa.float32())), "landmarks are not 5 finite points"),
+        "faces": (pa.array([-1] * n, pa.int32()), "face count"),
+    }
+    for column, (values, why) in forged.items():
+        sized_job.write(shard, rows_to_table(_rows(sized_job.items_of(shard)), shard.start))
+        _rewrite(sized_job.shard_path(shard), column, lambda c, v=values: v, forge_record=True)
+        assert why in sized_job.problem(shard)
+
+
+def test_an_align_shard_names_crops_that_exist(tmp_path):
+    _needs_pyarrow()
+    from arcface.batch.shards import Plan, open_job_dir, rows_to_table
+
+    items = [Item(f"/photos/p{i}.jpg", output=str(tmp_path / f"crop{i}.png")) for i in range(3)]
+    plan = Plan.of(JobSettings("align"), items, 3)
+    with open_job_dir(tmp_path / "job", plan, items) as job:
+        shard = plan.shards[0]
+        rows = [Row(it.path, output=it.output, score=0.9, landmarks=np.zeros((5, 2), np.float32), faces=1)
+                for it in items]  # fmt: skip
+        for it in items:
+            Path(it.output).write_bytes(b"png")
+        job.write(shard, rows_to_table(rows, 0))
+        assert job.missing() == []
+        Path(items[1].output).unlink()  # a crop deleted since: the shard is redone, the crop written again
+        assert job.missing() == [shard] and "crop of row 1" in job.redone[0]

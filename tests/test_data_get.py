@@ -114,6 +114,8 @@ class Server:
     drop_once: set[str] = field(default_factory=set)
     honour_range: bool = True
     wrong_range_once: set[str] = field(default_factory=set)
+    stream: dict[str, int] = field(default_factory=dict)  # name -> bytes sent with no Content-Length, lazily
+    sent: dict[str, int] = field(default_factory=dict)  # name -> bytes of a stream the client took
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     url: str = ""
 
@@ -134,6 +136,20 @@ class _Handler(BaseHTTPRequestHandler):
         name = self.path.lstrip("/")
         if name in st.status:
             self.send_error(st.status[name])
+            return
+        if name in st.stream:  # no Content-Length: the body ends when the connection does
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            st.sent[name] = 0
+            block = b"\0" * 65536
+            try:
+                while st.sent[name] < st.stream[name]:
+                    self.wfile.write(block)
+                    st.sent[name] += len(block)
+            except OSError:  # the client hung up
+                pass
+            self.close_connection = True
             return
         if name not in st.files:
             self.send_error(404)
@@ -506,3 +522,57 @@ def test_a_stale_part_file_that_does_not_verify_is_fetched_again(server, fixture
     assert "downloading it again from the start" in out.getvalue()
     assert len(list((tmp_path / "lfw" / "lfw-deepfunneled").rglob("*.jpg"))) == N_IMAGES
     assert _leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# size caps
+
+
+def test_a_file_announced_bigger_than_published_is_refused_before_its_body(server, fixture_files, tmp_path):
+    name = register(fixture_files)  # pairs.txt is published with its exact size
+    server.files = {**fixture_files, "pairs.txt": fixture_files["pairs.txt"] + b"x" * 300_000}
+    with pytest.raises(downloads.DownloadError, match=r"announces 300,\d+ bytes, more than the \d+ bytes published"):
+        downloads.get(name, tmp_path, mirror=server.url, progress=False, out=io.StringIO())
+    assert _leftovers(tmp_path) == [] and not (tmp_path / "lfw" / "pairs.txt").exists()
+
+
+def test_a_stream_longer_than_published_is_cut_off_early(server, fixture_files, tmp_path):
+    name = register(fixture_files)
+    total = 256 * 1024 * 1024  # far more than socket buffers hold: the server could only send it all if read
+    server.files = fixture_files
+    server.stream = {"pairs.txt": total}
+    with pytest.raises(downloads.DownloadError, match=r"more than \d[\d,]* bytes arrived.*published.*refused") as e:
+        downloads.get(name, tmp_path, mirror=server.url, progress=False, out=io.StringIO())
+    assert "\n" not in str(e.value)
+    assert server.sent["pairs.txt"] < total  # refused as the bytes arrived, not after downloading it in full
+    assert _leftovers(tmp_path) == []
+
+
+def test_an_estimated_size_caps_at_a_multiple_of_the_estimate():
+    exact = Item("a", "a", (), size=100)
+    approx = Item("b", "b", (), approx_size=100)
+    assert downloads.size_cap(exact) == 100
+    assert downloads.size_cap(approx) == 100 * downloads.APPROX_SIZE_SLACK
+    assert downloads.size_cap(Item("c", "c", ())) is None
+
+
+def test_a_local_mirror_reads_only_regular_files(fixture_files, tmp_path):
+    name = register(fixture_files)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for n in PAIRS:
+        (mirror / n).write_bytes(fixture_files[n])
+    (mirror / "pairs.txt").unlink()
+    os.mkfifo(mirror / "pairs.txt")  # opening it for reading would wait for a writer forever
+    with pytest.raises(downloads.DownloadError, match=r"FIFO.*refused"):
+        downloads.get(name, tmp_path / "data", mirror=str(mirror), progress=False, out=io.StringIO())
+
+
+def test_list_does_not_block_on_a_fifo_in_place_of_a_file(server, fixture_files, tmp_path, capsys):
+    server.files = fixture_files
+    name = register(fixture_files)
+    downloads.get(name, tmp_path, mirror=server.url, progress=False, out=io.StringIO())
+    (tmp_path / "lfw" / "pairs.txt").unlink()
+    os.mkfifo(tmp_path / "lfw" / "pairs.txt")
+    states = {s.item.target: (s.state, s.detail) for s in downloads.status(name, tmp_path)}
+    assert states["pairs.txt"][0] == "bad" and "FIFO" in states["pairs.txt"][1]

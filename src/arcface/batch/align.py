@@ -6,7 +6,9 @@ work of :class:`arcface.batch.jobs.Worker`. An engine (:mod:`arcface.batch.engin
 processes (:func:`arcface.runtime.workers.process_map`), each with its own aligner, or an actor pool on Ray.
 
 Resumable: a crop is written under a temporary name and renamed when complete, so an existing output is a finished
-one and is skipped on the next run (files that failed are tried again). With the Ray engine
+one and is skipped on the next run (files that failed are tried again). An existing crop is checked before it is
+trusted (a regular file that decodes completely as an image of the crop's size); one that fails is aligned again,
+with a line saying why (:attr:`AlignResult.redone`). With the Ray engine
 (:mod:`arcface.batch.ray_engine`) the unit of resume is the job's shard: a shard an earlier run wrote is not computed
 again, and its rows (detector score, landmarks, the crop's file) stay in the job folder.
 
@@ -30,7 +32,9 @@ from arcface.align.transform import CropSpec
 from arcface.batch.engines import EngineOptions, JobReport, check_engine, run_job
 from arcface.batch.failures import Failure
 from arcface.batch.jobs import Item, JobSettings, encode_image
-from arcface.io.files import find_images, write_bytes_atomic
+from arcface.io.files import find_images_walk, write_bytes_atomic
+from arcface.io.images import ImageError, load_image
+from arcface.io.walk import FilePolicy
 
 __all__ = ["FORMATS", "REPORT_NAME", "AlignResult", "align_tree", "encode_image"]
 
@@ -44,10 +48,13 @@ class AlignResult:
     """What :func:`align_tree` did.
 
     Attributes:
-        images: photos found under the source.
+        images: photos found under the source (with the files the safe walker skipped).
         aligned: crops written by this run.
         skipped_existing: photos whose crop already existed.
-        failures: photos that could not be aligned (relative paths), with their reasons.
+        failures: photos that could not be aligned (relative paths), with their reasons; first the files the safe
+            walker skipped (``not_regular``, ``link_outside``, ``too_large``, ...).
+        skipped_files: how many of ``failures`` the walker skipped before any work.
+        redone: one line for each existing crop that failed its check and was aligned again.
         several_faces: photos with more than one face (the main one was kept).
         report: the report file.
         job: what the engine did (shards, actors).
@@ -56,6 +63,8 @@ class AlignResult:
     images: int = 0
     aligned: int = 0
     skipped_existing: int = 0
+    skipped_files: int = 0
+    redone: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     several_faces: list[str] = field(default_factory=list)
     report: Path | None = None
@@ -76,6 +85,7 @@ def align_tree(
     progress_bar: bool = True,
     threads: int | str | None = None,
     engine: EngineOptions | None = None,
+    policy: FilePolicy | None = None,
 ) -> AlignResult:
     """Align the main face of every photo under ``src`` into ``dst``, mirroring the folders.
 
@@ -95,6 +105,8 @@ def align_tree(
             CPUs.
         engine: the engine (default: local with ``workers`` processes on ``threads`` CPUs); with Ray, ``src`` and
             ``dst`` must be on storage every node of the cluster mounts at the same path.
+        policy: which files under ``src`` are read (:class:`~arcface.io.walk.FilePolicy`: links leading out, size
+            cap); FIFOs, sockets and devices never are. Skipped files are reported as failures.
 
     Returns:
         An :class:`AlignResult`.
@@ -120,17 +132,21 @@ def align_tree(
     det_options = dict(detector_options or {})
     report_path = Path(report) if report else dst / REPORT_NAME
 
-    images = find_images(src, exclude=dst)
-    if not images:
+    walk = find_images_walk(src, exclude=dst, policy=policy)
+    images = walk.files
+    if not images and not walk.skipped:
         raise ValueError(f"{src}: no images found")
+    skipped = [Failure(Path(s.path).relative_to(src).as_posix(), s.reason, s.message) for s in walk.skipped]
     outputs = _plan_outputs(images, src, dst, FORMATS[image_format])
     items = [Item(str(i), output=str(o)) for i, o in zip(images, outputs)]
     options = engine or EngineOptions(workers=workers, threads=threads)
     check_engine(options)
-    if options.engine == "local":  # an output that exists is done; with Ray a written shard is
-        items = [it for it in items if not Path(it.output).exists()]
+    redone: list[str] = []
+    if options.engine == "local":  # an output that exists and passes its check is done; with Ray a written shard is
+        items = [it for it in items if not _crop_done(Path(it.output), size, redone)]
     settings = JobSettings("align", detector=detector, detector_options=det_options, size=size, quality=quality)
-    result = AlignResult(images=len(images), skipped_existing=len(images) - len(items), report=report_path)
+    result = AlignResult(images=len(images) + len(skipped), skipped_existing=len(images) - len(items),
+                         skipped_files=len(skipped), redone=redone, failures=skipped, report=report_path)  # fmt: skip
     dst.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(dst)
 
@@ -170,6 +186,25 @@ def _plan_outputs(images: Sequence[Path], src: Path, dst: Path, suffix: str) -> 
         taken.add(out)
         outputs.append(out)
     return outputs
+
+
+def _crop_done(path: Path, size: int, redone: list[str]) -> bool:
+    """Whether ``path`` is a finished crop: a regular file that decodes completely (the one image loader) as a
+    ``size`` x ``size`` image. A file there that is not is removed (to be aligned again) and ``redone`` gets a line
+    saying why."""
+    if not path.exists() and not path.is_symlink():
+        return False
+    try:
+        h, w = load_image(path, max_pixels=size * size).shape[:2]  # every pixel decoded: a truncated crop fails
+        why = None if (w, h) == (size, size) else f"{w}x{h} pixels, not {size}x{size}"
+    except ImageError as e:
+        why = e.problem
+    if why is None:
+        return True
+    redone.append(f"{path}: not a finished crop ({why}); aligning it again")
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return False
 
 
 def _remove_stale_temporaries(dst: Path) -> None:

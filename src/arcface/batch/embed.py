@@ -25,7 +25,7 @@ import numpy as np
 
 from arcface.batch.engines import EngineOptions, JobReport, model_contract, run_job
 from arcface.batch.failures import Failure
-from arcface.batch.jobs import Item, JobSettings
+from arcface.batch.jobs import Item, JobSettings, model_facts
 from arcface.inference.contract import ModelContract
 from arcface.io.files import atomic_path
 
@@ -38,9 +38,9 @@ class EmbedResult:
 
     Attributes:
         out: the ``.npz`` written.
-        images: inputs.
+        images: inputs (with the files skipped before any work).
         embedded: images embedded.
-        failures: images skipped, with their reasons.
+        failures: images skipped, with their reasons (first the files the walker skipped, then the job's).
         contract: the model's contract.
         job: what the engine did (shards, actors).
     """
@@ -60,6 +60,7 @@ def embed_images(
     options: EngineOptions | None = None,
     *,
     progress_bar: bool = True,
+    skipped: Sequence[Failure] = (),
 ) -> EmbedResult:
     """Embed the main face of each image (each aligned crop with ``settings.aligned``) and write ``out``.
 
@@ -69,6 +70,8 @@ def embed_images(
         settings: an ``embed`` job's settings (model, detector, flip, aligned, batch size).
         options: the engine (default: local, in this process).
         progress_bar: report progress on stderr.
+        skipped: input files left out before any work (the safe walker's FIFOs, links leading out, oversized
+            files): recorded in the ``.npz``'s errors array with the job's own failures.
 
     Raises:
         ValueError: ``out`` is not an ``.npz`` name, or ``settings`` are not an embed job's.
@@ -83,11 +86,11 @@ def embed_images(
     contract = model_contract(settings, options)
     items = [Item(os.fspath(p)) for p in sources]
     report = JobReport()
-    rows = run_job(settings, items, options, plan_extra={"contract": contract.id}, report=report,
+    rows = run_job(settings, items, options, plan_extra=model_facts(contract), report=report,
                    progress_bar=progress_bar)  # fmt: skip
     embeddings = np.zeros((len(items), contract.embedding_size), np.float32)
     paths: list[str] = []
-    failures: list[Failure] = []
+    failures: list[Failure] = list(skipped)
     for row in rows:
         if row.failure is not None:
             failures.append(row.failure)
@@ -96,7 +99,7 @@ def embed_images(
         paths.append(row.path)
     options_doc = {"flip": settings.flip, "aligned": settings.aligned, "detector": settings.detector}
     write_npz(out, paths, embeddings[: len(paths)], contract, failures, options_doc)
-    return EmbedResult(Path(out), len(items), len(paths), failures, contract, report)
+    return EmbedResult(Path(out), len(items) + len(skipped), len(paths), failures, contract, report)
 
 
 def write_npz(

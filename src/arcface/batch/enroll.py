@@ -23,9 +23,10 @@ import numpy as np
 
 from arcface.batch.engines import EngineOptions, JobReport, model_contract, run_job
 from arcface.batch.failures import Failure
-from arcface.batch.jobs import Item, JobSettings, Row
+from arcface.batch.jobs import Item, JobSettings, Row, model_facts
 from arcface.gallery import Gallery, check_name
-from arcface.io.files import find_images, is_image_name
+from arcface.io.files import find_images_walk, is_image_name
+from arcface.io.walk import FilePolicy, Skipped
 
 __all__ = ["EnrollResult", "enroll_folder", "people_photos"]
 
@@ -44,6 +45,8 @@ class EnrollResult:
         faces: faces in the gallery afterwards.
         contract_id: the model contract's id.
         loose: images directly in the root folder (ignored: they belong to no person).
+        skipped_files: how many of ``failures`` the safe walker skipped before any work (they come first: FIFOs,
+            links leading out of the root, oversized files; see :mod:`arcface.io.walk`).
         refused: ``(folder name, reason)`` of the person folders skipped because the gallery refuses the name.
         job: what the engine did.
     """
@@ -58,35 +61,50 @@ class EnrollResult:
     contract_id: str = ""
     loose: list[Path] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
+    skipped_files: int = 0
     job: JobReport = field(default_factory=JobReport)
 
 
 def people_photos(
     root: str | os.PathLike,
-) -> tuple[list[tuple[str, Path]], list[Path], list[tuple[str, str]]]:
-    """``(person, photo)`` for every photo of every person folder of ``root`` (sorted), the loose images, and the
-    ``(folder name, reason)`` of the folders whose name the gallery refuses (:func:`~arcface.gallery.check_name`).
+    policy: FilePolicy | None = None,
+) -> tuple[list[tuple[str, Path]], list[Path], list[tuple[str, str]], list[Skipped]]:
+    """``(person, photo)`` for every photo of every person folder of ``root`` (sorted), the loose images, the
+    ``(folder name, reason)`` of the folders whose name the gallery refuses (:func:`~arcface.gallery.check_name`),
+    and the files the safe walker skipped (:mod:`arcface.io.walk`; links must stay inside ``root``, person folders
+    that are links leading out included, unless ``policy`` follows links).
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
         ValueError: no person folder holds an image.
     """
     root = Path(root)
+    policy = policy or FilePolicy()
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder (enroll takes a folder with one sub-folder per person)")
-    people, refused = [], []
+    base = os.path.realpath(root)
+    people, refused, skipped = [], [], []
     for d in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
         try:
             check_name(d.name)
         except ValueError as e:
             refused.append((d.name, str(e)))
             continue
+        target = os.path.realpath(d)
+        if d.is_symlink() and not policy.follow_links and os.path.commonpath([base, target]) != base:
+            message = f"{d}: a link to a folder outside {base} (pass --follow-links to follow it)"
+            skipped.append(Skipped(str(d), "link_outside", message))
+            continue
         people.append(d)
-    photos = [(person.name, path) for person in people for path in find_images(person)]
+    photos = []
+    for person in people:
+        walk = find_images_walk(person, policy=policy, within=person if policy.follow_links else root)
+        photos += [(person.name, path) for path in walk.files]
+        skipped += walk.skipped
     loose = sorted(f for f in root.iterdir() if f.is_file() and is_image_name(f))
     if not photos:
         raise ValueError(f"{root}: no person sub-folder with images")
-    return photos, loose, refused
+    return photos, loose, refused, skipped
 
 
 def enroll_folder(
@@ -97,6 +115,7 @@ def enroll_folder(
     *,
     index: str = "exact",
     progress_bar: bool = True,
+    policy: FilePolicy | None = None,
 ) -> EnrollResult:
     """Enrol the main face of every photo of each person folder of ``root`` into ``gallery`` (see the module).
 
@@ -107,6 +126,8 @@ def enroll_folder(
         options: the engine (default: local, in this process).
         index: the gallery's search index kind.
         progress_bar: report progress on stderr.
+        policy: which files are read (:class:`~arcface.io.walk.FilePolicy`: links leading out, size cap); FIFOs,
+            sockets and devices never are. Skipped files are the first failures.
 
     Raises:
         FileNotFoundError, ValueError: see :func:`people_photos`; a bad model.
@@ -116,10 +137,12 @@ def enroll_folder(
     if settings.kind != "enroll":
         raise ValueError(f"enroll_folder needs an enroll job's settings, got {settings.kind!r}")
     root = Path(root)
-    photos, loose, refused = people_photos(root)
+    photos, loose, refused, skipped = people_photos(root, policy)
     options = options or EngineOptions()
     contract = model_contract(settings, options)
-    result = EnrollResult(photos=len(photos), contract_id=contract.id, loose=loose, refused=refused)
+    result = EnrollResult(photos=len(photos) + len(skipped), contract_id=contract.id, loose=loose, refused=refused,
+                          failures=[Failure(s.path, s.reason, s.message) for s in skipped],
+                          skipped_files=len(skipped))  # fmt: skip
     with Gallery.open(gallery, contract, index=index) as g:
         enrolled: dict[str, tuple[int | None, set[str]]] = {}  # person -> (identity id, sources enrolled)
         for person in dict.fromkeys(p for p, _ in photos):
@@ -130,7 +153,7 @@ def enroll_folder(
                 if _source(root, person, str(path)) not in enrolled[person][1]]  # fmt: skip
         result.skipped = len(photos) - len(todo)
         if todo:
-            rows = run_job(settings, todo, options, plan_extra={"contract": contract.id}, report=result.job,
+            rows = run_job(settings, todo, options, plan_extra=model_facts(contract), report=result.job,
                            progress_bar=progress_bar)  # fmt: skip
             for person, group in _by_person(rows, result.failures):
                 ident = enrolled[person][0]

@@ -16,8 +16,10 @@ class Failure:
 
     Attributes:
         path: the item as the batch names it.
-        reason: a stable code: an ``ImageError.reason`` (``missing``, ``corrupt``, ...), ``no_face``, or
-            ``error`` for anything else.
+        reason: a stable code: an ``ImageError.reason`` (``missing``, ``corrupt``, ...), ``no_face``, a reason the
+            safe walker skipped the file for (``not_regular``, ``link_outside``, ``too_large``; see
+            :mod:`arcface.io.walk`), ``bad_embedding`` (the model gave a vector that is not finite and of unit
+            norm), or ``error`` for anything else.
         message: one line for a person.
     """
 

@@ -38,8 +38,13 @@ from arcface.io.images import load_image
 from arcface.runtime.workers import thread_map
 
 __all__ = [
-    "KINDS", "Item", "JobError", "JobSettings", "Row", "Worker", "cached_worker", "encode_image", "release_workers",
+    "EMBEDDING_NORM_TOLERANCE", "KINDS", "Item", "JobError", "JobSettings", "Row", "Worker", "cached_worker",
+    "encode_image", "model_facts", "release_workers",
 ]
+
+#: How far a unit embedding's L2 norm may be from 1 (float32 rounding is far below this); rows outside it are
+#: failures, and shards read back are checked against the same bound.
+EMBEDDING_NORM_TOLERANCE = 1e-3
 
 #: The batch jobs: ``align`` (crops to files), ``embed`` (embeddings), ``enroll`` (embeddings with an identity).
 KINDS = ("align", "embed", "enroll")
@@ -167,6 +172,12 @@ class JobSettings:
         )  # fmt: skip
 
 
+def model_facts(contract: ModelContract) -> dict[str, Any]:
+    """What a job's plan records of its model: the contract's id (embeddings of another model are other rows) and
+    the embedding size, which every embedding read back from the job's shards is checked against."""
+    return {"contract": contract.id, "embedding_size": int(contract.embedding_size)}
+
+
 class Worker:
     """The per-image work of one job in one process: the aligner (and model) loaded once, then items -> rows.
 
@@ -211,7 +222,14 @@ class Worker:
             assert self.recognizer is not None
             embeddings = self.recognizer.embedder.embed(crops)  # (N, D) unit rows
             for row, e in zip(pending, embeddings):
-                row.embedding = np.asarray(e, dtype=np.float32)
+                e = np.asarray(e, dtype=np.float32)
+                norm = float(np.linalg.norm(e.astype(np.float64)))
+                if np.isfinite(e).all() and abs(norm - 1.0) <= EMBEDDING_NORM_TOLERANCE:
+                    row.embedding = e
+                else:  # a degenerate crop: recorded, never written as a row a reader would have to trust
+                    message = f"{row.path}: the model gave an embedding that is not finite and of unit norm"
+                    row.failure, row.faces = Failure(row.path, "bad_embedding", message), 0
+                    row.score = row.landmarks = None
         return rows
 
     def _one_or_failure(self, item: Item) -> tuple[Row, np.ndarray | None]:

@@ -74,6 +74,8 @@ class JobReport:
         shards: ``ray``: shards of the plan.
         shards_reused: ``ray``: shards an earlier run had written.
         shards_computed: ``ray``: shards written by this run.
+        shards_redone: ``ray``: one line for each shard an earlier run wrote that failed its check when read back
+            (a changed digest, an unreadable file, values an honest run never writes) and was computed again.
         address: ``ray``: the cluster connected to.
         cluster_cpus: ``ray``: CPUs of the cluster.
         actors: ``ray``: actors started (without replacements).
@@ -93,6 +95,7 @@ class JobReport:
     shards: int = 0
     shards_reused: int = 0
     shards_computed: int = 0
+    shards_redone: list[str] = field(default_factory=list)
     address: str | None = None
     cluster_cpus: float = 0.0
     actors: int = 0
@@ -114,6 +117,8 @@ class JobReport:
                 f"{self.shards_computed} computed by {self.actors} actor(s)")  # fmt: skip
         if self.actor_start_s:
             text += f", actor start {statistics.median(self.actor_start_s):.1f} s"
+        if self.shards_redone:
+            text += f"; {len(self.shards_redone)} shard(s) failed their check and were computed again"
         if self.shard_retries or self.actors_replaced:
             text += f"; {self.shard_retries} shard(s) handed out again after {self.actors_replaced} actor(s) died"
         return text + ")"

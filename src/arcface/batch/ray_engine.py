@@ -103,6 +103,7 @@ def run(
         todo = job.missing()
         report.job_dir, report.shards = folder, len(plan.shards)
         report.shards_reused = len(plan.shards) - len(todo)
+        report.shards_redone = job.redone
         report.address = options.address
         if todo:
             owner = _connect(ray, options.address)

@@ -6,6 +6,7 @@ resumable and its rows exactly-once.
       inputs.parquet        the inputs in order (path, identity, output): row i is input i
       shard-00000.parquet   the rows of inputs [0, 256): index, path, identity, embedding, score, landmarks, faces,
       shard-00001.parquet   output, error, message (one row per input; see SCHEMA)
+      shard-00000.json      the SHA-256 and row count of its shard, recorded when the shard was finished
       ...
 
 * A shard is written under a temporary name, synced, and renamed: a shard that exists is complete, and a re-run
@@ -13,6 +14,11 @@ resumable and its rows exactly-once.
 * Before a shard is written its rows are checked to be exactly its inputs, once each, in order, so the union of the
   shards is the job's inputs, each exactly once, however often a shard was computed.
 * A folder that holds another job (other inputs, settings or shard size) is refused, never mixed.
+* A shard is checked, not trusted, whenever it is read back: its digest against the one recorded when it was
+  finished, its columns and types, its rows against the plan's inputs, and its values (an embedding job's rows:
+  the recorded dimension, finite values, unit norm within :data:`NORM_TOLERANCE`; landmarks and scores finite;
+  an align job's crop files present). A shard that fails is deleted and computed again, with a line saying why
+  (:attr:`JobDir.redone`); a damaged, truncated or forged shard never reaches the output.
 
 pyarrow is an optional dependency (the ``[ray]`` extra): it is imported where a shard is read or written.
 """
@@ -34,12 +40,13 @@ from typing import Any
 import numpy as np
 
 from arcface.batch.failures import Failure
-from arcface.batch.jobs import Item, JobError, JobSettings, Row
+from arcface.batch.jobs import EMBEDDING_NORM_TOLERANCE, Item, JobError, JobSettings, Row
 from arcface.io.files import atomic_path, write_bytes_atomic
+from arcface.io.walk import FilePolicy, open_regular
 
 __all__ = [
-    "FORMAT", "INPUTS_NAME", "JOBS_DIR", "PLAN_NAME", "SCHEMA", "JobDir", "Plan", "Shard", "open_job_dir",
-    "rows_to_table", "table_to_rows",
+    "FORMAT", "INPUTS_NAME", "JOBS_DIR", "NORM_TOLERANCE", "PLAN_NAME", "SCHEMA", "JobDir", "Plan", "Shard",
+    "open_job_dir", "rows_to_table", "table_to_rows",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,11 @@ PLAN_NAME = "plan.json"
 INPUTS_NAME = "inputs.parquet"
 #: Where jobs go by default (under the current folder): ``.arcface-jobs/KIND-DIGEST``.
 JOBS_DIR = ".arcface-jobs"
+# Files of the job folder are read back as regular files only (a shard has no size cap; a digest record is tiny).
+_JOB_FILE = FilePolicy(follow_links=True, max_bytes=None)
+_RECORD_FILE = FilePolicy(follow_links=True, max_bytes=1 << 16)
+#: How far an embedding's L2 norm read back from a shard may be from 1 (the bound the workers keep).
+NORM_TOLERANCE = EMBEDDING_NORM_TOLERANCE
 
 #: The columns of a shard: name, Arrow type, what it holds.
 SCHEMA: tuple[tuple[str, str, str], ...] = (
@@ -97,6 +109,11 @@ class Shard:
     def name(self) -> str:
         """The shard's file name."""
         return f"shard-{self.index:05d}.parquet"
+
+    @property
+    def record_name(self) -> str:
+        """The file recording the shard's digest when it was finished."""
+        return f"shard-{self.index:05d}.json"
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -221,6 +238,8 @@ class JobDir:
     def __init__(self, path: Path, plan: Plan, items: Sequence[Item], lock: Any = None) -> None:
         self.path, self.plan, self.items = path, plan, items
         self._lock = lock
+        #: one line per shard that failed its check in :meth:`missing` and is computed again
+        self.redone: list[str] = []
 
     def close(self) -> None:
         """Release the folder for another run."""
@@ -238,27 +257,30 @@ class JobDir:
         """Where ``shard`` is (or will be) written."""
         return self.path / shard.name
 
+    def record_path(self, shard: Shard) -> Path:
+        """Where the digest of ``shard`` is recorded."""
+        return self.path / shard.record_name
+
     def done(self, shard: Shard) -> bool:
-        """The shard exists (then it is complete)."""
+        """The shard exists (it is then checked before it is used: :meth:`problem`)."""
         return self.shard_path(shard).is_file()
 
     def missing(self) -> list[Shard]:
-        """The shards still to compute, in order. A shard file whose footer cannot be read or whose row count is
-        wrong (a damaged disk, a hand edit) is removed, with a warning, and counted as missing."""
-        _, pq = _pa()
+        """The shards still to compute, in order. A shard file that fails its check (:meth:`problem`: a damaged
+        disk, a hand edit, a forged value) is removed and counted as missing; :attr:`redone` gets one line for each,
+        naming the file and why."""
         todo = []
         for shard in self.plan.shards:
-            path = self.shard_path(shard)
-            if not path.is_file():
+            if not self.shard_path(shard).is_file():
                 todo.append(shard)
                 continue
-            try:
-                rows = pq.read_metadata(path).num_rows
-            except Exception as e:  # any unreadable footer: the shard is redone rather than trusted
-                rows = f"unreadable ({type(e).__name__})"
-            if rows != len(shard):
-                log.warning("%s: %s rows instead of %d; computing it again", path, rows, len(shard))
-                path.unlink()
+            why = self.problem(shard)
+            if why is not None:
+                line = f"{self.shard_path(shard)}: {why}; computing it again"
+                log.info("%s", line)
+                self.redone.append(line)
+                self.shard_path(shard).unlink(missing_ok=True)
+                self.record_path(shard).unlink(missing_ok=True)
                 todo.append(shard)
         return todo
 
@@ -274,32 +296,136 @@ class JobDir:
             raise JobError(f"{shard.name}: the rows are not inputs {shard.start}..{shard.stop - 1} once each")
         if table.column("path").to_pylist() != [it.path for it in items]:
             raise JobError(f"{shard.name}: the rows name other photos than the plan's inputs")
+        if table.column("identity").to_pylist() != [it.identity for it in items]:
+            raise JobError(f"{shard.name}: the rows name other identities than the plan's inputs")
 
     def write(self, shard: Shard, table) -> Path:
-        """Check ``table`` (:meth:`check`) and write it as the shard, atomically (temporary name, fsync, rename)."""
+        """Check ``table`` (:meth:`check`) and write it as the shard, atomically (temporary name, fsync, rename),
+        recording its digest first (so a shard in place always has its record)."""
         _, pq = _pa()
         self.check(shard, table)
         path = self.shard_path(shard)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                pq.write_table(table, f)
+                f.flush()
+                os.fsync(f.fileno())
+            record = {"format": FORMAT, "file": shard.name, "rows": table.num_rows, "sha256": _sha256(tmp)}
+            write_bytes_atomic(self.record_path(shard), (json.dumps(record) + "\n").encode())
         return path
 
-    def read_table(self, shard: Shard):
-        """The shard's table."""
-        _, pq = _pa()
+    def problem(self, shard: Shard) -> str | None:
+        """Why the shard on disk cannot be used (None when it passes every check): no digest recorded, a digest that
+        differs from the recorded one, an unreadable file, other columns or types, rows that are not the shard's
+        inputs, or values an honest run never writes (see the module)."""
         try:
-            table = pq.read_table(self.shard_path(shard))
-        except Exception as e:  # pyarrow's errors vary by damage: one line naming the file
-            raise JobError(f"{self.shard_path(shard)}: unreadable shard ({type(e).__name__}: {e}); delete it and "
-                           "run the job again") from None  # fmt: skip
-        self.check(shard, table)
-        return table
+            self._verified(shard)
+        except JobError as e:
+            return str(e).removeprefix(f"{shard.name}: ")
+        return None
+
+    def read_table(self, shard: Shard):
+        """The shard's table, checked (:meth:`problem`).
+
+        Raises:
+            JobError: the shard fails a check (one line naming the file and why).
+        """
+        try:
+            return self._verified(shard)
+        except JobError as e:
+            raise JobError(f"{self.shard_path(shard)}: {str(e).removeprefix(f'{shard.name}: ')}; delete it and run "
+                           "the job again") from None  # fmt: skip
 
     def read(self, shard: Shard, *, reused: bool = False) -> list[Row]:
         """The shard's rows."""
         return table_to_rows(self.read_table(shard), reused=reused)
+
+    def _verified(self, shard: Shard):
+        """Read the shard and run every check; raises :class:`JobError` ("NAME: why")."""
+        pa, pq = _pa()
+        path = self.shard_path(shard)
+        try:
+            with open_regular(self.record_path(shard), policy=_RECORD_FILE) as f:
+                record = json.loads(f.read().decode("utf-8"))
+            digest = record["sha256"]
+            if not isinstance(digest, str):
+                raise TypeError("sha256")
+        except (OSError, ValueError, KeyError, TypeError):
+            raise JobError(f"{shard.name}: no digest was recorded when it was finished") from None
+        try:
+            if _sha256(path) != digest:
+                raise JobError(f"{shard.name}: its digest differs from the one recorded when it was finished")
+            table = pq.read_table(path)
+        except JobError:
+            raise
+        except Exception as e:  # pyarrow's errors vary by damage (and span lines): one line naming the file
+            raise JobError(f"{shard.name}: unreadable ({type(e).__name__}: {' '.join(str(e).split())})") from None
+        if not table.schema.equals(_arrow_schema(pa), check_metadata=False):
+            raise JobError(f"{shard.name}: its columns or their types are not a shard's")
+        self.check(shard, table)
+        why = _value_problem(table, self.plan, self.items_of(shard))
+        if why is not None:
+            raise JobError(f"{shard.name}: {why}")
+        return table
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open_regular(path, policy=_JOB_FILE) as f:  # never blocks on a FIFO put in the folder
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _list_values(column) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A list<float32> column as (null mask, lengths, the non-null lists' values flattened, float64)."""
+    arr = column.combine_chunks()
+    nulls = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
+    lengths = np.asarray(arr.value_lengths().fill_null(0).to_numpy(zero_copy_only=False), np.int64)
+    values = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), np.float64)
+    return nulls, lengths, values
+
+
+def _value_problem(table, plan: Plan, items: Sequence[Item]) -> str | None:
+    """What in a shard's values an honest run never writes, or None."""
+    errors = table.column("error").to_pylist()
+    failed = np.array([e is not None for e in errors], bool)
+    if any(e is not None and not e for e in errors):
+        return "a failed row without a reason"
+    nulls, lengths, values = _list_values(table.column("embedding"))
+    if plan.kind == "align":
+        if not nulls.all():
+            return "an align job's row holds an embedding"
+        outputs = table.column("output").to_pylist()
+        for i, item in enumerate(items):
+            if not failed[i] and (outputs[i] != item.output or not os.path.isfile(item.output)):
+                return f"the crop of row {i} ({item.output}) is missing or not the plan's"
+    else:
+        if (nulls != failed).any():
+            return "an embedding is missing from a row that did not fail, or present in one that did"
+        size = plan.settings.get("embedding_size")
+        ok_lengths = lengths[~nulls]
+        if ok_lengths.size and (ok_lengths.min() < 1 or ok_lengths.min() != ok_lengths.max()):
+            return "its embeddings have different dimensions"
+        if size is not None and ok_lengths.size and ok_lengths[0] != size:
+            return f"its embeddings have {ok_lengths[0]} dimensions, the job records {size}"
+        if not np.isfinite(values).all():
+            return "an embedding holds a value that is not finite (NaN or infinite)"
+        if ok_lengths.size:
+            norms = np.linalg.norm(values.reshape(ok_lengths.size, -1), axis=1)
+            if np.abs(norms - 1.0).max() > NORM_TOLERANCE:
+                return f"an embedding is not of unit norm (norm {norms[np.argmax(np.abs(norms - 1.0))]:.6g})"
+    lm_nulls, lm_lengths, lm_values = _list_values(table.column("landmarks"))
+    if (lm_lengths[~lm_nulls] != 10).any() or not np.isfinite(lm_values).all():
+        return "a row's landmarks are not 5 finite points"
+    scores = table.column("score").combine_chunks()
+    present = ~np.asarray(scores.is_null().to_numpy(zero_copy_only=False), bool)
+    if not np.isfinite(np.asarray(scores.to_numpy(zero_copy_only=False), np.float64)[present]).all():
+        return "a detector score is not finite"
+    faces = np.asarray(table.column("faces").to_numpy(zero_copy_only=False))
+    if (faces < 0).any() or (faces[~failed] < 1).any():
+        return "a row's face count is not possible"
+    return None
 
 
 def open_job_dir(path: str | os.PathLike, plan: Plan, items: Sequence[Item]) -> JobDir:

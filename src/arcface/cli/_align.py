@@ -20,6 +20,7 @@ from arcface.cli._args import (
     engine_options,
     print_failures,
 )
+from arcface.cli._files import add_file_args, file_policy, report_job, report_skipped
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     add_detector_args(p)
     add_engine_args(p)
+    add_file_args(p)
     p.add_argument(
         "--report", default=None, metavar="PATH",
         help=f"the report file (default DST_DIR/{REPORT_NAME}); a .tsv name writes a table",
@@ -57,16 +59,18 @@ def run(args: argparse.Namespace) -> int:
     r = align_tree(
         args.src_dir, args.dst_dir, size=args.size, image_format=args.format, quality=args.quality, detector=name,
         detector_options=options, workers=args.workers, report=args.report, progress_bar=not args.no_progress,
-        threads=args.threads, engine=engine,
+        threads=args.threads, engine=engine, policy=file_policy(args),
     )  # fmt: skip
     several = f", {len(r.several_faces)} with several faces (main face kept)" if r.several_faces else ""
     print(
         f"aligned {r.aligned} of {r.images} images into {args.dst_dir} ({r.skipped_existing} already done, "
         f"{len(r.failures)} failed{several}); report: {r.report}"
     )
-    if r.job.summary():
-        print(r.job.summary())
-    print_failures(r.failures)
+    report_job(r.job)
+    for line in r.redone:
+        print(line, file=sys.stderr)
+    report_skipped("align", r.failures[: r.skipped_files])
+    print_failures(r.failures[r.skipped_files :])
     if r.aligned + r.skipped_existing == 0:
         print(
             f"arcface align: error: no image could be aligned ({len(r.failures)} failed, see {r.report})",

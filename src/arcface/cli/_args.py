@@ -19,16 +19,12 @@ from arcface.batch.failures import Failure
 from arcface.batch.jobs import JobSettings
 from arcface.inference.embedder import BACKENDS, PRECISIONS
 from arcface.inference.recognizer import FaceRecognizer
-from arcface.io.files import IMAGE_EXTENSIONS, find_images
+from arcface.io.files import collect_images
 from arcface.runtime import threads as thread_policy
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NO_FACE = 3
-
-#: File suffixes of a text file listing image paths (one per line).
-LIST_SUFFIXES = (".txt", ".lst", ".list")
-
 
 
 class CliError(Exception):
@@ -209,34 +205,17 @@ def engine_options(args: argparse.Namespace, *, workers: int | None = None) -> E
 
 
 def collect_sources(src: str | os.PathLike) -> list[Path]:
-    """The images named by ``src``: an image file, a folder (recursive), or a text file listing paths.
-
-    A list file (``.txt``, ``.lst``, ``.list``) has one path per line; blank lines and lines starting with ``#``
-    are skipped, and relative paths are taken relative to the list file's folder. Listed files are not
-    checked here: a missing one becomes a per-item error of the batch.
+    """The images named by ``src``: an image file, a folder (recursive), or a text file listing paths, as the safe
+    walker keeps them with its default policy (:func:`arcface.io.files.collect_images`, which also says which files
+    it skipped and why; commands that report those use ``cli._files.collect``).
 
     Raises:
-        CliError: ``src`` does not exist, or a folder holds no images.
+        CliError: ``src`` does not exist, a folder holds no images, or a list file cannot be read or names none.
     """
-    path = Path(src)
-    if path.is_dir():
-        images = find_images(path)
-        if not images:
-            raise CliError(f"{path}: no images found (looked for {', '.join(IMAGE_EXTENSIONS[:6])}, ...)")
-        return images
-    if not path.exists():
-        raise CliError(f"{path}: no such file or folder")
-    if path.suffix.lower() in LIST_SUFFIXES:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise CliError(f"{path}: cannot read the list file: {e}") from None
-        entries = [line.strip() for line in lines]
-        paths = [Path(e) if os.path.isabs(e) else path.parent / e for e in entries if e and not e.startswith("#")]
-        if not paths:
-            raise CliError(f"{path}: the list file names no images")
-        return paths
-    return [path]
+    try:
+        return collect_images(src).files
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """``arcface embed SRC --out F.npz``: the embedding of the main face of each image, in one ``.npz``.
 
 SRC is an image, a folder (walked recursively) or a text file listing image paths (one per line, relative to
-the list file's folder). A file that cannot be read or has no face is recorded and skipped. The work and the file
+the list file's folder), read with the safe walker (:mod:`arcface.io.walk`: regular files only, links kept inside
+the folder unless ``--follow-links``, ``--max-file-size``). A file the walker skips, that cannot be read or has no
+face is recorded and skipped. The work and the file
 are :func:`arcface.batch.embed.embed_images` (see there for the ``.npz``'s arrays); ``--engine ray`` runs it on a
 Ray cluster (:mod:`arcface.batch.ray_engine`).
 
@@ -21,11 +23,11 @@ from arcface.cli._args import (
     add_detector_args,
     add_engine_args,
     add_model_args,
-    collect_sources,
     engine_options,
     job_settings,
     print_failures,
 )
+from arcface.cli._files import add_file_args, as_failures, collect, file_policy, report_job, report_skipped
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="photos per model call (default 64)")
     add_detector_args(p)
     add_engine_args(p)
+    add_file_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -54,17 +57,21 @@ def run(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith(".npz"):
         raise CliError(f"--out {args.out}: the output must be an .npz file")
     options = engine_options(args)
-    sources = collect_sources(args.src)
+    found = collect(args.src, file_policy(args))
+    skipped = as_failures(found.skipped)
+    if not found.files:
+        report_skipped("embed", skipped)
+        raise CliError(f"{args.src}: no image to embed (every file was skipped)")
     settings = job_settings(args, "embed", aligned=args.aligned, batch_size=args.batch_size)
-    r = embed_images(sources, args.out, settings, options, progress_bar=not args.no_progress)
+    r = embed_images(found.files, args.out, settings, options, progress_bar=not args.no_progress, skipped=skipped)
     print(
         f"embedded {r.embedded} of {r.images} images into {args.out} "
         f"({r.contract.embedding_size}-D, {r.contract.architecture}, contract {r.contract.id})"
         + (f"; {len(r.failures)} skipped (the npz's errors array)" if r.failures else "")
     )
-    if r.job.summary():
-        print(r.job.summary())
-    print_failures(r.failures)
+    report_job(r.job)
+    report_skipped("embed", skipped)
+    print_failures(r.failures[len(skipped) :])
     if not r.embedded:
         print(f"arcface embed: error: no image of {args.src} could be embedded", file=sys.stderr)
         return EXIT_ERROR

@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from arcface.cli._args import CliError, add_detector_args, add_model_args, detector_options
+from arcface.cli._files import add_file_args, file_policy
 from arcface.eval.datasets import read_bin, read_csv_pairs, read_lfw_pairs
 from arcface.eval.pipeline import EvalCache
 from arcface.eval.plots import plot_roc
 from arcface.eval.verification import evaluate_pair_set
 from arcface.inference.loader import load_model
 from arcface.io.files import write_bytes_atomic
+from arcface.io.walk import check_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,6 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     csvp.add_argument("--aligned", action="store_true", help="the images are aligned crops (no detection)")
     for q in (lfw, binp, csvp):
         _common(q)
+    for q in (lfw, csvp):
+        add_file_args(q)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -97,6 +101,13 @@ def run(args: argparse.Namespace) -> int:
         pairset = read_bin(data)
     else:
         pairset = read_csv_pairs(data, args.root, aligned=args.aligned)
+    if args.kind != "bin":  # the photos a pair list names are read as the safe walker reads a folder's
+        root = data if args.kind == "lfw" else Path(args.root) if args.root else data.parent
+        policy = file_policy(args)
+        for image in dict.fromkeys(pairset.images):
+            why = check_file(image, root=root, policy=policy)
+            if why is not None:
+                raise CliError(why.message)
     det_name, det_options = detector_options(args)
     # ValueError (one line from the CLI) for a path the model cannot run, e.g. sface with --precision bf16
     embedder = load_model(

@@ -46,6 +46,7 @@ from arcface.cli._args import (
     print_failures,
     recognizer_from_args,
 )
+from arcface.cli._files import add_file_args, file_policy, report_job, report_skipped
 from arcface.gallery import Gallery, mask_uri
 from arcface.gallery.copy import copy_gallery
 from arcface.gallery.rules import BIDI_CONTROLS
@@ -84,6 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _common(e)
     add_engine_args(e)
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_file_args(e)
     e.set_defaults(func=run_enroll)
 
     s = actions.add_parser("search", help="the identities most similar to the main face of IMG")
@@ -146,7 +148,8 @@ def run_enroll(args: argparse.Namespace) -> int:
     _quiet_faiss()
     options = engine_options(args)
     settings = job_settings(args, "enroll")
-    r = enroll_folder(args.dir, args.gallery, settings, options, index=args.index, progress_bar=not args.no_progress)
+    r = enroll_folder(args.dir, args.gallery, settings, options, index=args.index, progress_bar=not args.no_progress,
+                      policy=file_policy(args))  # fmt: skip
     for name, why in r.refused:
         print(f"skipped the folder {shown(name)!s}: {why}", file=sys.stderr)
     if r.loose:
@@ -159,9 +162,9 @@ def run_enroll(args: argparse.Namespace) -> int:
         + (f"; {r.skipped} already enrolled" if r.skipped else "")
         + (f"; {len(r.failures)} failed" if r.failures else "")
     )
-    if r.job.summary():
-        print(r.job.summary())
-    print_failures(r.failures)
+    report_job(r.job)
+    report_skipped("gallery enroll", r.failures[: r.skipped_files])
+    print_failures(r.failures[r.skipped_files :])
     if r.enrolled == 0 and r.skipped == 0:
         print(f"arcface gallery: error: no photo of {args.dir} could be enrolled", file=sys.stderr)
         return EXIT_ERROR

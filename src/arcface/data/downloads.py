@@ -16,14 +16,18 @@ uses). :func:`get` installs a dataset under a data folder (``$ARCFACE_DATA``, el
   :func:`os.replace`, so a half-extracted tree is never visible. The archive is deleted after installation
   and a manifest (``.arcface-data.json``: source, checksums, file count and bytes) lets :func:`status` check
   the installed tree later;
-- the data's terms are printed the first time a dataset is fetched into a folder (a ``.terms-shown`` marker).
+- the data's terms are printed the first time a dataset is fetched into a folder (a ``.terms-shown`` marker);
+- a transfer is capped at the item's published size (:func:`size_cap`): a server that announces more, or sends
+  more, is refused as soon as it does, and what arrived is deleted; nothing is downloaded in full to be refused
+  afterwards. A local mirror's file is read only when it is a regular file within that cap (never a FIFO).
 
 ``--mirror URL`` (``ARCFACE_MIRROR``) replaces every source by ``URL/NAME`` (the same file names, for a local or
 air-gapped copy); what it serves must match one of the published checksums. Errors are :class:`DataError`
 (an ``OSError``) with one line naming the URL or file; :class:`Unreachable` marks "no network" (DNS failure,
 refused or timed-out connection), which callers such as the demo treat as offline.
 
-This module is a low layer: the standard library, :mod:`arcface.registry` and :mod:`arcface.runtime` only.
+This module is a low layer: the standard library, :mod:`arcface.registry`, :mod:`arcface.runtime` and
+:mod:`arcface.io` only.
 """
 
 from __future__ import annotations
@@ -49,10 +53,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from arcface.io.walk import FilePolicy, check_file, open_regular
 from arcface.registry import Registry
 from arcface.runtime.progress import Progress
 
 __all__ = [
+    "APPROX_SIZE_SLACK",
     "PUBLIC_DATASETS",
     "ChecksumError",
     "DataError",
@@ -70,6 +76,7 @@ __all__ = [
     "iter_datasets",
     "missing",
     "probe",
+    "size_cap",
     "status",
 ]
 
@@ -82,6 +89,8 @@ ATTEMPTS = 3
 MANIFEST = ".arcface-data.json"
 TERMS_MARKER = ".terms-shown"
 _CHUNK = 1 << 16
+#: An item whose size is only estimated may arrive up to this many times that estimate before it is refused.
+APPROX_SIZE_SLACK = 2
 _HAS_DATA_FILTER = hasattr(tarfile, "data_filter")  # Python 3.12, and 3.10.12 / 3.11.4 backports
 
 
@@ -275,7 +284,7 @@ def _sources(item: Item, mirror: str | None) -> tuple[tuple[str, list[Mapping[st
 
 def _digests(path: Path, algorithms: Sequence[str]) -> dict[str, str]:
     hashes = {a: hashlib.new(a) for a in algorithms}
-    with open(path, "rb") as f:
+    with open_regular(path, policy=FilePolicy(follow_links=True, max_bytes=None)) as f:  # never blocks on a FIFO
         while chunk := f.read(1 << 20):
             for h in hashes.values():
                 h.update(chunk)
@@ -343,10 +352,39 @@ def _content_range_start(value: str | None) -> tuple[int, int | None] | None:
         return None
 
 
+def size_cap(item: Item) -> int | None:
+    """The most bytes a transfer of ``item`` may bring: its exact published size, else :data:`APPROX_SIZE_SLACK`
+    times its estimate, else None (no cap)."""
+    if item.size is not None:
+        return item.size
+    return None if item.approx_size is None else item.approx_size * APPROX_SIZE_SLACK
+
+
+def _too_big(url: str, part: Path, what: str, limit: int) -> DownloadError:
+    """Delete what arrived of an oversized transfer; the error that says so."""
+    part.unlink(missing_ok=True)
+    return DownloadError(f"{url}: {what}, more than the {limit:,} bytes published for this file; refused")
+
+
+def _check_local(url: str, limit: int | None) -> None:
+    """A ``file://`` source is read only when it is a regular file within ``limit`` (a FIFO would block)."""
+    if urllib.parse.urlsplit(url).scheme != "file":
+        return
+    path = urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
+    why = check_file(path, policy=FilePolicy(follow_links=True, max_bytes=limit))
+    if why is not None:
+        raise DownloadError(f"{url}: {why.message.removeprefix(path + ': ')}; refused")
+
+
 def _fetch_once(url: str, part: Path, *, desc: str, size: int | None, progress: bool, timeout: float,
-                read_timeout: float) -> str:  # fmt: skip
-    """One request for ``url`` into ``part`` (continuing it when non-empty); returns "done" or "restart"."""
+                read_timeout: float, limit: int | None = None) -> str:  # fmt: skip
+    """One request for ``url`` into ``part`` (continuing it when non-empty); returns "done" or "restart".
+
+    ``limit``: the most bytes the whole file may have (:func:`size_cap`); more announced or received raises
+    :class:`DownloadError` at once and deletes ``part``.
+    """
     have = part.stat().st_size if part.exists() else 0
+    _check_local(url, limit)
     headers = {"User-Agent": "arcface-data/1", "Accept-Encoding": "identity"}
     if have:
         headers["Range"] = f"bytes={have}-"
@@ -381,6 +419,9 @@ def _fetch_once(url: str, part: Path, *, desc: str, size: int | None, progress: 
             have, mode, total = 0, "wb", length if length is not None else size  # the range was ignored
         else:
             raise DownloadError(f"{url}: unexpected HTTP {code} {getattr(resp, 'reason', '')}")
+        announced = have + length if length is not None else total
+        if limit is not None and announced is not None and announced > limit:
+            raise _too_big(url, part, f"the server announces {announced:,} bytes", limit)
         with open(part, mode) as f, Progress(total, desc, unit="B", initial=have, enabled=progress) as bar:
             got = 0
             while True:
@@ -390,6 +431,9 @@ def _fetch_once(url: str, part: Path, *, desc: str, size: int | None, progress: 
                     raise _Interrupted(f"after {have + got:,} bytes ({_reason(e) or type(e).__name__})") from None
                 if not chunk:
                     break
+                if limit is not None and have + got + len(chunk) > limit:
+                    f.close()
+                    raise _too_big(url, part, f"more than {have + got:,} bytes arrived", limit)
                 f.write(chunk)
                 got += len(chunk)
                 bar.update(len(chunk))
@@ -399,7 +443,8 @@ def _fetch_once(url: str, part: Path, *, desc: str, size: int | None, progress: 
 
 
 def _download(url: str, part: Path, *, desc: str, size: int | None, progress: bool, attempts: int,
-              timeout: float, read_timeout: float, say: Callable[[str], None]) -> None:  # fmt: skip
+              timeout: float, read_timeout: float, say: Callable[[str], None],
+              limit: int | None = None) -> None:  # fmt: skip
     """Fetch ``url`` into ``part``, resuming up to ``attempts - 1`` times after a broken-off transfer."""
     part.parent.mkdir(parents=True, exist_ok=True)
     tries = 0
@@ -407,7 +452,7 @@ def _download(url: str, part: Path, *, desc: str, size: int | None, progress: bo
         tries += 1
         try:
             state = _fetch_once(url, part, desc=desc, size=size, progress=progress, timeout=timeout,
-                                read_timeout=read_timeout)  # fmt: skip
+                                read_timeout=read_timeout, limit=limit)  # fmt: skip
         except _Interrupted as e:
             if tries >= attempts:
                 raise DownloadError(
@@ -545,7 +590,10 @@ def _item_status(item: Item, folder: Path, manifest: dict, *, deep: bool = True)
     if not item.archive:
         if not deep:
             return ItemStatus(item, path, "ok", "present")
-        ok, how = _matches(path, [s.digests for s in item.sources])
+        try:
+            ok, how = _matches(path, [s.digests for s in item.sources])
+        except OSError as e:  # a FIFO or another special file in its place, an unreadable file
+            return ItemStatus(item, path, "bad", f"cannot be read: {e}")
         return ItemStatus(item, path, "ok" if ok else "bad", how if ok else f"checksum mismatch: {how}")
     files, total, images = _tree_size(path)
     rec = manifest.get(item.target) or {}
@@ -637,13 +685,13 @@ def _fetch_item(item: Item, folder: Path, mirror: str | None, *, progress: bool,
         stale = part.exists()  # left by an earlier run: perhaps of another copy of the file
         try:
             _download(url, part, desc=item.filename, size=item.size, progress=progress, attempts=attempts,
-                      timeout=timeout, read_timeout=read_timeout, say=say)  # fmt: skip
+                      timeout=timeout, read_timeout=read_timeout, say=say, limit=size_cap(item))  # fmt: skip
             ok, how = _matches(part, accepted)
             if not ok and stale:
                 say(f"{item.filename}: the resumed download does not verify; downloading it again from the start")
                 part.unlink()
                 _download(url, part, desc=item.filename, size=item.size, progress=progress, attempts=attempts,
-                          timeout=timeout, read_timeout=read_timeout, say=say)  # fmt: skip
+                          timeout=timeout, read_timeout=read_timeout, say=say, limit=size_cap(item))  # fmt: skip
                 ok, how = _matches(part, accepted)
         except DownloadError as e:
             errors.append(e)

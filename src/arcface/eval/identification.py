@@ -34,6 +34,7 @@ import numpy as np
 
 from arcface.eval.metrics import DEFAULT_FARS, cmc_from_ranks, tar_at_far, threshold_at_far
 from arcface.index import VectorIndex
+from arcface.io.walk import check_file
 
 __all__ = ["OpenSetProtocol", "evaluate_identification", "lfw_open_set", "open_set_identification"]
 
@@ -306,7 +307,7 @@ def lfw_open_set(root: str | os.PathLike, part: str = "calibration") -> OpenSetP
     for person in people:
         if _lfw_part(person.name) != part:
             continue
-        photos = sorted(person.glob("*.jpg"))
+        photos = sorted(p for p in person.glob("*.jpg") if check_file(p, root=root) is None)  # regular files only
         if len(photos) >= 2:
             gallery.append((person.name, photos[0]))
             mated.append((person.name, photos[1]))

@@ -50,12 +50,13 @@ import io
 import logging
 import os
 import re
-import stat
 import warnings
 from typing import IO, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from arcface.io.walk import FilePolicy, FileRefused, open_regular
 
 __all__ = [
     "DEFAULT_BACKGROUND",
@@ -102,6 +103,10 @@ _IMAGE_MAGIC = (
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1")
 _AVIF_BRANDS = (b"avif", b"avis")
 _SNIFF_BYTES = 512
+
+# A path given to the loader names one file explicitly: links are followed and no size cap applies (the pixel limit
+# does); only files that are not regular (FIFOs, sockets, devices) are refused.
+_ANY_REGULAR_FILE = FilePolicy(follow_links=True, max_bytes=None)
 
 
 class ImageError(ValueError):
@@ -231,7 +236,11 @@ def _from_path(src: str | os.PathLike[str], name: str | None, max_pixels: int | 
     if os.path.isdir(path):
         raise ImageError(label, "unreadable", "is a directory, not an image file")
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed by the with-block below
+        # the one safe opener: never blocks on a FIFO, refuses anything but a regular file on the opened descriptor
+        f = open_regular(path, policy=_ANY_REGULAR_FILE)
+    except FileRefused as e:
+        reason: Reason = "too_large" if e.skipped.reason == "too_large" else "unreadable"
+        raise ImageError(label, reason, e.skipped.message.removeprefix(f"{os.fsdecode(path)}: ")) from None
     except FileNotFoundError:
         raise ImageError(label, "missing", "no such file") from None
     except IsADirectoryError:
@@ -241,8 +250,7 @@ def _from_path(src: str | os.PathLike[str], name: str | None, max_pixels: int | 
     except OSError as e:
         raise ImageError(label, "unreadable", f"cannot read file: {_one_line(e.strerror or str(e))}") from e
     with f:
-        st = os.fstat(f.fileno())
-        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        if os.fstat(f.fileno()).st_size == 0:
             raise ImageError(label, "empty", "file is empty (0 bytes)")
         return _decode(f, label, max_pixels, background)
 
