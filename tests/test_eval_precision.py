@@ -112,3 +112,20 @@ def test_embed_and_verify_cli_take_precision(tmp_path, capsys):
     assert -1.0 <= r["similarity"] <= 1.0
     with pytest.raises(SystemExit):
         main(["verify", a, b, "--aligned", "--backend", "tensorrt"])
+
+
+@pytest.mark.parametrize("poison", [np.nan, 1e30, 0.0])
+def test_a_cached_entry_with_bad_values_is_rebuilt(tmp_path, poison):
+    """The cache folder is a file on disk like any other: NaN, huge or zero rows in it are computed again, not used."""
+    pairset = _aligned_set(4)
+    cache = EvalCache(tmp_path / "cache")
+    model = load_model("default", precision="fp32", flip=False)
+    first, _ = embed_pair_set(pairset, model, cache=cache, progress=False)
+    [entry] = [p for p in (tmp_path / "cache").rglob("*.npz") if "embeddings" in np.load(p).files]
+    with np.load(entry) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["embeddings"][1] = poison
+    np.savez(entry, **arrays)
+    again, stats = embed_pair_set(pairset, model, cache=cache, progress=False)
+    assert not stats.embeddings_cached
+    np.testing.assert_array_equal(again, first)

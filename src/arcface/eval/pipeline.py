@@ -216,6 +216,16 @@ def _valid_crop(size: int) -> Callable[[dict[str, np.ndarray]], bool]:
     return check
 
 
+def _valid_embeddings(arrays: dict[str, np.ndarray], m: int, d: int) -> bool:
+    """A cached embeddings entry is used only as the pipeline writes it: (m, d) finite unit vectors and (m,) flags; a
+    cache folder is a file on disk like any other, so anything else is rebuilt rather than trusted."""
+    emb, fallback = arrays.get("embeddings", np.zeros(0)), arrays.get("fallback", np.zeros(0))
+    if emb.shape != (m, d) or fallback.shape != (m,) or emb.dtype.kind != "f":
+        return False
+    norms = np.linalg.norm(emb.astype(np.float64), axis=1)
+    return bool(np.isfinite(emb).all() and np.all(np.abs(norms - 1.0) <= 1e-3))
+
+
 def iter_crops(
     paths: Sequence[str | os.PathLike],
     spec: DetectionSpec,
@@ -383,8 +393,7 @@ def embed_pair_set(
     key = _hash({**set_id, "contract": contract.id, "flip": bool(embedder.flip), "precision": embedder.precision,
                  "backend": embedder.backend})  # fmt: skip
     m, d = len(pairset.images), contract.embedding_size
-    hit = cache.get("embeddings", key, lambda a: a.get("embeddings", np.zeros(0)).shape == (m, d)
-                    and a.get("fallback", np.zeros(0)).shape == (m,))  # fmt: skip
+    hit = cache.get("embeddings", key, lambda a: _valid_embeddings(a, m, d))
     if hit is not None:
         stats.embeddings_cached = True
         stats.crops_cached = m
