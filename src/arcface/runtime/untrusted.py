@@ -1,0 +1,117 @@
+"""Reading files a user hands us: every failure becomes one :class:`BadFileError` line naming the file.
+
+A file is untrusted input. A crafted one can make a parser fail in ways its authors never listed: a
+``RecursionError`` from deep nesting, an ``OverflowError`` or ``MemoryError`` from a size field, a ``struct.error``
+from a short read, a ``UnicodeDecodeError``. :func:`reading` wraps a loader so that any of them reaches the user as
+one line that says which file and what was being read, never a traceback. :func:`load_json` parses JSON after
+checking its length and nesting depth without recursion, so the parser and every later walk of the result stay
+within bounds.
+
+Loaders keep their own error classes (a contract error, a RecordIO error, ...); each is a :class:`BadFileError`,
+so callers may catch either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = ["MAX_JSON_DEPTH", "BadFileError", "check_json_depth", "load_json", "one_line", "reading", "refusal"]
+
+#: Deepest JSON nesting any file of ours needs (model contracts, MXNet symbols and settings are a few levels deep).
+MAX_JSON_DEPTH = 64
+
+_LINE_MAX = 300
+# A JSON string literal (escapes included), and the characters that open or close a level.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+class BadFileError(ValueError):
+    """A file that cannot be read as what it claims to be; the message is one line naming it."""
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message (its class name when empty), at most a few hundred characters.
+
+    torch's advice to retry a refused checkpoint with ``weights_only=False`` (which would run the code the file
+    holds) is replaced by saying that the file was refused.
+    """
+    text = str(error).strip()
+    if isinstance(error, pickle.UnpicklingError) and "weights_only" in text:
+        return refusal()
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    if isinstance(error, MemoryError):
+        return "a size in the file is too large to allocate"
+    first = text.splitlines()[0] if text else type(error).__name__
+    first = " ".join(first.split())
+    return first if len(first) <= _LINE_MAX else first[: _LINE_MAX - 3] + "..."
+
+
+def refusal() -> str:
+    """What to say about a pickle that holds more than tensors and plain containers."""
+    return "it holds code (pickled Python objects beyond tensors), which is never loaded: refused"
+
+
+@contextmanager
+def reading(path: str | os.PathLike, what: str, error: type[BadFileError] = BadFileError) -> Iterator[None]:
+    """Turn any failure inside the block into ``error("PATH: WHAT: reason")``, one line.
+
+    ``FileNotFoundError`` passes through (the caller's message already names the missing file), as does an
+    ``error`` raised inside (already one line naming the file). Any other ``BadFileError`` is re-raised as
+    ``error`` with its message kept.
+
+    Args:
+        path: the file being read (named in the message).
+        what: what it should be, e.g. "not an MXNet params file".
+        error: the :class:`BadFileError` subclass to raise.
+    """
+    try:
+        yield
+    except (FileNotFoundError, error):
+        raise
+    except BadFileError as e:
+        raise error(str(e)) from None
+    except Exception as e:  # anything a hostile file can provoke: one line naming it
+        raise error(f"{os.fspath(path)}: {what} ({one_line(e)})") from None
+
+
+def check_json_depth(text: str, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse JSON text nested deeper than ``max_depth`` arrays/objects, without recursing.
+
+    String literals are skipped, so brackets inside them do not count. Malformed text is left for the parser.
+
+    Raises:
+        ValueError: the nesting depth exceeds ``max_depth``.
+    """
+    depth = 0
+    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        if m.group() in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise ValueError(f"nested more than {max_depth} levels deep")
+        else:
+            depth -= 1
+
+
+def load_json(data: str | bytes, *, max_depth: int = MAX_JSON_DEPTH, max_chars: int | None = None) -> Any:
+    """``json.loads`` after bounding the text's length and nesting depth; NaN and Infinity are refused.
+
+    Raises:
+        ValueError: too long, too deep, not UTF-8, not JSON, or a non-finite number (the reason in one line).
+    """
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    if max_chars is not None and len(text) > max_chars:
+        raise ValueError(f"{len(text)} characters of JSON, more than the {max_chars} allowed")
+    check_json_depth(text, max_depth)
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    return json.loads(text, parse_constant=constant)
