@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from arcface.runtime.untrusted import BadFileError, reading
+from arcface.runtime.untrusted import BadFileError, reading, shown
 
 __all__ = ["MAX_SAFETENSORS_HEADER", "check_safetensors_header", "load_backbone_weights", "load_safetensors",
            "torch_load_safely"]  # fmt: skip
@@ -28,16 +28,16 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.", "backbone.")
 
 
 def torch_load_safely(path: str | Path, what: str = "file") -> Any:
-    """``torch.load(path, weights_only=True)`` onto the CPU; a torn or foreign file is a one-line ValueError.
+    """``torch.load(path, weights_only=True)`` onto the CPU; a torn or foreign file is a one-line BadFileError.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file cannot be read as weights-only torch data (the message names it).
+        BadFileError: the file cannot be read as weights-only torch data (the message names it).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
-    with reading(path, f"{what} could not be read as weights-only torch data"):
+    with reading(path, f"not a weights-only PyTorch {what}"):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -109,5 +109,5 @@ def load_backbone_weights(path: str | Path) -> dict[str, torch.Tensor]:
         obj = next((obj[k] for k in ("model", "state_dict", "backbone") if _is_state_dict(obj.get(k))), obj)
     if not _is_state_dict(obj):
         what = f"keys {list(obj)[:5]}" if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{path} holds no state dict of tensors ({what})")
+        raise BadFileError(f"{path}: holds no state dict of tensors ({shown(what)})")
     return _strip_prefixes(obj)

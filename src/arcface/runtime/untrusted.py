@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["MAX_JSON_DEPTH", "BadFileError", "check_json_depth", "load_json", "one_line", "reading", "refusal"]
+__all__ = ["MAX_JSON_DEPTH", "BadFileError", "check_json_depth", "load_json", "one_line", "reading", "refusal",
+           "shown"]  # fmt: skip
 
 #: Deepest JSON nesting any file of ours needs (model contracts, MXNet symbols and settings are a few levels deep).
 MAX_JSON_DEPTH = 64
@@ -54,9 +55,15 @@ def one_line(error: BaseException) -> str:
     return first if len(first) <= _LINE_MAX else first[: _LINE_MAX - 3] + "..."
 
 
+def shown(value: Any, most: int = 60) -> str:
+    """``repr(value)`` cut to ``most`` characters: a hostile file's field may be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
 def refusal() -> str:
     """What to say about a pickle that holds more than tensors and plain containers."""
-    return "it holds code (pickled Python objects beyond tensors), which is never loaded: refused"
+    return "refused: the file holds code (pickled Python objects beyond tensors), and only weights are ever loaded"
 
 
 @contextmanager
