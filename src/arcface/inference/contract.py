@@ -35,7 +35,7 @@ from torch import nn
 from arcface.align.template import ARCFACE_TEMPLATE, TEMPLATE_NAME
 from arcface.models import create_model
 from arcface.models.weights import check_safetensors_header, load_safetensors
-from arcface.runtime.untrusted import BadFileError, load_json, one_line, reading
+from arcface.runtime.untrusted import BadFileError, load_json, one_line, reading, shown
 
 __all__ = [
     "CONTRACT_KEY",
@@ -109,12 +109,6 @@ class ContractError(BadFileError):
     """A model file or contract that is malformed, or weights that do not match their contract."""
 
 
-def _show(value: Any) -> str:
-    """A value for an error message, cut short: a hostile file's field may be megabytes long."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _count(name: str, value: Any, most: int) -> int:
     """A whole number in ``[1, most]`` (an integral float such as ``112.0`` is accepted)."""
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -123,20 +117,20 @@ def _count(name: str, value: Any, most: int) -> int:
     if ok:
         value = int(value)
     if not ok or not 1 <= value <= most:
-        raise ContractError(f"contract field {name}: must be a whole number from 1 to {most}, got {_show(value)}")
+        raise ContractError(f"contract field {name}: must be a whole number from 1 to {most}, got {shown(value)}")
     return int(value)
 
 
 def _number(name: str, value: Any, low: float, high: float, why: str = "must be a finite number") -> float:
     """A finite float in ``[low, high]``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ContractError(f"contract field {name}: {why} in [{low:g}, {high:g}], got {_show(value)}")
+        raise ContractError(f"contract field {name}: {why} in [{low:g}, {high:g}], got {shown(value)}")
     try:
         out = float(value)
     except OverflowError:  # an int too large for a float
         out = math.inf
     if not (math.isfinite(out) and low <= out <= high):
-        raise ContractError(f"contract field {name}: {why} in [{low:g}, {high:g}], got {_show(value)}")
+        raise ContractError(f"contract field {name}: {why} in [{low:g}, {high:g}], got {shown(value)}")
     return out
 
 
@@ -144,7 +138,7 @@ def _text(name: str, value: Any, most: int, *, empty: bool = True) -> str:
     """A string of at most ``most`` characters (non-empty unless ``empty``)."""
     if not isinstance(value, str) or (not empty and not value):
         kind = "string" if empty else "non-empty string"
-        raise ContractError(f"contract field {name}: must be a {kind}, got {_show(value)}")
+        raise ContractError(f"contract field {name}: must be a {kind}, got {shown(value)}")
     if len(value) > most:
         raise ContractError(f"contract field {name}: {len(value)} characters, more than the {most} allowed")
     return value
@@ -153,7 +147,7 @@ def _text(name: str, value: Any, most: int, *, empty: bool = True) -> str:
 def _options(value: Any) -> dict[str, Any]:
     """The options as canonical JSON values: a mapping, bounded in size and depth, finite numbers only."""
     if not isinstance(value, Mapping):
-        raise ContractError(f"contract field options: must be an object, got {_show(value)}")
+        raise ContractError(f"contract field options: must be an object, got {shown(value)}")
     try:
         text = json.dumps(dict(value), sort_keys=True, allow_nan=False)
         if len(text) > MAX_OPTIONS_CHARS:
@@ -169,7 +163,7 @@ def _options(value: Any) -> dict[str, Any]:
         elif isinstance(item, list):
             todo.extend(item)
         elif isinstance(item, (int, float)) and not isinstance(item, bool) and abs(item) > MAX_OPTION_NUMBER:
-            raise ContractError(f"contract field options: the number {_show(item)} exceeds {MAX_OPTION_NUMBER}")
+            raise ContractError(f"contract field options: the number {shown(item)} exceeds {MAX_OPTION_NUMBER}")
     return out
 
 
@@ -241,12 +235,12 @@ class ModelContract:
         size = self.input_size
         size = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
         if not isinstance(size, (tuple, list)) or len(size) != 2:
-            raise ContractError(f"contract field input_size: must be (H, W), got {_show(self.input_size)}")
+            raise ContractError(f"contract field input_size: must be (H, W), got {shown(self.input_size)}")
         set_(self, "input_size", tuple(_count("input_size", s, MAX_INPUT_SIDE) for s in size))
         if self.color not in _COLORS:
-            raise ContractError(f"contract field color: must be one of {_COLORS}, got {_show(self.color)}")
+            raise ContractError(f"contract field color: must be one of {_COLORS}, got {shown(self.color)}")
         if self.layout not in _LAYOUTS:
-            raise ContractError(f"contract field layout: must be one of {_LAYOUTS}, got {_show(self.layout)}")
+            raise ContractError(f"contract field layout: must be one of {_LAYOUTS}, got {shown(self.layout)}")
         set_(self, "mean", _number("mean", self.mean, -MAX_SCALE, MAX_SCALE))
         set_(self, "std", _number("std", self.std, -MAX_SCALE, MAX_SCALE))
         if abs(self.std) < MIN_STD:
@@ -255,17 +249,17 @@ class ModelContract:
         points = self.template_points
         points = points.tolist() if hasattr(points, "tolist") else points  # a (5, 2) array
         if not isinstance(points, (tuple, list)) or len(points) != 5:
-            n = len(points) if isinstance(points, (tuple, list)) else _show(points)
+            n = len(points) if isinstance(points, (tuple, list)) else shown(points)
             raise ContractError(f"contract field template_points: must be 5 (x, y) points, got {n}")
         pts = []
         for p in points:
             if not isinstance(p, (tuple, list)) or len(p) != 2:
-                raise ContractError(f"contract field template_points: each point is (x, y), got {_show(p)}")
+                raise ContractError(f"contract field template_points: each point is (x, y), got {shown(p)}")
             pts.append(tuple(_number("template_points", v, -MAX_SCALE, MAX_SCALE) for v in p))
         set_(self, "template_points", tuple(pts))
         sha = self.weights_sha256
         if not isinstance(sha, str) or (sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha))):
-            raise ContractError(f"contract field weights_sha256: must be 64 lowercase hex digits, got {_show(sha)}")
+            raise ContractError(f"contract field weights_sha256: must be 64 lowercase hex digits, got {shown(sha)}")
         for name in ("threshold", "identification_threshold"):
             if getattr(self, name) is not None:
                 set_(self, name, _number(name, getattr(self, name), -1.0, 1.0, "is a cosine"))
@@ -362,7 +356,7 @@ class ModelContract:
             raise ContractError(f"contract: stored id {stored_id} does not match its fields ({contract.id})")
         l2 = contract.threshold_l2
         if stored_l2 is not None and (isinstance(stored_l2, bool) or not isinstance(stored_l2, (int, float))):
-            raise ContractError(f"contract field threshold_l2: must be a number, got {_show(stored_l2)}")
+            raise ContractError(f"contract field threshold_l2: must be a number, got {shown(stored_l2)}")
         if (stored_l2 is None) != (l2 is None) or (l2 is not None and abs(stored_l2 - l2) > 1e-9):
             raise ContractError(f"contract: threshold_l2 {stored_l2} is not 2 - 2 * threshold ({l2})")
         return contract
@@ -399,7 +393,7 @@ def _build(contract: ModelContract) -> nn.Module:
         raise ContractError(f"contract: {e.args[0] if e.args else e}") from None
     except Exception as e:  # an option the architecture does not take, or a value it cannot build
         raise ContractError(
-            f"contract: options {_show(contract.options)} do not fit {contract.architecture}: {one_line(e)}"
+            f"contract: options {shown(contract.options)} do not fit {contract.architecture}: {one_line(e)}"
         ) from None
 
 
@@ -462,7 +456,7 @@ def _read_contract(path: Path) -> ModelContract:
             return ModelContract.from_json(meta[CONTRACT_KEY])
     except (ContractError, json.JSONDecodeError) as e:
         raise ContractError(f"{path}: {e}") from None
-    keys = _show(sorted(meta)) if meta else "none"
+    keys = shown(sorted(meta)) if meta else "none"
     raise ContractError(f"{path}: no arcface contract in the safetensors metadata (keys: {keys})")
 
 
@@ -512,8 +506,8 @@ def read_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     if want != got:
         diff = sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != want[k])
         raise ContractError(
-            f"{path}: weights do not fit {contract.architecture} with options {_show(contract.options)} "
-            f"(first differing keys: {_show(diff[:3])})"
+            f"{path}: weights do not fit {contract.architecture} with options {shown(contract.options)} "
+            f"(first differing keys: {shown(diff[:3])})"
         )
     module = _build(contract)
     try:

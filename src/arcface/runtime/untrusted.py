@@ -13,16 +13,31 @@ so callers may catch either.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import pickle
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-__all__ = ["MAX_JSON_DEPTH", "BadFileError", "check_json_depth", "load_json", "one_line", "reading", "refusal",
-           "shown"]  # fmt: skip
+F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "BadFileError",
+    "check_json_depth",
+    "load_json",
+    "load_npz",
+    "one_line",
+    "reading",
+    "reads",
+    "refusal",
+    "shown",
+]
 
 #: Deepest JSON nesting any file of ours needs (model contracts, MXNet symbols and settings are a few levels deep).
 MAX_JSON_DEPTH = 64
@@ -71,8 +86,8 @@ def reading(path: str | os.PathLike, what: str, error: type[BadFileError] = BadF
     """Turn any failure inside the block into ``error("PATH: WHAT: reason")``, one line.
 
     ``FileNotFoundError`` passes through (the caller's message already names the missing file), as does an
-    ``error`` raised inside (already one line naming the file). Any other ``BadFileError`` is re-raised as
-    ``error`` with its message kept.
+    ``error`` raised inside (already one line naming the file). Any other ``BadFileError``, and a ``ValueError``
+    whose message starts with the path, is re-raised as ``error`` with its message kept.
 
     Args:
         path: the file being read (named in the message).
@@ -85,8 +100,26 @@ def reading(path: str | os.PathLike, what: str, error: type[BadFileError] = BadF
         raise
     except BadFileError as e:
         raise error(str(e)) from None
+    except ValueError as e:
+        if str(e).startswith((os.fspath(path), str(Path(path)))):  # the loader's own message, naming the file
+            raise error(one_line(e)) from None
+        raise error(f"{os.fspath(path)}: {what} ({one_line(e)})") from None
     except Exception as e:  # anything a hostile file can provoke: one line naming it
         raise error(f"{os.fspath(path)}: {what} ({one_line(e)})") from None
+
+
+def reads(what: str, error: type[BadFileError] = BadFileError) -> Callable[[F], F]:
+    """Decorate a loader whose first argument is the file: the whole call runs under :func:`reading`."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def loader(path: Any, *args: Any, **kwargs: Any) -> Any:
+            with reading(path, what, error):
+                return fn(path, *args, **kwargs)
+
+        return loader  # type: ignore[return-value]
+
+    return wrap
 
 
 def check_json_depth(text: str, max_depth: int = MAX_JSON_DEPTH) -> None:
@@ -122,3 +155,44 @@ def load_json(data: str | bytes, *, max_depth: int = MAX_JSON_DEPTH, max_chars: 
         raise ValueError(f"{name} is not a JSON number")
 
     return json.loads(text, parse_constant=constant)
+
+
+# Deflate expands at most about 1032 to 1: a zip member claiming more than this is lying about its size.
+_MAX_DEFLATE_RATIO = 1100
+
+
+@reads("not a readable .npz file of plain arrays")
+def load_npz(path: str | os.PathLike) -> dict[str, Any]:
+    """Every array of an ``.npz`` file, without pickle, after checking each member's claimed shape against its size.
+
+    numpy allocates an array as large as its header says before reading the data, so a crafted header could ask
+    for any amount of memory; here every header is read first and must fit in the bytes its zip member holds
+    (and a member may claim no more than deflate can expand its compressed bytes to).
+
+    Raises:
+        FileNotFoundError: no such file.
+        BadFileError: not a zip of ``.npy`` members, a header that claims more than its member holds, or any other
+            failure (one line naming the file).
+    """
+    import zipfile
+
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f".npz file {os.fspath(path)} does not exist")
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if info.file_size > max(info.compress_size, 1) * _MAX_DEFLATE_RATIO:
+                name, n, packed = shown(info.filename), info.file_size, info.compress_size
+                raise ValueError(f"member {name} claims {n} bytes from {packed}")
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                fmt = np.lib.format
+                read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+                if dtype.hasobject:
+                    raise ValueError(f"member {shown(info.filename)} holds Python objects")
+                if math.prod(shape) * dtype.itemsize > info.file_size:
+                    raise ValueError(f"member {shown(info.filename)} claims shape {shown(shape)}, more than it holds")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
