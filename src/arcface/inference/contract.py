@@ -35,7 +35,7 @@ from torch import nn
 from arcface.align.template import ARCFACE_TEMPLATE, TEMPLATE_NAME
 from arcface.models import create_model
 from arcface.models.weights import check_safetensors_header, load_safetensors
-from arcface.runtime.untrusted import BadFileError, load_json, one_line, reading, shown
+from arcface.runtime.untrusted import BadFileError, JSONDepthError, load_json, one_line, reading, shown
 
 __all__ = [
     "CONTRACT_KEY",
@@ -334,6 +334,9 @@ class ModelContract:
             raise ContractError(f"contract: expected JSON text, got {type(text).__name__}")
         try:
             d = load_json(text, max_depth=MAX_CONTRACT_DEPTH, max_chars=MAX_CONTRACT_CHARS)
+        except JSONDepthError as e:
+            where = f"contract field {e.key}" if e.key else "contract"
+            raise ContractError(f"{where}: nested more than {MAX_CONTRACT_DEPTH} levels deep") from None
         except ValueError as e:
             raise ContractError(f"contract: not valid JSON ({one_line(e)})") from None
         if not isinstance(d, dict):

@@ -29,6 +29,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 __all__ = [
     "MAX_JSON_DEPTH",
     "BadFileError",
+    "JSONDepthError",
     "check_json_depth",
     "load_json",
     "load_npz",
@@ -43,9 +44,8 @@ __all__ = [
 MAX_JSON_DEPTH = 64
 
 _LINE_MAX = 300
-# A JSON string literal (escapes included), and the characters that open or close a level.
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_JSON_BRACKET = re.compile(r"[\[\]{}]")
+# A JSON string literal (escapes included), or a character that opens or closes a level.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 
 
 class BadFileError(ValueError):
@@ -122,22 +122,43 @@ def reads(what: str, error: type[BadFileError] = BadFileError) -> Callable[[F], 
     return wrap
 
 
+class JSONDepthError(ValueError):
+    """JSON nested deeper than allowed; ``key`` is the top-level key it happens under (None when not in an object)."""
+
+    def __init__(self, max_depth: int, key: str | None) -> None:
+        super().__init__(f"nested more than {max_depth} levels deep" + (f" under {shown(key)}" if key else ""))
+        self.key = key
+
+
 def check_json_depth(text: str, max_depth: int = MAX_JSON_DEPTH) -> None:
     """Refuse JSON text nested deeper than ``max_depth`` arrays/objects, without recursing.
 
     String literals are skipped, so brackets inside them do not count. Malformed text is left for the parser.
 
     Raises:
-        ValueError: the nesting depth exceeds ``max_depth``.
+        JSONDepthError: the nesting depth exceeds ``max_depth`` (a ``ValueError`` naming the top-level key).
     """
-    depth = 0
-    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub('""', text)):
-        if m.group() in "[{":
+    depth, key = 0, None
+    for m in _JSON_TOKEN.finditer(text):
+        token = m.group()
+        if token[0] == '"':
+            if depth == 1:
+                key = token
+        elif token in "[{":
             depth += 1
             if depth > max_depth:
-                raise ValueError(f"nested more than {max_depth} levels deep")
+                raise JSONDepthError(max_depth, _key(key))
         else:
             depth -= 1
+
+
+def _key(token: str | None) -> str | None:
+    """The text of a JSON string token, or None when it is not one."""
+    try:
+        key = json.loads(token) if token else None
+    except ValueError:
+        return None
+    return key if isinstance(key, str) else None
 
 
 def load_json(data: str | bytes, *, max_depth: int = MAX_JSON_DEPTH, max_chars: int | None = None) -> Any:
@@ -147,9 +168,9 @@ def load_json(data: str | bytes, *, max_depth: int = MAX_JSON_DEPTH, max_chars: 
         ValueError: too long, too deep, not UTF-8, not JSON, or a non-finite number (the reason in one line).
     """
     text = data.decode("utf-8") if isinstance(data, bytes) else data
+    check_json_depth(text, max_depth)  # first: its message names the key the nesting is under
     if max_chars is not None and len(text) > max_chars:
         raise ValueError(f"{len(text)} characters of JSON, more than the {max_chars} allowed")
-    check_json_depth(text, max_depth)
 
     def constant(name: str) -> Any:
         raise ValueError(f"{name} is not a JSON number")

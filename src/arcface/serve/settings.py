@@ -39,7 +39,7 @@ from typing import Any
 from arcface.gallery.base import GalleryTarget, mask_uri
 from arcface.gallery.rules import GalleryError
 from arcface.runtime import threads as thread_policy
-from arcface.runtime.untrusted import load_json, one_line, shown
+from arcface.runtime.untrusted import check_json_depth, load_json, one_line, shown
 
 __all__ = ["API_KEY_ENV", "Settings", "SettingsError"]
 
@@ -244,6 +244,7 @@ def _read_file(path: Path, names: set[str]) -> dict[str, Any]:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
+            check_json_depth(text)  # flow collections nest with JSON's brackets; PyYAML recurses into each level
             data = yaml.safe_load(text)
         else:
             data = load_json(text)
