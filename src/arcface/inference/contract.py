@@ -333,7 +333,8 @@ class ModelContract:
         if not isinstance(text, (str, bytes)):
             raise ContractError(f"contract: expected JSON text, got {type(text).__name__}")
         try:
-            d = load_json(text, max_depth=MAX_CONTRACT_DEPTH, max_chars=MAX_CONTRACT_CHARS)
+            # NaN parses here so that the field check below names the field that holds it
+            d = load_json(text, max_depth=MAX_CONTRACT_DEPTH, max_chars=MAX_CONTRACT_CHARS, allow_nan=True)
         except JSONDepthError as e:
             where = f"contract field {e.key}" if e.key else "contract"
             raise ContractError(f"{where}: nested more than {MAX_CONTRACT_DEPTH} levels deep") from None

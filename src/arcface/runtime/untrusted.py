@@ -161,8 +161,11 @@ def _key(token: str | None) -> str | None:
     return key if isinstance(key, str) else None
 
 
-def load_json(data: str | bytes, *, max_depth: int = MAX_JSON_DEPTH, max_chars: int | None = None) -> Any:
-    """``json.loads`` after bounding the text's length and nesting depth; NaN and Infinity are refused.
+def load_json(
+    data: str | bytes, *, max_depth: int = MAX_JSON_DEPTH, max_chars: int | None = None, allow_nan: bool = False
+) -> Any:
+    """``json.loads`` after bounding the text's length and nesting depth; NaN and Infinity are refused unless
+    ``allow_nan`` (for a caller that checks every number itself and names the field that holds a bad one).
 
     Raises:
         ValueError: too long, too deep, not UTF-8, not JSON, or a non-finite number (the reason in one line).
@@ -175,7 +178,7 @@ def load_json(data: str | bytes, *, max_depth: int = MAX_JSON_DEPTH, max_chars: 
     def constant(name: str) -> Any:
         raise ValueError(f"{name} is not a JSON number")
 
-    return json.loads(text, parse_constant=constant)
+    return json.loads(text) if allow_nan else json.loads(text, parse_constant=constant)
 
 
 # Deflate expands at most about 1032 to 1: a zip member claiming more than this is lying about its size.

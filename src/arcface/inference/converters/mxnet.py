@@ -219,7 +219,7 @@ def read_symbol(path: str | Path) -> MXGraph:
     try:
         doc = load_json(path.read_bytes())
     except ValueError as e:  # not UTF-8, not JSON, or nested too deeply
-        raise ConversionError(f"{path}: not a JSON file ({one_line(e)})") from None
+        raise ConversionError(f"{path}: not a readable MXNet symbol file ({one_line(e)})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list) or "heads" not in doc:
         raise ConversionError(f"{path}: not an MXNet symbol (no 'nodes' list and 'heads')")
     nodes = []
