@@ -302,6 +302,13 @@ def test_init_from_a_torn_or_lying_safetensors_file(capsys, tmp_path):
     garbage = write(tmp_path / "garbage.safetensors", b"this is no model" * 4)
     rc, err = _train_init_from(capsys, tmp_path, garbage)
     assert_one_line_error(rc, err, garbage, "not a safetensors file")
+    import torch
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"fc.weight": torch.zeros(3, 3)}, str(other))  # readable, but weights of another network
+    rc, err = _train_init_from(capsys, tmp_path, other)
+    assert_one_line_error(rc, err, other, "do not fit")
 
 
 class _Gadget:
@@ -374,3 +381,27 @@ def test_mxnet_dimensions_are_checked_against_the_file(capsys, tmp_path, dim):
     prefix = _mxnet_checkpoint(tmp_path / "dims", json.dumps(mxnet_symbol_seed()), params)
     rc, _, err = cli(capsys, "convert", "mxnet", prefix, "--out", tmp_path / "o.safetensors")
     assert_one_line_error(rc, err, prefix.parent / "m-0000.params", "array 0")
+
+
+@pytest.mark.parametrize("kind", ["torn", "foreign", "bad_rng"])
+def test_resume_from_a_bad_checkpoint(capsys, tmp_path, kind):
+    import torch
+
+    from arcface.engine.checkpoint import rng_state
+
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "ckpt-00000001.pt"
+    if kind == "torn":
+        path.write_bytes(b"PK\x03\x04" + bytes(100))
+    else:
+        state = {"step": 1}
+        if kind == "bad_rng":
+            rng = rng_state()
+            rng["numpy"]["keys"] = torch.zeros(3, dtype=torch.int64)
+            state = {"model": {}, "head_shards": [], "optimizer": {}, "scheduler": {}, "scaler": {}, "sampler": {},
+                     "rng": rng, "step": 1}  # fmt: skip
+        torch.save(state, path)
+    config = Path(__file__).resolve().parents[1] / "configs" / "smoke_synthetic.yaml"
+    rc, _, err = cli(capsys, "train", config, "--out", run, "--resume", "--no-progress")
+    assert_one_line_error(rc, err, path, "checkpoint")
