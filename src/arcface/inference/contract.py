@@ -43,6 +43,7 @@ __all__ = [
     "MAX_INPUT_SIDE",
     "TEMPLATES",
     "ContractError",
+    "differing_keys",
     "ModelContract",
     "read_contract",
     "read_model",
@@ -165,6 +166,17 @@ def _options(value: Any) -> dict[str, Any]:
         elif isinstance(item, (int, float)) and not isinstance(item, bool) and abs(item) > MAX_OPTION_NUMBER:
             raise ContractError(f"contract field options: the number {shown(item)} exceeds {MAX_OPTION_NUMBER}")
     return out
+
+
+def differing_keys(state_dict: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys whose presence or shape differs between two state dicts, sorted (empty when they match).
+
+    Compared on shapes only, so ``reference`` may live on the meta device: nothing is allocated to find out that
+    weights do not fit a module.
+    """
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    want = {k: tuple(v.shape) for k, v in reference.items()}
+    return sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != want[k])
 
 
 def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -419,10 +431,8 @@ def save_model(module: nn.Module, contract: ModelContract, path: str | Path) -> 
     sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     with torch.device("meta"):
         ref = _build(contract).state_dict()
-    got = {k: tuple(v.shape) for k, v in sd.items()}
-    want = {k: tuple(v.shape) for k, v in ref.items()}
-    if got != want:
-        diff = sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != want[k])
+    diff = differing_keys(sd, ref)
+    if diff:
         raise ContractError(
             f"module does not match architecture {contract.architecture!r} with options {contract.options} "
             f"and embedding size {contract.embedding_size} (first differing keys: {', '.join(diff[:3])})"
@@ -505,10 +515,8 @@ def read_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
             "(corrupt or edited file)"
         )
     with torch.device("meta"):  # the shapes first: options that ask for a huge model allocate nothing here
-        want = {k: tuple(v.shape) for k, v in _build(contract).state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in sd.items()}
-    if want != got:
-        diff = sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != want[k])
+        diff = differing_keys(sd, _build(contract).state_dict())
+    if diff:
         raise ContractError(
             f"{path}: weights do not fit {contract.architecture} with options {shown(contract.options)} "
             f"(first differing keys: {shown(diff[:3])})"

@@ -40,6 +40,7 @@ from arcface.inference.contract import (
     MAX_INPUT_SIDE,
     ContractError,
     ModelContract,
+    differing_keys,
     read_model,
     weights_sha256,
 )
@@ -160,15 +161,11 @@ def _read_state_dict(
     num_features = int(sd[last].shape[0]) if last in sd else int(ref.state_dict()[last].shape[0])
     if not 1 <= num_features <= MAX_EMBEDDING_SIZE:  # an empty tensor may claim any size: check before building
         raise ContractError(f"{path}: {last} gives an embedding size of {num_features} (at most {MAX_EMBEDDING_SIZE})")
-    with torch.device("meta"):
-        want = {
-            k: tuple(v.shape) for k, v in create_model(arch, num_features=num_features, **options).state_dict().items()
-        }
-    got = {k: tuple(v.shape) for k, v in sd.items()}
-    if want != got:  # checked on shapes first, so no module is built for weights that cannot fit
-        diff = sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != want[k])
+    with torch.device("meta"):  # shapes first, so no module is built for weights that cannot fit
+        diff = differing_keys(sd, create_model(arch, num_features=num_features, **options).state_dict())
+    if diff:
         raise ContractError(
-            f"{path}: weights do not fit {arch} with options {options}: first differing keys {diff[:3]}"
+            f"{path}: weights do not fit {arch} with options {options}: first differing keys {shown(diff[:3], 200)}"
         )
     module = create_model(arch, num_features=num_features, **options)
     with reading(path, f"weights do not fit {arch} with options {options}", ContractError):
