@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import zipfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 TINY = dict(width_mult=0.0625, input_size=16)  # an IResNet-18 of 45k parameters
-EXAMPLES = 40  # per format and per mutation family
+EXAMPLES = 80  # per format and per mutation family
 CHILD_TIMEOUT_S = 400
 RSS_HEADROOM = 1 << 30  # the cap over what the child uses once everything is imported
 
@@ -357,6 +358,82 @@ def _set(doc, path, value):
     return doc
 
 
+# Structured mutations: the size fields of each binary format set to hostile values directly, since a random
+# byte position seldom lands on them.
+
+HOSTILE_FLOATS = [float("nan"), float("inf"), -1.0, 0.5, 1e30, 2.0**40, 2.0**63, 3.0]
+
+
+def safetensors_header_mutations(st, seed: bytes):
+    """The seed's JSON header (dtypes, shapes, data offsets, metadata) with one field made hostile, re-framed with
+    the right length prefix; or the length prefix itself set to a hostile value."""
+    n = int.from_bytes(seed[:8], "little")
+    header, data = json.loads(seed[8 : 8 + n]), seed[8 + n :]
+
+    def frame(text: str) -> bytes:
+        raw = text.encode("utf-8", "surrogatepass")
+        return len(raw).to_bytes(8, "little") + raw + data
+
+    return st.one_of(
+        json_field_mutations(st, header).map(frame),
+        st.sampled_from(HOSTILE_INTS).map(lambda v: (v % 2**64).to_bytes(8, "little") + seed[8:]),
+    )
+
+
+def mxnet_params_mutations(st):
+    """A params file whose one array has a hostile ndim, dimensions or dtype flag (and little data)."""
+
+    def build(args):
+        ndim, dims, flag, data = args
+        head = struct.pack("<Ii", 0xF993FAC9, 0) + struct.pack("<i", ndim)
+        head += b"".join(struct.pack("<q", d % 2**64 - (2**64 if d % 2**64 >= 2**63 else 0)) for d in dims)
+        array = head + struct.pack("<iii", 1, 0, flag) + data
+        return struct.pack("<QQQ", 0x112, 0, 1) + array + struct.pack("<Q", 1) + struct.pack("<Q", 5) + b"arg:w"
+
+    return st.tuples(
+        st.sampled_from([-1, 0, 1, 2, 4, 32, 33, 2**31 - 1]),
+        st.lists(st.sampled_from(HOSTILE_INTS + [3, 16]), min_size=0, max_size=4),
+        st.sampled_from([0, 1, 2, 3, 6, 7, 99, -1]),
+        st.binary(max_size=64),
+    ).map(build)
+
+
+def recordio_label_mutations(st, folder: Path):
+    """A RecordIO pair whose header record or records carry hostile labels and identity ranges."""
+    from arcface.data.recordio import IRHeader, RecordIOWriter, pack
+
+    def build(args):
+        first, end, label, flag = args
+        d = Path(tempfile.mkdtemp(dir=folder))
+        with RecordIOWriter(d / "train.rec", d / "train.idx") as w:
+            w.write_idx(0, pack(IRHeader(2, [first, end], 0, 0), b""))
+            w.write_idx(1, pack(IRHeader(0, label, 1, 0), tiny_jpeg(100)))
+            w.write_idx(2, pack(IRHeader(flag, [label] * max(flag, 1) if flag else label, 2, 0), tiny_jpeg(200)))
+            w.write_idx(3, pack(IRHeader(2, [label, end], 3, 0), b""))
+        return ("rec", (d / "train.rec").read_bytes(), (d / "train.idx").read_bytes())
+
+    values = st.sampled_from(HOSTILE_FLOATS + [1.0, 2.0, 4.0])
+    return st.tuples(values, values, values, st.sampled_from([0, 1, 2, 5])).map(build)
+
+
+def npy_header_mutations(st):
+    """An ``.npz`` whose member's ``.npy`` header claims a hostile shape or dtype over a few bytes of data."""
+
+    def build(args):
+        shape, descr = args
+        buf = io.BytesIO()
+        header = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
+        header = header.ljust(118) + "\n"
+        buf.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode("latin1") + bytes(64))
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as z:
+            z.writestr("crops.npy", buf.getvalue())
+        return out.getvalue()
+
+    dims = st.lists(st.sampled_from([0, 1, 8, 2**20, 2**31, 2**40, 2**62]), max_size=4)
+    return st.tuples(dims, st.sampled_from(["<f4", "|u1", "<f8", "|O", "<U100", "|V1000000"])).map(build)
+
+
 # --------------------------------------------------------------------------------------------------
 # The verdict on one case
 
@@ -474,10 +551,10 @@ def targets(st, work: Path) -> dict:
         expect_clean(path, lambda: read_symbol(path))
 
     def recordio(case):
-        which, data = case
+        which, data, *index = case  # ("rec", bytes), ("idx", bytes) or ("rec", rec bytes, idx bytes)
         path = fresh("train.rec")
         path.write_bytes(data if which == "rec" else rec)
-        path.with_suffix(".idx").write_bytes(data if which == "idx" else idx)
+        path.with_suffix(".idx").write_bytes(data if which == "idx" else index[0] if index else idx)
 
         def load():
             ds = RecordIODataset(path, image_size=None)
@@ -522,19 +599,25 @@ def targets(st, work: Path) -> dict:
 
     text = st.text(max_size=300)
     lines = st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60), max_size=8)
+    st_mutations = st.one_of(byte_mutations(st, st_model), safetensors_header_mutations(st, st_model))
     found = {
-        "safetensors": (byte_mutations(st, st_model), model_file),
+        "safetensors": (
+            st.one_of(byte_mutations(st, st_model), safetensors_header_mutations(st, st_model)),
+            model_file,
+        ),
         "contract_safetensors": (json_field_mutations(st, contract_doc), contract_in_safetensors),
         "contract_json": (json_field_mutations(st, contract_doc), contract_json),
-        "init_from": (byte_mutations(st, st_model), init_from),
+        "init_from": (st_mutations, init_from),
         "pth": (byte_mutations(st, pth), pth_file),
         "onnx": (byte_mutations(st, onnx_plain), onnx_file),
         "onnx_contract": (json_field_mutations(st, onnx_contract_doc), onnx_contract),
-        "mxnet_params": (byte_mutations(st, params), params_file),
+        "mxnet_params": (st.one_of(byte_mutations(st, params), mxnet_params_mutations(st)), params_file),
         "mxnet_symbol": (json_field_mutations(st, mxnet_symbol_seed()), symbol_file),
         "recordio": (
             st.one_of(
-                st.tuples(st.just("rec"), byte_mutations(st, rec)), st.tuples(st.just("idx"), byte_mutations(st, idx))
+                st.tuples(st.just("rec"), byte_mutations(st, rec)),
+                st.tuples(st.just("idx"), byte_mutations(st, idx)),
+                recordio_label_mutations(st, work),
             ),
             recordio,
         ),
@@ -553,7 +636,7 @@ def targets(st, work: Path) -> dict:
             ),
             ijb,
         ),
-        "npz": (byte_mutations(st, npz_seed()), npz),
+        "npz": (st.one_of(byte_mutations(st, npz_seed()), npy_header_mutations(st)), npz),
         "settings": (
             st.one_of(
                 st.tuples(st.just(".json"), json_field_mutations(st, SETTINGS_SEED)),
