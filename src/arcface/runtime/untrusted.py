@@ -46,6 +46,7 @@ MAX_JSON_DEPTH = 64
 _LINE_MAX = 300
 # A JSON string literal (escapes included), or a character that opens or closes a level.
 _JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
 
 class BadFileError(ValueError):
@@ -138,7 +139,14 @@ def check_json_depth(text: str, max_depth: int = MAX_JSON_DEPTH) -> None:
     Raises:
         JSONDepthError: the nesting depth exceeds ``max_depth`` (a ``ValueError`` naming the top-level key).
     """
-    depth, key = 0, None
+    import numpy as np  # the fast pass: C-speed over megabytes of text
+
+    chars = np.frombuffer(_JSON_STRING.sub('""', text).encode("utf-8", "surrogatepass"), np.uint8)
+    opens, closes = (chars == ord("[")) | (chars == ord("{")), (chars == ord("]")) | (chars == ord("}"))
+    steps = opens[opens | closes].astype(np.int64) * 2 - 1  # +1 per opening bracket, -1 per closing one
+    if not steps.size or int(np.cumsum(steps).max()) <= max_depth:
+        return
+    depth, key = 0, None  # too deep: walk the tokens to name the top-level key it happens under
     for m in _JSON_TOKEN.finditer(text):
         token = m.group()
         if token[0] == '"':
@@ -171,9 +179,10 @@ def load_json(
         ValueError: too long, too deep, not UTF-8, not JSON, or a non-finite number (the reason in one line).
     """
     text = data.decode("utf-8") if isinstance(data, bytes) else data
-    check_json_depth(text, max_depth)  # first: its message names the key the nesting is under
     if max_chars is not None and len(text) > max_chars:
+        check_json_depth(text[:max_chars], max_depth)  # too deep within the allowed length: name the key instead
         raise ValueError(f"{len(text)} characters of JSON, more than the {max_chars} allowed")
+    check_json_depth(text, max_depth)
 
     def constant(name: str) -> Any:
         raise ValueError(f"{name} is not a JSON number")

@@ -57,7 +57,7 @@ __all__ = ["MXGraph", "MXNode", "convert_mxnet", "mxnet_paths", "read_params", "
 
 _LIST_MAGIC = 0x112
 _MAX_ATTR_CHARS = 256
-_MAX_SYMBOL_BYTES = 64 << 20  # a graph of a thousand layers is a few hundred KiB
+_MAX_SYMBOL_BYTES = 8 << 20  # a graph of a thousand layers is a few hundred KiB
 _V1_MAGIC, _V2_MAGIC, _V3_MAGIC = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
 # MXNet's mshadow type flags.
 _DTYPES = {0: "<f4", 1: "<f8", 2: "<f2", 3: "u1", 4: "<i4", 5: "i1", 6: "<i8", 7: "?"}
