@@ -146,6 +146,56 @@ def test_bad_values_raise(overrides, match):
         _contract(**overrides)
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("input_size", [20000, 20000]),
+        ("input_size", [0, 112]),
+        ("input_size", [112.5, 112]),
+        ("input_size", ["112", 112]),
+        ("embedding_size", 100_000_000),
+        ("embedding_size", True),
+        ("embedding_size", 1e300),
+        ("mean", float("nan")),
+        ("std", float("inf")),
+        ("std", 1e-300),
+        ("mean", 2**1100),
+        ("template_points", [[float("nan"), 0.0]] * 5),
+        ("template_points", [[1e30, 1.0]] * 5),
+        ("template_points", [[10.0, 10.0]] * 4 + [[100.0, 10.0]]),  # outside the 56x56 crop
+        ("template_points", [[1, 2, 3]] * 5),
+        ("threshold", float("nan")),
+        ("identification_threshold", "0.5"),
+        ("source", "x" * 5_000),
+        ("architecture", ""),
+        ("options", {"layers": [10**9]}),
+        ("options", {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}}),
+        ("options", {"x": "y" * 10_000}),
+        ("options", []),
+    ],
+)
+def test_a_contract_read_from_a_file_is_bounded(field, value):
+    """Every number finite and within its bound, points inside the crop, text and options capped: the error names
+    the field, so a model file cannot ask the loader for gigabytes or for NaN crops."""
+    d = json.loads(_contract().to_json())
+    d.pop("id")
+    d[field] = value
+    with pytest.raises(ContractError, match=f"contract field {field}"):
+        ModelContract.from_json(json.dumps(d))
+
+
+def test_a_contract_nested_or_long_beyond_its_caps_is_refused():
+    d = json.loads(_contract().to_json())
+    d.pop("id")
+    text = json.dumps(d).replace('"options": {', '"options": {"deep": ' + "[" * 100_000 + "]" * 100_000 + ", ")
+    with pytest.raises(ContractError, match="contract field options: nested"):
+        ModelContract.from_json(text)
+    with pytest.raises(ContractError, match="characters of JSON"):
+        ModelContract.from_json(json.dumps({**d, "source": "s" * 70_000}))
+    with pytest.raises(ContractError, match="expected JSON text"):
+        ModelContract.from_json(None)
+
+
 def test_from_json_rejects_unknown_missing_and_tampered():
     d = json.loads(_contract().to_json())
     with pytest.raises(ContractError, match="unknown key.*colour"):

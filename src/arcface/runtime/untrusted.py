@@ -3,9 +3,10 @@
 A file is untrusted input. A crafted one can make a parser fail in ways its authors never listed: a
 ``RecursionError`` from deep nesting, an ``OverflowError`` or ``MemoryError`` from a size field, a ``struct.error``
 from a short read, a ``UnicodeDecodeError``. :func:`reading` wraps a loader so that any of them reaches the user as
-one line that says which file and what was being read, never a traceback. :func:`load_json` parses JSON after
-checking its length and nesting depth without recursion, so the parser and every later walk of the result stay
-within bounds.
+one line that says which file and what was being read, never a traceback (:func:`reads` does the same for a whole
+loader function). :func:`load_json` parses JSON after checking its length and nesting depth without recursion, so
+the parser and every later walk of the result stay within bounds; :func:`load_npz` checks every array header of an
+``.npz`` against the bytes behind it before numpy allocates the array.
 
 Loaders keep their own error classes (a contract error, a RecordIO error, ...); each is a :class:`BadFileError`,
 so callers may catch either.
@@ -45,8 +46,8 @@ MAX_JSON_DEPTH = 64
 
 _LINE_MAX = 300
 # A JSON string literal (escapes included), or a character that opens or closes a level.
-_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_JSON_TOKEN = re.compile(_JSON_STRING.pattern + r"|[\[\]{}]", re.DOTALL)
 
 
 class BadFileError(ValueError):
@@ -84,7 +85,7 @@ def refusal() -> str:
 
 @contextmanager
 def reading(path: str | os.PathLike, what: str, error: type[BadFileError] = BadFileError) -> Iterator[None]:
-    """Turn any failure inside the block into ``error("PATH: WHAT: reason")``, one line.
+    """Turn any failure inside the block into ``error("PATH: WHAT (reason)")``, one line.
 
     ``FileNotFoundError`` passes through (the caller's message already names the missing file), as does an
     ``error`` raised inside (already one line naming the file). Any other ``BadFileError``, and a ``ValueError``
