@@ -405,3 +405,21 @@ def test_resume_from_a_bad_checkpoint(capsys, tmp_path, kind):
     config = Path(__file__).resolve().parents[1] / "configs" / "smoke_synthetic.yaml"
     rc, _, err = cli(capsys, "train", config, "--out", run, "--resume", "--no-progress")
     assert_one_line_error(rc, err, path, "checkpoint")
+
+
+def test_onnx_input_too_large_is_refused_before_probing(capsys, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["data"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["emb"])],
+        "huge_input",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 20000, 20000])],
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, None)],  # unknown: the loader would run it to see
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "huge_input.onnx"
+    onnx.save(model, str(path))
+    rc, _, err = cli(capsys, "verify", "--model", path, SAMPLES / "grace_hopper_1.jpg", SAMPLES / "grace_hopper_2.jpg")
+    assert_one_line_error(rc, err, path, "20000x20000", "larger than a face model takes")

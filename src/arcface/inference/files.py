@@ -90,8 +90,8 @@ class ModelFile:
 
 Reader = Callable[..., ModelFile]
 
-# Largest fixed batch of an ONNX input that is run once with blank crops to learn its embedding size.
-_MAX_PROBE_BATCH = 64
+# Most input values (batch x H x W x 3) of the blank batch an ONNX model is run on once to learn its embedding size.
+_MAX_PROBE_VALUES = 16 << 20
 
 #: One reader per file suffix (lower case): ``reader(path, **options) -> ModelFile``.
 MODEL_FORMATS: Registry[Reader] = Registry("model file type")
@@ -257,10 +257,10 @@ def onnx_contract(
     session = session if session is not None else open_session(path)
     input_name, layout, batch, hw = onnx_input_layout(session, path)
     size = hw or (112, 112)
-    if max(size) > MAX_INPUT_SIDE or (batch or 1) > _MAX_PROBE_BATCH:  # checked before a crop is made to probe it
-        raise ContractError(
+    if max(size) > MAX_INPUT_SIDE or (batch or 1) * size[0] * size[1] * 3 > _MAX_PROBE_VALUES:
+        raise ContractError(  # checked before a blank batch is made to probe the model
             f"{path}: its input of {batch or 'N'}x{size[0]}x{size[1]} is larger than a face model takes "
-            f"(side at most {MAX_INPUT_SIDE}, fixed batch at most {_MAX_PROBE_BATCH})"
+            f"(side at most {MAX_INPUT_SIDE}, a fixed batch of at most {_MAX_PROBE_VALUES} values)"
         )
     out_shape = session.get_outputs()[0].shape
     dim = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) and len(out_shape) == 2 else None
