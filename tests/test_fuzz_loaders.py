@@ -93,6 +93,18 @@ def pth_seed(path: Path) -> Path:
     return path
 
 
+def checkpoint_seed(path: Path) -> Path:
+    """A training checkpoint as the trainer writes it (the tiny backbone, no head, the random-number states)."""
+    import torch
+
+    from arcface.engine.checkpoint import rng_state
+
+    state = {"step": 3, "world_size": 1, "model": tiny_module().state_dict(), "head_shards": [{}], "optimizer": {},
+             "scheduler": {}, "scaler": {}, "sampler": {}, "rng": rng_state()}  # fmt: skip
+    torch.save(state, path)
+    return path
+
+
 def onnx_seed(path: Path, contract_json: str | None = None) -> Path:
     """A foreign ONNX recognition model (16x16 RGB in, 4-D embedding out), with our contract when given."""
     import onnx
@@ -481,6 +493,7 @@ def targets(st, work: Path) -> dict:
     """``{name: (strategy, check)}``: ``check(case)`` writes the case and loads it with the real loader."""
     from arcface.data.base import LOAD_ERRORS
     from arcface.data.recordio import RecordIODataset
+    from arcface.engine.checkpoint import load_checkpoint
     from arcface.eval.datasets import read_bin, read_csv_pairs, read_lfw_pairs
     from arcface.eval.ijb import read_1n_csv, read_face_tid_mid, read_name_5pts_score, read_template_pair_label
     from arcface.inference.contract import ModelContract, read_model
@@ -495,6 +508,7 @@ def targets(st, work: Path) -> dict:
     st_model = safetensors_seed(seeds / "m.safetensors").read_bytes()
     contract_doc = json.loads(contract_json_seed())
     pth = pth_seed(seeds / "b.pth").read_bytes()
+    ckpt = checkpoint_seed(seeds / "ckpt.pt").read_bytes()
     onnx_plain = onnx_seed(seeds / "plain.onnx").read_bytes()
     onnx_contract_doc = json.loads(onnx_contract_seed())
     params = mxnet_params_seed(seeds / "m-0000.params").read_bytes()
@@ -533,6 +547,10 @@ def targets(st, work: Path) -> dict:
     def pth_file(data: bytes):
         path = write("backbone.pth", data)
         expect_clean(path, lambda: read_model_file(path, arch="r18", options=dict(TINY)))
+
+    def checkpoint(data: bytes):
+        path = write("ckpt-00000003.pt", data)
+        expect_clean(path, lambda: load_checkpoint(path))
 
     def onnx_file(data: bytes):
         path = write("model.onnx", data)
@@ -609,6 +627,7 @@ def targets(st, work: Path) -> dict:
         "contract_json": (json_field_mutations(st, contract_doc), contract_json),
         "init_from": (st_mutations, init_from),
         "pth": (byte_mutations(st, pth), pth_file),
+        "checkpoint": (byte_mutations(st, ckpt), checkpoint),
         "onnx": (byte_mutations(st, onnx_plain), onnx_file),
         "onnx_contract": (json_field_mutations(st, onnx_contract_doc), onnx_contract),
         "mxnet_params": (st.one_of(byte_mutations(st, params), mxnet_params_mutations(st)), params_file),
@@ -681,7 +700,7 @@ def _contract_from_file(path: Path, cls):
 
 
 FORMATS = (
-    "safetensors", "contract_safetensors", "contract_json", "init_from", "pth", "onnx", "onnx_contract",
+    "safetensors", "contract_safetensors", "contract_json", "init_from", "pth", "checkpoint", "onnx", "onnx_contract",
     "mxnet_params", "mxnet_symbol", "recordio", "bin", "lfw_pairs", "csv_pairs", "ijb", "npz", "settings", "tflite",
 )  # fmt: skip
 
