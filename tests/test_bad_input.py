@@ -226,3 +226,229 @@ def test_huge_image_is_downscaled_and_landmarks_map_back(capsys, tmp_path, face,
     expected = (plain["landmarks"] + 0.5) * scale - 0.5
     eye_distance = np.linalg.norm(expected[1] - expected[0])
     assert np.linalg.norm(lms - expected, axis=1).max() < 0.1 * eye_distance
+
+
+# --------------------------------------------------------------------------------------------------
+# Hostile model and weight files: one line naming the file (and the field), exit 1, bounded memory
+
+SAMPLES = Path(__file__).resolve().parents[1] / "src" / "arcface" / "samples"
+BUNDLED = Path(__file__).resolve().parents[1] / "src" / "arcface" / "weights" / "mobilefacenet_tflite.safetensors"
+
+
+def bundled_with_contract(path: Path, **fields) -> Path:
+    """The bundled model's weights (its SHA-256 still matches) under its contract with ``fields`` replaced; the
+    stored id is dropped, as anyone editing the file would recompute it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(BUNDLED), "pt") as f:
+        meta = dict(f.metadata())
+    doc = json.loads(meta["arcface_contract"])
+    doc.update(fields)
+    doc.pop("id")
+    meta["arcface_contract"] = json.dumps(doc)
+    save_file(load_file(str(BUNDLED)), str(path), metadata=meta)
+    return path
+
+
+def console_with_peak(args: list, tmp_path: Path) -> tuple[int, str, int]:
+    """Run ``python -m arcface ARGS``; (exit status, stderr, peak resident set of that process in bytes)."""
+    err = tmp_path / "stderr.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(err, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "arcface", *map(str, args)], stdout=subprocess.DEVNULL, stderr=fh, env=env
+        )
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: its peak, not the test run's
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, err.read_text(), usage.ru_maxrss * 1024
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("input_size", [20000, 20000]), ("embedding_size", 100_000_000)], ids=["side", "embedding"]
+)
+def test_hostile_contract_sizes_through_the_console(tmp_path, field, value):
+    model = bundled_with_contract(tmp_path / "m.safetensors", **{field: value})
+    args = ["verify", "--model", model, SAMPLES / "grace_hopper_1.jpg", SAMPLES / "grace_hopper_2.jpg"]
+    rc, err, peak = console_with_peak(args, tmp_path)
+    assert_one_line_error(rc, err, model, f"contract field {field}")
+    assert peak < 1 << 30, f"peak resident set {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("value", [float("nan"), 1e30], ids=["nan", "huge"])
+def test_template_points_must_be_finite_and_in_the_crop(capsys, tmp_path, value):
+    points = [[38.2946, 51.6963], [73.5318, 51.5014], [value, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+    model = bundled_with_contract(tmp_path / "m.safetensors", template_points=points)
+    rc, _, err = cli(capsys, "verify", "--model", model, SAMPLES / "grace_hopper_1.jpg", SAMPLES / "grace_hopper_2.jpg")
+    assert_one_line_error(rc, err, model, "contract field template_points")
+    outside = bundled_with_contract(tmp_path / "o.safetensors", template_points=[[500.0, 10.0]] * 5)
+    rc, _, err = cli(
+        capsys, "verify", "--model", outside, SAMPLES / "grace_hopper_1.jpg", SAMPLES / "eileen_collins.jpg"
+    )
+    assert_one_line_error(rc, err, outside, "template_points", "outside")
+
+
+def _train_init_from(capsys, tmp_path: Path, weights: Path) -> tuple[int, str]:
+    config = Path(__file__).resolve().parents[1] / "configs" / "smoke_synthetic.yaml"
+    rc, _, err = cli(capsys, "train", config, "--out", tmp_path / "run", "--max-steps", "1", "--no-progress",
+                     "--init-from", weights)  # fmt: skip
+    return rc, err
+
+
+def test_init_from_a_torn_or_lying_safetensors_file(capsys, tmp_path):
+    huge = write(tmp_path / "huge.safetensors", (1 << 62).to_bytes(8, "little") + b"{}")
+    rc, err = _train_init_from(capsys, tmp_path, huge)
+    assert_one_line_error(rc, err, huge, "header length")
+    garbage = write(tmp_path / "garbage.safetensors", b"this is no model" * 4)
+    rc, err = _train_init_from(capsys, tmp_path, garbage)
+    assert_one_line_error(rc, err, garbage, "not a safetensors file")
+    import torch
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"fc.weight": torch.zeros(3, 3)}, str(other))  # readable, but weights of another network
+    rc, err = _train_init_from(capsys, tmp_path, other)
+    assert_one_line_error(rc, err, other, "do not fit")
+
+
+class _Gadget:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_a_pickle_with_code_is_refused_without_torch_advice(capsys, tmp_path):
+    import torch
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2), "x": _Gadget()}, evil)
+    rc, err = _train_init_from(capsys, tmp_path, evil)
+    assert_one_line_error(rc, err, evil, "holds code", "refused")
+    assert "weights_only" not in err and "unpickled!" not in err
+    rc, out, err = cli(capsys, "convert", "evolve", evil, "--arch", "IR_50", "--out", tmp_path / "o.safetensors")
+    assert_one_line_error(rc, err, evil, "holds code")
+    assert "weights_only" not in err and "unpickled!" not in out
+
+
+def test_onnx_contract_nested_deep(capsys, tmp_path):
+    from test_fuzz_loaders import onnx_contract_seed, onnx_seed
+
+    doc = json.loads(onnx_contract_seed())
+    text = json.dumps(doc).replace(
+        '"options": {"preset": "insightface"}', '"options": ' + "[" * 100_000 + "]" * 100_000
+    )
+    model = onnx_seed(tmp_path / "deep.onnx", text)
+    rc, _, err = cli(capsys, "verify", "--model", model, SAMPLES / "grace_hopper_1.jpg", SAMPLES / "grace_hopper_2.jpg")
+    assert_one_line_error(rc, err, model, "contract field options", "nested")
+
+
+def _mxnet_checkpoint(folder: Path, symbol: str, params: bytes | None = None) -> Path:
+    from test_fuzz_loaders import mxnet_params_seed
+
+    folder.mkdir()
+    (folder / "m-symbol.json").write_text(symbol)
+    if params is None:
+        mxnet_params_seed(folder / "m-0000.params")
+    else:
+        (folder / "m-0000.params").write_bytes(params)
+    return folder / "m"
+
+
+@pytest.mark.parametrize("where", ["attrs", "symbol"])
+def test_mxnet_symbol_nested_deep(capsys, tmp_path, where):
+    from test_fuzz_loaders import mxnet_symbol_seed
+
+    doc = mxnet_symbol_seed()
+    text = json.dumps(doc)
+    nest = "[" * 200_000 + "]" * 200_000
+    if where == "attrs":
+        text = text.replace('"num_filter": "2"', '"num_filter": ' + nest)
+    else:
+        text = text.replace('"arg_nodes": [0, 3]', '"arg_nodes": ' + nest)
+    prefix = _mxnet_checkpoint(tmp_path / where, text)
+    rc, _, err = cli(capsys, "convert", "mxnet", prefix, "--out", tmp_path / "o.safetensors")
+    assert_one_line_error(rc, err, prefix.parent / "m-symbol.json", "nested")
+
+
+@pytest.mark.parametrize("dim", [2**32, -5, 2**62], ids=["2^32", "negative", "2^62"])
+def test_mxnet_dimensions_are_checked_against_the_file(capsys, tmp_path, dim):
+    import struct
+
+    from test_fuzz_loaders import mxnet_symbol_seed
+
+    head = struct.pack("<Ii", 0xF993FAC9, 0) + struct.pack("<i2q", 2, dim, 3)
+    array = head + struct.pack("<iii", 1, 0, 0) + bytes(24)
+    params = struct.pack("<QQQ", 0x112, 0, 1) + array + struct.pack("<Q", 1) + struct.pack("<Q", 5) + b"arg:w"
+    prefix = _mxnet_checkpoint(tmp_path / "dims", json.dumps(mxnet_symbol_seed()), params)
+    rc, _, err = cli(capsys, "convert", "mxnet", prefix, "--out", tmp_path / "o.safetensors")
+    assert_one_line_error(rc, err, prefix.parent / "m-0000.params", "array 0")
+
+
+@pytest.mark.parametrize("kind", ["torn", "foreign", "bad_rng"])
+def test_resume_from_a_bad_checkpoint(capsys, tmp_path, kind):
+    import torch
+
+    from arcface.engine.checkpoint import rng_state
+
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "ckpt-00000001.pt"
+    if kind == "torn":
+        path.write_bytes(b"PK\x03\x04" + bytes(100))
+    else:
+        state = {"step": 1}
+        if kind == "bad_rng":
+            rng = rng_state()
+            rng["numpy"]["keys"] = torch.zeros(3, dtype=torch.int64)
+            state = {"model": {}, "head_shards": [], "optimizer": {}, "scheduler": {}, "scaler": {}, "sampler": {},
+                     "rng": rng, "step": 1}  # fmt: skip
+        torch.save(state, path)
+    config = Path(__file__).resolve().parents[1] / "configs" / "smoke_synthetic.yaml"
+    rc, _, err = cli(capsys, "train", config, "--out", run, "--resume", "--no-progress")
+    assert_one_line_error(rc, err, path, "checkpoint")
+
+
+def test_onnx_input_too_large_is_refused_before_probing(capsys, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["data"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["emb"])],
+        "huge_input",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 20000, 20000])],
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, None)],  # unknown: the loader would run it to see
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "huge_input.onnx"
+    onnx.save(model, str(path))
+    rc, _, err = cli(capsys, "verify", "--model", path, SAMPLES / "grace_hopper_1.jpg", SAMPLES / "grace_hopper_2.jpg")
+    assert_one_line_error(rc, err, path, "20000x20000", "larger than a face model takes")
+
+
+def test_a_fifo_given_as_a_file_is_refused_without_waiting(tmp_path):
+    """A FIFO named as a pair file, a .bin set, a model or a settings file is one line, never a read that waits for a
+    writer (each call runs under a guard that fails the test instead of hanging it)."""
+    import concurrent.futures
+
+    from arcface.eval.datasets import read_bin, read_csv_pairs, read_lfw_pairs
+    from arcface.inference.loader import load_model
+    from arcface.runtime.untrusted import BadFileError
+    from arcface.serve.settings import Settings, SettingsError
+
+    calls = {
+        "pairs.txt": lambda p: read_lfw_pairs(p, tmp_path),
+        "pairs.csv": lambda p: read_csv_pairs(p, tmp_path),
+        "set.bin": read_bin,
+        "m.safetensors": load_model,
+        "settings.json": lambda p: Settings.load(p, env={}),
+    }
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        for name, call in calls.items():
+            fifo = tmp_path / name
+            os.mkfifo(fifo)
+            with pytest.raises((BadFileError, SettingsError, FileNotFoundError)) as e:
+                pool.submit(call, fifo).result(timeout=30)
+            assert str(fifo) in str(e.value) and "\n" not in str(e.value), (name, e.value)
+    finally:
+        pool.shutdown(wait=False)

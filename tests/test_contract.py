@@ -25,6 +25,8 @@ from arcface.inference.contract import (
 from arcface.models import create_model
 
 TINY = dict(width_mult=0.25, input_size=56)  # a CPU-sized IResNet-18
+# The 112 template scaled to the 56x56 crop (a file's template points must lie inside its crop).
+POINTS_56 = tuple((x / 2, y / 2) for x, y in TEMPLATES["arcface_112"])
 
 
 def _contract(**overrides) -> ModelContract:
@@ -33,6 +35,7 @@ def _contract(**overrides) -> ModelContract:
         options=dict(TINY),
         embedding_size=32,
         input_size=(56, 56),
+        template_points=POINTS_56,
         weights_sha256="0" * 64,
         threshold=0.3,
         calibrated_on="toy pairs",
@@ -57,7 +60,7 @@ def test_json_round_trip():
     assert d["id"] == c.id and d["contract_version"] == 1
     back = ModelContract.from_json(text)
     assert back == c and back.to_json() == text
-    assert back.input_size == (56, 56) and back.template_points == TEMPLATES["arcface_112"]
+    assert back.input_size == (56, 56) and back.template_points == POINTS_56
     # no threshold: both forms are None
     c2 = _contract(threshold=None, calibrated_on=None)
     assert c2.threshold_l2 is None and ModelContract.from_json(c2.to_json()) == c2
@@ -77,9 +80,9 @@ def test_defaults_follow_design():
 
 
 def test_id_is_stable_and_covers_the_embedding_fields():
-    c = _contract()
+    c = _contract(template_points=TEMPLATES["arcface_112"])
     # The id definition is part of the file format: a change here invalidates stored galleries.
-    assert c.id == _contract().id == "1163c32b2ac32f54"
+    assert c.id == _contract(template_points=TEMPLATES["arcface_112"]).id == "1163c32b2ac32f54"
     fields = {
         "architecture": "r18",
         "options": {"input_size": 56, "width_mult": 0.25},
@@ -96,7 +99,7 @@ def test_id_is_stable_and_covers_the_embedding_fields():
     assert c.id == hashlib.sha256(key).hexdigest()[:16]
     # int vs float spellings and tuple vs list do not change it
     assert _contract(std=127.5, mean=127.5).id == _contract(std=np.float32(127.5), mean=127.5).id
-    assert _contract(input_size=[56, 56]).id == c.id
+    assert _contract(input_size=[56, 56], template_points=TEMPLATES["arcface_112"]).id == c.id
     # what does not change the embedding space does not change the id
     for field, value in [
         ("threshold", 0.5),
@@ -141,6 +144,56 @@ def test_id_is_stable_and_covers_the_embedding_fields():
 def test_bad_values_raise(overrides, match):
     with pytest.raises(ContractError, match=match):
         _contract(**overrides)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("input_size", [20000, 20000]),
+        ("input_size", [0, 112]),
+        ("input_size", [112.5, 112]),
+        ("input_size", ["112", 112]),
+        ("embedding_size", 100_000_000),
+        ("embedding_size", True),
+        ("embedding_size", 1e300),
+        ("mean", float("nan")),
+        ("std", float("inf")),
+        ("std", 1e-300),
+        ("mean", 2**1100),
+        ("template_points", [[float("nan"), 0.0]] * 5),
+        ("template_points", [[1e30, 1.0]] * 5),
+        ("template_points", [[10.0, 10.0]] * 4 + [[100.0, 10.0]]),  # outside the 56x56 crop
+        ("template_points", [[1, 2, 3]] * 5),
+        ("threshold", float("nan")),
+        ("identification_threshold", "0.5"),
+        ("source", "x" * 5_000),
+        ("architecture", ""),
+        ("options", {"layers": [10**9]}),
+        ("options", {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}}),
+        ("options", {"x": "y" * 10_000}),
+        ("options", []),
+    ],
+)
+def test_a_contract_read_from_a_file_is_bounded(field, value):
+    """Every number finite and within its bound, points inside the crop, text and options capped: the error names
+    the field, so a model file cannot ask the loader for gigabytes or for NaN crops."""
+    d = json.loads(_contract().to_json())
+    d.pop("id")
+    d[field] = value
+    with pytest.raises(ContractError, match=f"contract field {field}"):
+        ModelContract.from_json(json.dumps(d))
+
+
+def test_a_contract_nested_or_long_beyond_its_caps_is_refused():
+    d = json.loads(_contract().to_json())
+    d.pop("id")
+    text = json.dumps(d).replace('"options": {', '"options": {"deep": ' + "[" * 100_000 + "]" * 100_000 + ", ")
+    with pytest.raises(ContractError, match="contract field options: nested"):
+        ModelContract.from_json(text)
+    with pytest.raises(ContractError, match="characters of JSON"):
+        ModelContract.from_json(json.dumps({**d, "source": "s" * 70_000}))
+    with pytest.raises(ContractError, match="expected JSON text"):
+        ModelContract.from_json(None)
 
 
 def test_from_json_rejects_unknown_missing_and_tampered():

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from arcface.cli._args import add_threads_arg
+from arcface.cli._args import CliError, add_threads_arg
 from arcface.engine.config import load_config
 from arcface.engine.distributed import cleanup, init_distributed
 from arcface.engine.trainer import Trainer
 from arcface.eval.hook import build_evaluator
+from arcface.runtime.untrusted import one_line
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --out")
     p.add_argument("--init-from", default=None, help="backbone weights to fine-tune from (ours or backbone.pth)")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config field, e.g. --set optim.lr=0.05 (repeatable)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -40,7 +45,20 @@ def run(args: argparse.Namespace) -> int:
         evaluate = build_evaluator(cfg)
     dist = init_distributed(cfg.train.device)
     try:
-        trainer = Trainer(
+        trainer = _trainer(cfg, args, dist=dist, evaluate=evaluate)
+        trainer.train()
+        if dist.is_main:
+            print(f"trained {trainer.step} steps; weights: {trainer.out_dir / 'backbone.safetensors'}")
+    finally:
+        cleanup(dist)
+    return 0
+
+
+def _trainer(cfg, args: argparse.Namespace, *, dist, evaluate) -> Trainer:
+    """The trainer; a weights file that does not fit is one line (torch lists every missing key on lines of their
+    own)."""
+    try:
+        return Trainer(
             cfg,
             args.out,
             dist=dist,
@@ -51,9 +69,7 @@ def run(args: argparse.Namespace) -> int:
             evaluate=evaluate,
             threads=args.threads,
         )
-        trainer.train()
-        if dist.is_main:
-            print(f"trained {trainer.step} steps; weights: {trainer.out_dir / 'backbone.safetensors'}")
-    finally:
-        cleanup(dist)
-    return 0
+    except ValueError as e:
+        if args.verbose or "\n" not in str(e).strip():  # --verbose shows it all
+            raise
+        raise CliError(f"{one_line(e)} (--verbose lists them)") from None

@@ -33,6 +33,7 @@ import numpy as np
 
 from arcface.data.base import DATASETS, FaceDataset, Transform
 from arcface.io.images import load_image
+from arcface.runtime.untrusted import BadFileError, reading
 
 __all__ = [
     "MAGIC",
@@ -55,8 +56,13 @@ _LEN_MASK = (1 << 29) - 1
 _HAS_PREAD = hasattr(os, "pread")
 
 
-class RecordIOError(ValueError):
+class RecordIOError(BadFileError):
     """A malformed RecordIO file, record, or index."""
+
+
+#: Most identities a RecordIO dataset may declare: more than any public face dataset, few enough that a crafted
+#: header cannot make the classifier (one row per identity) allocate without bound.
+MAX_CLASSES = 10_000_000
 
 
 class IRHeader(NamedTuple):
@@ -131,15 +137,23 @@ def _frame(payload: bytes) -> bytes:
 # --------------------------------------------------------------------------------------------
 def _read_index(path_idx: Path) -> tuple[np.ndarray, np.ndarray]:
     """Parse ``key<TAB>offset`` lines into (keys, offsets) int64 arrays, in file order."""
-    try:
+    with reading(path_idx, "not a RecordIO index of integer 'key offset' lines", RecordIOError):
         fields = np.array(path_idx.read_bytes().split())
         table = fields.astype(np.int64)
-    except ValueError as e:
-        raise RecordIOError(f"{path_idx}: not a RecordIO index of integer 'key offset' lines ({e})") from None
     if table.size % 2:
         raise RecordIOError(f"{path_idx}: odd number of fields; expected 'key<TAB>offset' lines")
     table = table.reshape(-1, 2)
+    if table.size and table[:, 1].min() < 0:
+        raise RecordIOError(f"{path_idx}: a negative record offset {int(table[:, 1].min())}")
     return table[:, 0].copy(), table[:, 1].copy()
+
+
+def _label(header: IRHeader) -> int:
+    """The class label of an image record: a whole number in ``[0, MAX_CLASSES)``."""
+    value = float(header.label if header.flag == 0 else header.label[0])
+    if not (0 <= value < MAX_CLASSES and value.is_integer()):
+        raise RecordIOError(f"record label {value!r} is not a class number in [0, {MAX_CLASSES})")
+    return int(value)
 
 
 class RecordIOReader:
@@ -395,19 +409,34 @@ class RecordIODataset(FaceDataset):
             path_idx = folder / "train.idx" if path_idx is None else path_idx
         self.reader = RecordIOReader(path_rec, path_idx)
         self.header0: tuple[int, int] | None = None
-        header = self._read_header0()
-        if header is not None:
-            labels = np.atleast_1d(header.label)
-            first_id = int(labels[0])
-            self.header0 = (first_id, int(labels[1]) if labels.size > 1 else first_id)
-            self.imgidx = np.arange(1, first_id, dtype=np.int64)
-        else:
-            self.imgidx = self.reader.keys.copy()
-        if len(self.imgidx) == 0:
-            raise ValueError(f"{self.reader.path_rec} holds no image records")
-        if num_classes is None:
-            num_classes = self._infer_num_classes()
+        with reading(self.reader.path_rec, "not a readable RecordIO dataset", RecordIOError):
+            header = self._read_header0()
+            if header is not None:
+                self.header0 = self._header_range(header)
+                self.imgidx = np.arange(1, self.header0[0], dtype=np.int64)
+            else:
+                self.imgidx = self.reader.keys.copy()
+            if len(self.imgidx) == 0:
+                raise ValueError(f"{self.reader.path_rec} holds no image records")
+            if num_classes is None:
+                num_classes = self._infer_num_classes()
         self.num_classes = int(num_classes)
+
+    def _header_range(self, header: IRHeader) -> tuple[int, int]:
+        """insightface's header record ``(first identity key, end)``, checked against the index before any array
+        is sized by it: images are keys ``1 .. first - 1`` and identities ``first .. end - 1``, all indexed."""
+        labels = np.atleast_1d(header.label).astype(np.float64)
+        first = float(labels[0])
+        end = float(labels[1]) if labels.size > 1 else first
+        n = len(self.reader)
+        if not (np.isfinite([first, end]).all() and first.is_integer() and end.is_integer() and 1 <= first <= end):
+            raise RecordIOError(f"{self.reader.path_rec}: header record 0 has a bad identity range ({first}, {end})")
+        if first - 1 > n or end - first > n:
+            raise RecordIOError(
+                f"{self.reader.path_rec}: header record 0 announces {int(first) - 1} images and {int(end - first)} "
+                f"identities, more than the {n} records in {self.reader.path_idx}"
+            )
+        return int(first), int(end)
 
     def _read_header0(self) -> IRHeader | None:
         if 0 not in self.reader:
@@ -432,8 +461,10 @@ class RecordIODataset(FaceDataset):
                 header, _ = unpack(self.reader.read_idx(key))
             except RecordIOError:
                 continue  # reported when the item is read
-            label = header.label if header.flag == 0 else header.label[0]
-            top = max(top, int(label))
+            try:
+                top = max(top, _label(header))
+            except RecordIOError:
+                continue  # reported when the item is read
         if top < 0:
             raise ValueError(f"{self.reader.path_rec}: no readable record to infer num_classes from")
         return top + 1
@@ -451,10 +482,10 @@ class RecordIODataset(FaceDataset):
 
     def _read(self, index: int) -> tuple[np.ndarray, int]:
         header, img = unpack(self.reader.read_idx(int(self.imgidx[index])))
-        label = header.label if header.flag == 0 else header.label[0]
+        label = _label(header)
         if not img:
             raise RecordIOError("record holds no image bytes (an identity or header record?)")
-        return load_image(img, name=f"record {int(self.imgidx[index])}"), int(label)
+        return load_image(img, name=f"record {int(self.imgidx[index])}"), label
 
     def identity_ranges(self) -> list[tuple[int, int]]:
         """The ``[first, end)`` image-key range of every identity, from insightface's identity records.
@@ -464,10 +495,11 @@ class RecordIODataset(FaceDataset):
         if self.header0 is None:
             return []
         ranges = []
-        for key in range(self.header0[0], self.header0[1]):
-            header, _ = unpack(self.reader.read_idx(key))
-            labels = np.atleast_1d(header.label)
-            ranges.append((int(labels[0]), int(labels[1])))
+        with reading(self.reader.path_rec, "not a readable identity record", RecordIOError):
+            for key in range(self.header0[0], self.header0[1]):
+                header, _ = unpack(self.reader.read_idx(key))
+                labels = np.atleast_1d(header.label)
+                ranges.append((int(labels[0]), int(labels[1])))
         return ranges
 
     def __repr__(self) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from arcface.models.weights import torch_load_safely
+from arcface.runtime.untrusted import BadFileError, reading
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
 
@@ -65,9 +66,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` captured."""
     torch.set_rng_state(state["torch"])
     npd = state["numpy"]
-    np.random.set_state(
-        ("MT19937", npd["keys"].numpy().astype(np.uint32), npd["pos"], npd["has_gauss"], npd["cached"])
-    )
+    np.random.set_state(("MT19937", npd["keys"].numpy().astype(np.uint32), npd["pos"], npd["has_gauss"], npd["cached"]))
     r = state["random"]
     random.setstate((r["version"], tuple(r["internal"]), r["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -101,6 +100,43 @@ def prune_checkpoints(out_dir: str | Path, keep_last: int) -> None:
         p.unlink(missing_ok=True)
 
 
+#: What a checkpoint holds, and the container type of each entry.
+_CHECKPOINT_KEYS = {
+    "model": dict, "head_shards": list, "optimizer": dict, "scheduler": dict, "scaler": dict, "sampler": dict,
+    "rng": dict, "step": int,
+}  # fmt: skip
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a training checkpoint safely (``weights_only=True``) onto the CPU."""
-    return torch_load_safely(path, "checkpoint")
+    """Load a training checkpoint safely (``weights_only=True``) onto the CPU, and check its layout.
+
+    The layout and the random-number states are checked here, so a torn or foreign checkpoint is one line naming
+    the file rather than a failure deep inside the resume.
+
+    Raises:
+        FileNotFoundError: no such file.
+        BadFileError: not weights-only torch data, or not a checkpoint this trainer wrote (the entry named).
+    """
+    state = torch_load_safely(path, "checkpoint")
+    if not isinstance(state, dict):
+        raise BadFileError(f"{path}: not a training checkpoint (it holds a {type(state).__name__})")
+    for key, kind in _CHECKPOINT_KEYS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise BadFileError(f"{path}: not a training checkpoint ({key!r} is missing or not a {kind.__name__})")
+    with reading(path, "not a training checkpoint (its random-number states are malformed)"):
+        _check_rng_state(state["rng"])
+    return state
+
+
+def _check_rng_state(state: dict[str, Any]) -> None:
+    """Raise unless ``state`` is what :func:`rng_state` captured (so that :func:`set_rng_state` cannot fail)."""
+    if not isinstance(state.get("torch"), torch.Tensor) or state["torch"].dtype != torch.uint8:
+        raise ValueError("'torch' is not a byte tensor")
+    npd = state["numpy"]
+    if not isinstance(npd["keys"], torch.Tensor) or tuple(npd["keys"].shape) != (624,):
+        raise ValueError("numpy 'keys' are not 624 integers")
+    np.random.RandomState().set_state(
+        ("MT19937", npd["keys"].numpy().astype(np.uint32), npd["pos"], npd["has_gauss"], npd["cached"])
+    )
+    r = state["random"]
+    random.Random().setstate((r["version"], tuple(r["internal"]), r["gauss"]))

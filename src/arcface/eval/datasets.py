@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from arcface.eval.metrics import contiguous_folds
+from arcface.runtime.untrusted import BadFileError, reads
 
 __all__ = [
     "BinFormatError",
@@ -74,7 +75,7 @@ class PairSet:
         return [(self.images[a], self.images[b], bool(y)) for (a, b), y in zip(self.pairs.tolist(), self.labels)]
 
 
-class BinFormatError(ValueError):
+class BinFormatError(BadFileError):
     """A ``.bin`` file that is not a plain (images, flags) pickle; the message names the file."""
 
 
@@ -91,6 +92,7 @@ def crop_path(root: str | os.PathLike, name: str, index: int, suffixes: tuple[st
     return base.with_suffix(suffixes[0])
 
 
+@reads("not an LFW pair file")
 def read_lfw_pairs(
     pairs_file: str | os.PathLike,
     root: str | os.PathLike,
@@ -214,6 +216,7 @@ def restricted_loads(data: bytes) -> object:
     return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
 
 
+@reads("not a plain insightface .bin (a pickle of (list of image bytes, list of bools))", BinFormatError)
 def read_bin(path: str | os.PathLike, *, name: str | None = None, n_folds: int = 10) -> PairSet:
     """Read an insightface verification ``.bin`` (images already aligned: no detection).
 
@@ -231,13 +234,7 @@ def read_bin(path: str | os.PathLike, *, name: str | None = None, n_folds: int =
     """
     path = Path(path)
     data = path.read_bytes()
-    try:
-        obj = restricted_loads(data)
-    except Exception as e:  # any unpickling failure is the file's fault: one line naming it
-        raise BinFormatError(
-            f"{path}: not a plain insightface .bin (a pickle of (list of image bytes, list of bools)): "
-            f"{type(e).__name__}: {e}"
-        ) from None
+    obj = restricted_loads(data)  # any failure is the file's fault: one line naming it (the decorator)
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise BinFormatError(f"{path}: expected a pickled (images, flags) pair, got {type(obj).__name__}")
     bins, flags = obj
@@ -266,6 +263,7 @@ _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}
 
 
+@reads("not a CSV pair file")
 def read_csv_pairs(
     path: str | os.PathLike,
     root: str | os.PathLike | None = None,

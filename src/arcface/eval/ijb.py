@@ -37,6 +37,7 @@ from arcface.eval.identification import open_set_identification
 from arcface.eval.metrics import DEFAULT_FARS, tar_at_far
 from arcface.eval.templates import embed_aligned, pool_templates
 from arcface.inference.embedder import Embedder
+from arcface.runtime.untrusted import reads
 
 __all__ = [
     "IJBProtocol",
@@ -68,6 +69,7 @@ def _rows(path: str | os.PathLike, min_cols: int) -> list[list[str]]:
     return rows
 
 
+@reads("not an IJB face/template/media file")
 def read_face_tid_mid(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Read ``*_face_tid_mid.txt``: ``img_name template_id media_id`` per line.
 
@@ -79,6 +81,7 @@ def read_face_tid_mid(path: str | os.PathLike) -> tuple[list[str], np.ndarray, n
     return names, np.array([int(r[1]) for r in rows], np.int64), np.array([int(r[2]) for r in rows], np.int64)
 
 
+@reads("not an IJB template pair file")
 def read_template_pair_label(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read ``*_template_pair_label.txt``: ``template_id_1 template_id_2 label`` per line.
 
@@ -92,6 +95,7 @@ def read_template_pair_label(path: str | os.PathLike) -> tuple[np.ndarray, np.nd
     return arr[:, 0], arr[:, 1], arr[:, 2]
 
 
+@reads("not an IJB landmark file")
 def read_name_5pts_score(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Read ``*_name_5pts_score.txt``: ``img_name x1 y1 ... x5 y5 score`` per line.
 
@@ -101,9 +105,12 @@ def read_name_5pts_score(path: str | os.PathLike) -> tuple[list[str], np.ndarray
     rows = _rows(path, 12)
     names = [r[0] for r in rows]
     vals = np.array([[float(v) for v in r[1:12]] for r in rows], np.float32).reshape(-1, 11)
+    if not np.isfinite(vals).all():
+        raise ValueError(f"{path}: landmarks and scores must be finite numbers")
     return names, vals[:, :10].reshape(-1, 5, 2), vals[:, 10]
 
 
+@reads("not an IJB 1:N CSV file")
 def read_1n_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a 1:N gallery or probe CSV (header row with ``TEMPLATE_ID`` and ``SUBJECT_ID``).
 
@@ -292,8 +299,9 @@ def identify_1n(
     p_rows = _lookup(template_ids, probes[0])
     per = {}
     for g, (g_tids, g_subj) in galleries.items():
-        per[g] = open_set_identification(feats[p_rows], probes[1], feats[_lookup(template_ids, g_tids)], g_subj,
-                                         fpirs=fpirs, ranks=ranks)
+        per[g] = open_set_identification(
+            feats[p_rows], probes[1], feats[_lookup(template_ids, g_tids)], g_subj, fpirs=fpirs, ranks=ranks
+        )
     if not per:
         raise ValueError("no 1:N gallery")
     cmc = {r: float(np.mean([res["cmc"][r] for res in per.values()])) for r in ranks}
@@ -339,10 +347,10 @@ def evaluate_ijb(
     """
     proto = root if isinstance(root, IJBProtocol) else load_ijb(root, name, galleries=galleries)
     if features is None:
-        features = embed_aligned(proto.image_paths, proto.landmarks, embedder, batch_size=batch_size,
-                                 progress=progress)
-    tids, tfeats = pool_templates(features, proto.template_ids, proto.media_ids,
-                                  proto.scores if use_detector_score else None)
+        features = embed_aligned(proto.image_paths, proto.landmarks, embedder, batch_size=batch_size, progress=progress)
+    tids, tfeats = pool_templates(
+        features, proto.template_ids, proto.media_ids, proto.scores if use_detector_score else None
+    )
     one = None
     if proto.pairs is not None:
         one = verify_1to1(tids, tfeats, *proto.pairs, fars=fars)
@@ -350,5 +358,10 @@ def evaluate_ijb(
     many = None
     if proto.probes is not None and proto.galleries:
         many = identify_1n(tids, tfeats, proto.galleries, proto.probes, fpirs=fpirs, ranks=ranks)
-    return {"images": len(proto.image_paths), "templates": int(tids.size), "1:1": one, "1:N": many,
-            "features": features}
+    return {
+        "images": len(proto.image_paths),
+        "templates": int(tids.size),
+        "1:1": one,
+        "1:N": many,
+        "features": features,
+    }

@@ -48,6 +48,7 @@ from arcface.inference.embedder import Embedder
 from arcface.io.images import ImageError, load_image
 from arcface.runtime import threads as thread_policy
 from arcface.runtime.progress import Progress
+from arcface.runtime.untrusted import load_npz
 from arcface.runtime.workers import process_map
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,7 @@ class EvalCache:
         if not path.is_file():
             return None
         try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
+            arrays = load_npz(path)  # sizes checked against the file before numpy allocates
             if check is not None and not check(arrays):
                 raise ValueError("unexpected content")
             return arrays

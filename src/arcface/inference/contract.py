@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,11 +34,16 @@ from torch import nn
 
 from arcface.align.template import ARCFACE_TEMPLATE, TEMPLATE_NAME
 from arcface.models import create_model
+from arcface.models.weights import check_safetensors_header, load_safetensors
+from arcface.runtime.untrusted import BadFileError, JSONDepthError, load_json, one_line, reading, shown
 
 __all__ = [
     "CONTRACT_KEY",
+    "MAX_EMBEDDING_SIZE",
+    "MAX_INPUT_SIDE",
     "TEMPLATES",
     "ContractError",
+    "differing_keys",
     "ModelContract",
     "read_contract",
     "read_model",
@@ -49,6 +55,30 @@ CONTRACT_KEY = "arcface_contract"
 """safetensors metadata key holding ``ModelContract.to_json()``."""
 
 CONTRACT_VERSION = 1
+
+# Bounds on what a contract may ask for: a file's contract decides how large the crops and embeddings are that get
+# allocated, so a hostile one must not be able to ask for more than any real face model uses.
+MAX_INPUT_SIDE = 1024
+"""Largest side of the aligned crop, in pixels."""
+MAX_EMBEDDING_SIZE = 8192
+"""Longest embedding."""
+MAX_SCALE = 1e4
+"""Largest magnitude of mean, std and template coordinates."""
+MIN_STD = 1e-6
+"""Smallest magnitude of std (the pixels are divided by it)."""
+MAX_TEXT = 4096
+"""Longest free-text field (source, license, what a threshold was calibrated on)."""
+MAX_OPTIONS_CHARS = 4096
+"""Longest ``options`` as JSON."""
+MAX_OPTIONS_DEPTH = 8
+"""Deepest nesting of ``options``."""
+MAX_OPTION_NUMBER = 1024
+"""Largest magnitude of a number in ``options`` (block counts, widths, sizes)."""
+MAX_CONTRACT_CHARS = 64 * 1024
+"""Longest contract JSON."""
+MAX_CONTRACT_DEPTH = 12
+"""Deepest nesting of a contract's JSON (the options inside it, plus the contract object and its point lists)."""
+_MAX_NAME = 128
 
 # Templates by name, as (x, y) tuples; the points themselves live in arcface.align.template only.
 TEMPLATES: dict[str, tuple[tuple[float, float], ...]] = {
@@ -76,8 +106,77 @@ _ID_FIELDS = (
 _OPTIONAL_FIELDS = ("identification_threshold", "identification_calibrated_on")
 
 
-class ContractError(ValueError):
+class ContractError(BadFileError):
     """A model file or contract that is malformed, or weights that do not match their contract."""
+
+
+def _count(name: str, value: Any, most: int) -> int:
+    """A whole number in ``[1, most]`` (an integral float such as ``112.0`` is accepted)."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        ok = math.isfinite(value) and float(value).is_integer()
+    if ok:
+        value = int(value)
+    if not ok or not 1 <= value <= most:
+        raise ContractError(f"contract field {name}: must be a whole number from 1 to {most}, got {shown(value)}")
+    return int(value)
+
+
+def _number(name: str, value: Any, low: float, high: float, why: str = "must be a finite number") -> float:
+    """A finite float in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ContractError(f"contract field {name}: {why} in [{low:g}, {high:g}], got {shown(value)}")
+    try:
+        out = float(value)
+    except OverflowError:  # an int too large for a float
+        out = math.inf
+    if not (math.isfinite(out) and low <= out <= high):
+        raise ContractError(f"contract field {name}: {why} in [{low:g}, {high:g}], got {shown(value)}")
+    return out
+
+
+def _text(name: str, value: Any, most: int, *, empty: bool = True) -> str:
+    """A string of at most ``most`` characters (non-empty unless ``empty``)."""
+    if not isinstance(value, str) or (not empty and not value):
+        kind = "string" if empty else "non-empty string"
+        raise ContractError(f"contract field {name}: must be a {kind}, got {shown(value)}")
+    if len(value) > most:
+        raise ContractError(f"contract field {name}: {len(value)} characters, more than the {most} allowed")
+    return value
+
+
+def _options(value: Any) -> dict[str, Any]:
+    """The options as canonical JSON values: a mapping, bounded in size and depth, finite numbers only."""
+    if not isinstance(value, Mapping):
+        raise ContractError(f"contract field options: must be an object, got {shown(value)}")
+    try:
+        text = json.dumps(dict(value), sort_keys=True, allow_nan=False)
+        if len(text) > MAX_OPTIONS_CHARS:
+            raise ValueError(f"{len(text)} characters of JSON, more than the {MAX_OPTIONS_CHARS} allowed")
+        out = load_json(text, max_depth=MAX_OPTIONS_DEPTH)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ContractError(f"contract field options: must be JSON values ({one_line(e)})") from None
+    todo = [out]  # depth is bounded above, so this walk is short
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+        elif isinstance(item, (int, float)) and not isinstance(item, bool) and abs(item) > MAX_OPTION_NUMBER:
+            raise ContractError(f"contract field options: the number {shown(item)} exceeds {MAX_OPTION_NUMBER}")
+    return out
+
+
+def differing_keys(state_dict: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys whose presence or shape differs between two state dicts, sorted (empty when they match).
+
+    Compared on shapes only, so ``reference`` may live on the meta device: nothing is allocated to find out that
+    weights do not fit a module.
+    """
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    want = {k: tuple(v.shape) for k, v in reference.items()}
+    return sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != want[k])
 
 
 def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -142,45 +241,56 @@ class ModelContract:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the fields in place once
-        if not isinstance(self.architecture, str) or not self.architecture:
-            raise ContractError("contract: architecture must be a non-empty string")
-        try:
-            set_(self, "options", json.loads(json.dumps(dict(self.options), sort_keys=True)))
-        except (TypeError, ValueError) as e:
-            raise ContractError(f"contract: options must be JSON values ({e})") from None
-        set_(self, "embedding_size", int(self.embedding_size))
-        if self.embedding_size <= 0:
-            raise ContractError(f"contract: embedding_size must be positive, got {self.embedding_size}")
+        set_(self, "architecture", _text("architecture", self.architecture, _MAX_NAME, empty=False))
+        set_(self, "options", _options(self.options))
+        set_(self, "embedding_size", _count("embedding_size", self.embedding_size, MAX_EMBEDDING_SIZE))
         size = self.input_size
-        size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
-        if len(size) != 2 or min(size) <= 0:
-            raise ContractError(f"contract: input_size must be (H, W), got {self.input_size!r}")
-        set_(self, "input_size", size)
+        size = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
+        if not isinstance(size, (tuple, list)) or len(size) != 2:
+            raise ContractError(f"contract field input_size: must be (H, W), got {shown(self.input_size)}")
+        set_(self, "input_size", tuple(_count("input_size", s, MAX_INPUT_SIDE) for s in size))
         if self.color not in _COLORS:
-            raise ContractError(f"contract: color must be one of {_COLORS}, got {self.color!r}")
+            raise ContractError(f"contract field color: must be one of {_COLORS}, got {shown(self.color)}")
         if self.layout not in _LAYOUTS:
-            raise ContractError(f"contract: layout must be one of {_LAYOUTS}, got {self.layout!r}")
-        set_(self, "mean", float(self.mean))
-        set_(self, "std", float(self.std))
-        if not math.isfinite(self.mean) or not math.isfinite(self.std) or self.std == 0:
-            raise ContractError(f"contract: mean/std must be finite and std non-zero, got {self.mean}/{self.std}")
-        points = tuple((float(x), float(y)) for x, y in self.template_points)
-        if len(points) != 5:
-            raise ContractError(f"contract: template_points must be 5 (x, y) points, got {len(points)}")
-        set_(self, "template_points", points)
+            raise ContractError(f"contract field layout: must be one of {_LAYOUTS}, got {shown(self.layout)}")
+        set_(self, "mean", _number("mean", self.mean, -MAX_SCALE, MAX_SCALE))
+        set_(self, "std", _number("std", self.std, -MAX_SCALE, MAX_SCALE))
+        if abs(self.std) < MIN_STD:
+            raise ContractError(f"contract field std: must be at least {MIN_STD:g} in size, got {self.std:g}")
+        set_(self, "template", _text("template", self.template, _MAX_NAME, empty=False))
+        points = self.template_points
+        points = points.tolist() if hasattr(points, "tolist") else points  # a (5, 2) array
+        if not isinstance(points, (tuple, list)) or len(points) != 5:
+            n = len(points) if isinstance(points, (tuple, list)) else shown(points)
+            raise ContractError(f"contract field template_points: must be 5 (x, y) points, got {n}")
+        pts = []
+        for p in points:
+            if not isinstance(p, (tuple, list)) or len(p) != 2:
+                raise ContractError(f"contract field template_points: each point is (x, y), got {shown(p)}")
+            pts.append(tuple(_number("template_points", v, -MAX_SCALE, MAX_SCALE) for v in p))
+        set_(self, "template_points", tuple(pts))
         sha = self.weights_sha256
-        if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
-            raise ContractError(f"contract: weights_sha256 must be 64 lowercase hex digits, got {sha!r}")
-        if self.threshold is not None:
-            set_(self, "threshold", float(self.threshold))
-            if not -1.0 <= self.threshold <= 1.0:
-                raise ContractError(f"contract: threshold is a cosine in [-1, 1], got {self.threshold}")
-        if self.identification_threshold is not None:
-            set_(self, "identification_threshold", float(self.identification_threshold))
-            if not -1.0 <= self.identification_threshold <= 1.0:
-                raise ContractError(
-                    f"contract: identification_threshold is a cosine in [-1, 1], got {self.identification_threshold}"
-                )
+        if not isinstance(sha, str) or (sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha))):
+            raise ContractError(f"contract field weights_sha256: must be 64 lowercase hex digits, got {shown(sha)}")
+        for name in ("threshold", "identification_threshold"):
+            if getattr(self, name) is not None:
+                set_(self, name, _number(name, getattr(self, name), -1.0, 1.0, "is a cosine"))
+        for name in ("source", "license"):
+            set_(self, name, _text(name, getattr(self, name), MAX_TEXT))
+        for name in ("calibrated_on", "identification_calibrated_on"):
+            if getattr(self, name) is not None:
+                set_(self, name, _text(name, getattr(self, name), MAX_TEXT))
+
+    def check_crop(self) -> None:
+        """Refuse template points outside the ``input_size`` crop (a file's contract is checked this way on load).
+
+        Raises:
+            ContractError: a point lies outside ``[0, W] x [0, H]`` (the field is named).
+        """
+        h, w = self.input_size
+        for x, y in self.template_points:
+            if not (0.0 <= x <= w and 0.0 <= y <= h):
+                raise ContractError(f"contract field template_points: ({x:g}, {y:g}) lies outside the {h}x{w} crop")
 
     @property
     def threshold_l2(self) -> float | None:
@@ -232,10 +342,16 @@ class ModelContract:
             ContractError: malformed JSON, unknown keys (named), missing required keys, bad values, or a
                 stored ``id``/``threshold_l2`` that disagrees with the other fields.
         """
+        if not isinstance(text, (str, bytes)):
+            raise ContractError(f"contract: expected JSON text, got {type(text).__name__}")
         try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ContractError(f"contract: not valid JSON ({e})") from None
+            # NaN parses here so that the field check below names the field that holds it
+            d = load_json(text, max_depth=MAX_CONTRACT_DEPTH, max_chars=MAX_CONTRACT_CHARS, allow_nan=True)
+        except JSONDepthError as e:
+            where = f"contract field {e.key}" if e.key else "contract"
+            raise ContractError(f"{where}: nested more than {MAX_CONTRACT_DEPTH} levels deep") from None
+        except ValueError as e:
+            raise ContractError(f"contract: not valid JSON ({one_line(e)})") from None
         if not isinstance(d, dict):
             raise ContractError("contract: JSON must be an object")
         version = d.pop("contract_version", CONTRACT_VERSION)
@@ -251,9 +367,12 @@ class ModelContract:
             contract = cls(**d)
         except TypeError as e:  # a missing required field
             raise ContractError(f"contract: {e}") from None
+        contract.check_crop()
         if stored_id is not None and stored_id != contract.id:
             raise ContractError(f"contract: stored id {stored_id} does not match its fields ({contract.id})")
         l2 = contract.threshold_l2
+        if stored_l2 is not None and (isinstance(stored_l2, bool) or not isinstance(stored_l2, (int, float))):
+            raise ContractError(f"contract field threshold_l2: must be a number, got {shown(stored_l2)}")
         if (stored_l2 is None) != (l2 is None) or (l2 is not None and abs(stored_l2 - l2) > 1e-9):
             raise ContractError(f"contract: threshold_l2 {stored_l2} is not 2 - 2 * threshold ({l2})")
         return contract
@@ -288,8 +407,10 @@ def _build(contract: ModelContract) -> nn.Module:
         return create_model(contract.architecture, num_features=contract.embedding_size, **contract.options)
     except KeyError as e:
         raise ContractError(f"contract: {e.args[0] if e.args else e}") from None
-    except TypeError as e:  # an option the architecture does not take
-        raise ContractError(f"contract: options {contract.options} do not fit {contract.architecture}: {e}") from None
+    except Exception as e:  # an option the architecture does not take, or a value it cannot build
+        raise ContractError(
+            f"contract: options {shown(contract.options)} do not fit {contract.architecture}: {one_line(e)}"
+        ) from None
 
 
 def save_model(module: nn.Module, contract: ModelContract, path: str | Path) -> ModelContract:
@@ -310,10 +431,8 @@ def save_model(module: nn.Module, contract: ModelContract, path: str | Path) -> 
     sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     with torch.device("meta"):
         ref = _build(contract).state_dict()
-    got = {k: tuple(v.shape) for k, v in sd.items()}
-    want = {k: tuple(v.shape) for k, v in ref.items()}
-    if got != want:
-        diff = sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != want[k])
+    diff = differing_keys(sd, ref)
+    if diff:
         raise ContractError(
             f"module does not match architecture {contract.architecture!r} with options {contract.options} "
             f"and embedding size {contract.embedding_size} (first differing keys: {', '.join(diff[:3])})"
@@ -339,11 +458,9 @@ def _read_metadata(path: Path) -> dict[str, str]:
 
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as e:  # a foreign or torn file: one line naming it
-        raise ContractError(f"{path}: not a safetensors model file ({str(e).splitlines()[0]})") from None
+    check_safetensors_header(path, ContractError)
+    with reading(path, "not a safetensors model file", ContractError), safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
 
 
 def _read_contract(path: Path) -> ModelContract:
@@ -353,7 +470,8 @@ def _read_contract(path: Path) -> ModelContract:
             return ModelContract.from_json(meta[CONTRACT_KEY])
     except (ContractError, json.JSONDecodeError) as e:
         raise ContractError(f"{path}: {e}") from None
-    raise ContractError(f"{path}: no arcface contract in the safetensors metadata (keys: {sorted(meta) or 'none'})")
+    keys = shown(sorted(meta)) if meta else "none"
+    raise ContractError(f"{path}: no arcface contract in the safetensors metadata (keys: {keys})")
 
 
 def read_contract(path: str | Path) -> ModelContract:
@@ -385,11 +503,9 @@ def read_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         ContractError: no contract, a contract without a weights SHA-256, weights whose SHA-256 differs
             from the contract's, or weights that do not fit the architecture.
     """
-    from safetensors.torch import load_file
-
     path = Path(path)
     contract = _read_contract(path)
-    sd = load_file(str(path), device="cpu")
+    sd = load_safetensors(path, ContractError)
     if not contract.weights_sha256:
         raise ContractError(f"{path}: its contract has no weights_sha256, so the weights cannot be verified")
     actual = weights_sha256(sd)
@@ -397,6 +513,13 @@ def read_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         raise ContractError(
             f"{path}: weights SHA-256 {actual} does not match the contract's {contract.weights_sha256} "
             "(corrupt or edited file)"
+        )
+    with torch.device("meta"):  # the shapes first: options that ask for a huge model allocate nothing here
+        diff = differing_keys(sd, _build(contract).state_dict())
+    if diff:
+        raise ContractError(
+            f"{path}: weights do not fit {contract.architecture} with options {shown(contract.options)} "
+            f"(first differing keys: {shown(diff[:3])})"
         )
     module = _build(contract)
     try:

@@ -34,12 +34,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from arcface.inference.contract import CONTRACT_KEY, ContractError, ModelContract, read_model, weights_sha256
+from arcface.inference.contract import (
+    CONTRACT_KEY,
+    MAX_EMBEDDING_SIZE,
+    MAX_INPUT_SIDE,
+    ContractError,
+    ModelContract,
+    differing_keys,
+    read_model,
+    weights_sha256,
+)
 from arcface.inference.export import INPUT_KEY
 from arcface.inference.runners import onnx_input_layout, open_session
 from arcface.models import MODELS, create_model
 from arcface.models.weights import load_backbone_weights
 from arcface.registry import Registry
+from arcface.runtime.untrusted import reading, shown
 
 __all__ = ["MODEL_FORMATS", "ONNX_PRESETS", "ModelFile", "file_sha256", "onnx_contract", "read_model_file"]
 
@@ -80,6 +90,9 @@ class ModelFile:
 
 Reader = Callable[..., ModelFile]
 
+# Most input values (batch x H x W x 3) of the blank batch an ONNX model is run on once to learn its embedding size.
+_MAX_PROBE_VALUES = 16 << 20
+
 #: One reader per file suffix (lower case): ``reader(path, **options) -> ModelFile``.
 MODEL_FORMATS: Registry[Reader] = Registry("model file type")
 
@@ -114,7 +127,8 @@ def _unused(path: Path, kind: str, **options: Any) -> None:
 @MODEL_FORMATS.register(".safetensors")
 def _read_safetensors(path: Path, *, device: str = "cpu", threads: int | None = None, **unused: Any) -> ModelFile:
     _unused(path, ".safetensors", **unused)
-    module, contract = read_model(path, device=device)
+    with reading(path, "not a readable model file", ContractError):
+        module, contract = read_model(path, device=device)
     return ModelFile(path, contract, module=module)
 
 
@@ -138,22 +152,24 @@ def _read_state_dict(
     if arch not in MODELS:
         raise ValueError(f"unknown arch {arch!r}; known: {', '.join(MODELS.names())}")
     options.pop("num_features", None)  # read from the weights below
-    try:
+    with reading(path, "not a weights-only PyTorch state dict", ContractError):
         sd = load_backbone_weights(path)  # weights_only=True; wrappers and DDP prefixes removed
-    except ValueError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ContractError(f"{path}: not a weights-only PyTorch state dict ({first})") from None
     with torch.device("meta"):
         ref = create_model(arch, **options)
     # The embedding size is the output size of the last weight matrix / conv (fc.weight for IResNet).
     last = [k for k, v in ref.state_dict().items() if v.ndim >= 2][-1]
     num_features = int(sd[last].shape[0]) if last in sd else int(ref.state_dict()[last].shape[0])
+    if not 1 <= num_features <= MAX_EMBEDDING_SIZE:  # an empty tensor may claim any size: check before building
+        raise ContractError(f"{path}: {last} gives an embedding size of {num_features} (at most {MAX_EMBEDDING_SIZE})")
+    with torch.device("meta"):  # shapes first, so no module is built for weights that cannot fit
+        diff = differing_keys(sd, create_model(arch, num_features=num_features, **options).state_dict())
+    if diff:
+        raise ContractError(
+            f"{path}: weights do not fit {arch} with options {options}: first differing keys {shown(diff[:3], 200)}"
+        )
     module = create_model(arch, num_features=num_features, **options)
-    try:
+    with reading(path, f"weights do not fit {arch} with options {options}", ContractError):
         module.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())[:300]
-        raise ContractError(f"{path}: weights do not fit {arch} with options {options}: {detail}") from None
     contract = ModelContract(
         architecture=arch,
         embedding_size=num_features,
@@ -182,11 +198,12 @@ def _read_onnx(
     _unused(path, ".onnx", **unused)
     if providers is None and str(device).startswith("cuda"):
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    session = open_session(path, providers, threads)
-    meta = dict(session.get_modelmeta().custom_metadata_map)
+    with reading(path, "not a readable ONNX model", ContractError):
+        session = open_session(path, providers, threads)
+        meta = dict(session.get_modelmeta().custom_metadata_map)
     raw_input = meta.get(INPUT_KEY) == "rgb_0_255"
     if meta.get(INPUT_KEY) not in (None, "normalized", "rgb_0_255"):
-        raise ValueError(f"{path}: unknown {INPUT_KEY} {meta[INPUT_KEY]!r} in the ONNX metadata")
+        raise ContractError(f"{path}: unknown {INPUT_KEY} {shown(meta[INPUT_KEY])} in the ONNX metadata")
     if contract is None and CONTRACT_KEY in meta:  # our own export: the source model's contract, as it was
         if preset is not None:
             raise ValueError(f"{path} carries its own contract (arcface export); preset={preset!r} does not apply")
@@ -195,7 +212,8 @@ def _read_onnx(
         except ContractError as e:
             raise ContractError(f"{path}: {e}") from None
     if contract is None:
-        contract = onnx_contract(path, preset, session=session)
+        with reading(path, "not an ONNX recognition model", ContractError):
+            contract = onnx_contract(path, preset, session=session)
     return ModelFile(path, contract, session=session, raw_input=raw_input)
 
 
@@ -239,6 +257,11 @@ def onnx_contract(
     session = session if session is not None else open_session(path)
     input_name, layout, batch, hw = onnx_input_layout(session, path)
     size = hw or (112, 112)
+    if max(size) > MAX_INPUT_SIDE or (batch or 1) * size[0] * size[1] * 3 > _MAX_PROBE_VALUES:
+        raise ContractError(  # checked before a blank batch is made to probe the model
+            f"{path}: its input of {batch or 'N'}x{size[0]}x{size[1]} is larger than a face model takes "
+            f"(side at most {MAX_INPUT_SIDE}, a fixed batch of at most {_MAX_PROBE_VALUES} values)"
+        )
     out_shape = session.get_outputs()[0].shape
     dim = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) and len(out_shape) == 2 else None
     if dim is None:  # a dynamic or odd output shape: run one blank crop and look

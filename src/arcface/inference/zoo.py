@@ -18,6 +18,7 @@ from importlib.resources import as_file, files
 from pathlib import Path
 
 from arcface.inference.files import MODEL_FORMATS
+from arcface.runtime.untrusted import one_line, shown, special_file
 
 __all__ = ["BUNDLED_DEFAULT", "MODEL_NAMES", "SFACE_FILES", "find_sface", "resolve_model_path", "weight_dirs"]
 
@@ -36,6 +37,7 @@ SFACE_FILES = (
 )
 SFACE_URL = "https://github.com/opencv/opencv_zoo/tree/main/models/face_recognition_sface"
 
+
 def resolve_model_path(model: str | os.PathLike) -> Path:
     """A model name ("default", "mobilefacenet", "sface") or path -> the existing model file it means.
 
@@ -46,9 +48,15 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a name or a path, got {type(model).__name__}")
     text = os.fspath(model)
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path
+    try:
+        path = Path(text).expanduser()
+        if path.is_file():
+            return path
+        kind = special_file(path)
+    except (OSError, ValueError, RuntimeError) as e:  # a NUL byte, a name too long, an unknown ~user
+        raise FileNotFoundError(f"model file {shown(text)} cannot be opened ({one_line(e)})") from None
+    if kind:  # a FIFO would make the reader wait for a writer
+        raise FileNotFoundError(f"model file {shown(text, 1000)} is a {kind}, not a regular file")
     name = text.lower()
     if name in ("default", "mobilefacenet"):
         return _bundled(BUNDLED_DEFAULT)
@@ -57,7 +65,7 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
     if path.suffix.lower() in MODEL_FORMATS or os.sep in text:
         raise FileNotFoundError(f"model file {text} does not exist")
     raise FileNotFoundError(
-        f"unknown model {text!r}: not a known name ({', '.join(MODEL_NAMES)}) nor an existing "
+        f"unknown model {shown(text)}: not a known name ({', '.join(MODEL_NAMES)}) nor an existing "
         f"{'/'.join(MODEL_FORMATS.names())} file"
     )
 

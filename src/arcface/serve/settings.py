@@ -27,7 +27,6 @@ The defaults, and why:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from typing import Any
 from arcface.gallery.base import GalleryTarget, mask_uri
 from arcface.gallery.rules import GalleryError
 from arcface.runtime import threads as thread_policy
+from arcface.runtime.untrusted import check_json_depth, load_json, one_line, shown, special_file
 
 __all__ = ["API_KEY_ENV", "Settings", "SettingsError"]
 
@@ -223,26 +223,38 @@ def _split_keys(keys: Any) -> tuple[str, ...]:
     return tuple(k.strip() for k in keys if k.strip())
 
 
+_MAX_SETTINGS_BYTES = 1 << 20  # a settings file is a few dozen keys
+
+
 def _read_file(path: Path, names: set[str]) -> dict[str, Any]:
+    """The settings in a JSON or YAML file, read as untrusted input: bounded in size and nesting, one line naming
+    the file for anything that is not one object of known settings."""
+    if kind := special_file(path):  # a FIFO would make the read wait for a writer
+        raise SettingsError(f"{path}: the settings file is a {kind}, not a regular file")
     try:
+        if path.stat().st_size > _MAX_SETTINGS_BYTES:
+            raise SettingsError(f"{path}: a settings file holds at most {_MAX_SETTINGS_BYTES} bytes")
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SettingsError(f"{path}: cannot read the settings file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise SettingsError(f"{path}: the settings file is not UTF-8 text ({one_line(e)})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
+            check_json_depth(text)  # flow collections nest with JSON's brackets; PyYAML recurses into each level
             data = yaml.safe_load(text)
         else:
-            data = json.loads(text)
-    except Exception as e:  # yaml.YAMLError / json.JSONDecodeError: one line naming the file
+            data = load_json(text)
+    except Exception as e:  # yaml.YAMLError / ValueError / RecursionError: one line naming the file
         raise SettingsError(f"{path}: not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'} "
-                            f"({' '.join(str(e).split())})") from None  # fmt: skip
+                            f"({one_line(e)})") from None  # fmt: skip
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise SettingsError(f"{path}: the settings file must hold one object of settings")
-    unknown = sorted(set(data) - names)
+    unknown = sorted(repr(k) if not isinstance(k, str) else k for k in set(data) - names)
     if unknown:
-        raise SettingsError(f"{path}: unknown settings {unknown}; known: {sorted(names)}")
+        raise SettingsError(f"{path}: unknown settings {shown(unknown, 200)}; known: {sorted(names)}")
     return dict(data)

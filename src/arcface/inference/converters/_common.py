@@ -11,12 +11,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from arcface.inference.contract import MAX_EMBEDDING_SIZE
 from arcface.models import MODELS, create_model
+from arcface.runtime.untrusted import BadFileError, reading, shown
 
 __all__ = ["BatchNormParams", "ConversionError", "build_and_load", "read_torch_state_dict", "state_dict_for"]
 
 
-class ConversionError(ValueError):
+class ConversionError(BadFileError):
     """A source model the importer cannot read or map; the message is one line naming the file or layer."""
 
 
@@ -90,6 +92,10 @@ def build_and_load(arch: str, num_features: int, options: Mapping[str, Any], mak
     """
     if arch not in MODELS.names():
         raise ConversionError(f"unknown architecture {arch!r}")
+    if not 1 <= num_features <= MAX_EMBEDDING_SIZE:  # read from the file (an empty tensor may claim any size)
+        raise ConversionError(
+            f"{source}: an embedding size of {num_features} (a face model has 1 to {MAX_EMBEDDING_SIZE})"
+        )
     module = create_model(arch, num_features=num_features, **dict(options))
     sd = make_state_dict(module)
     want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
@@ -122,15 +128,12 @@ def read_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
-    try:
+    with reading(path, "not a weights-only PyTorch file", ConversionError):
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several kinds for foreign or torn files: one line naming the file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConversionError(f"{path}: not a weights-only PyTorch file ({first[:200]})") from None
     if not _is_tensor_dict(obj) and isinstance(obj, dict):
         obj = next((obj[k] for k in ("state_dict", "model", "backbone") if _is_tensor_dict(obj.get(k))), obj)
     if not _is_tensor_dict(obj):
-        what = f"keys {list(obj)[:5]}" if isinstance(obj, dict) else type(obj).__name__
+        what = f"keys {shown(list(obj)[:5])}" if isinstance(obj, dict) else type(obj).__name__
         raise ConversionError(f"{path}: holds no state dict of tensors ({what})")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}

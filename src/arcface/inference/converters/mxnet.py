@@ -38,7 +38,7 @@ arcface 112x112 template, the embedding size of ``pre_fc1``.
 from __future__ import annotations
 
 import ast
-import json
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,10 +51,13 @@ from torch import nn
 from arcface.inference.contract import ModelContract, save_model
 from arcface.inference.converters._common import BatchNormParams, ConversionError, build_and_load, state_dict_for
 from arcface.models import iresnet
+from arcface.runtime.untrusted import load_json, one_line, reading
 
 __all__ = ["MXGraph", "MXNode", "convert_mxnet", "mxnet_paths", "read_params", "read_symbol"]
 
 _LIST_MAGIC = 0x112
+_MAX_ATTR_CHARS = 256
+_MAX_SYMBOL_BYTES = 8 << 20  # a graph of a thousand layers is a few hundred KiB
 _V1_MAGIC, _V2_MAGIC, _V3_MAGIC = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
 # MXNet's mshadow type flags.
 _DTYPES = {0: "<f4", 1: "<f8", 2: "<f2", 3: "u1", 4: "<i4", 5: "i1", 6: "<i8", 7: "?"}
@@ -123,7 +126,15 @@ def _read_array(r: _Bytes, index: int) -> np.ndarray | None:
     if flag not in _DTYPES:
         raise ConversionError(f"{r.path}: {what} has MXNet dtype flag {flag}, which this reader does not know")
     dtype = np.dtype(_DTYPES[flag])
-    count = int(np.prod(shape, dtype=np.int64))
+    if any(d < 0 for d in shape):
+        raise ConversionError(f"{r.path}: {what} has a negative dimension in its shape {shape} (corrupt file?)")
+    count = math.prod(shape)  # exact: a crafted shape must not wrap around
+    if count * dtype.itemsize > len(r.data) - r.pos:  # checked before anything is allocated
+        raise ConversionError(
+            f"{r.path}: truncated MXNet params file: {what} claims shape {shape} ({count * dtype.itemsize} bytes "
+            f"of {dtype}), more than the "
+            f"{len(r.data) - r.pos} bytes left in the file"
+        )
     raw = r.take(count * dtype.itemsize, f"{what} data ({shape}, {dtype})")
     return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape).copy()
 
@@ -138,7 +149,11 @@ def read_params(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MXNet params file {path} does not exist")
-    r = _Bytes(path.read_bytes(), path)
+    with reading(path, "not a readable MXNet params file", ConversionError):
+        return _read_params(path, _Bytes(path.read_bytes(), path))
+
+
+def _read_params(path: Path, r: _Bytes) -> dict[str, np.ndarray]:
     magic, _reserved = r.unpack("<QQ", "the file header")
     if magic != _LIST_MAGIC:
         raise ConversionError(f"{path}: not an MXNet params file (header 0x{magic:x}, expected 0x{_LIST_MAGIC:x})")
@@ -199,10 +214,12 @@ def read_symbol(path: str | Path) -> MXGraph:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MXNet symbol file {path} does not exist")
+    if path.stat().st_size > _MAX_SYMBOL_BYTES:
+        raise ConversionError(f"{path}: {path.stat().st_size} bytes, more than an MXNet symbol file holds")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{path}: not a JSON file ({e})") from None
+        doc = load_json(path.read_bytes())
+    except ValueError as e:  # not UTF-8, not JSON, or nested too deeply
+        raise ConversionError(f"{path}: not a readable MXNet symbol file ({one_line(e)})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list) or "heads" not in doc:
         raise ConversionError(f"{path}: not an MXNet symbol (no 'nodes' list and 'heads')")
     nodes = []
@@ -215,10 +232,10 @@ def read_symbol(path: str | Path) -> MXGraph:
                 raise ConversionError(f"{path}: node {i} ({nd.get('name')}) takes a later node: not topological")
             nodes.append(MXNode(i, str(nd["op"]), str(nd["name"]), {str(k): str(v) for k, v in attrs.items()}, inputs))
         heads = tuple(int(h[0]) for h in doc["heads"])
-    except (KeyError, TypeError, ValueError, IndexError) as e:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as e:
         if isinstance(e, ConversionError):
             raise
-        raise ConversionError(f"{path}: malformed MXNet symbol node ({type(e).__name__}: {e})") from None
+        raise ConversionError(f"{path}: malformed MXNet symbol node ({type(e).__name__}: {one_line(e)})") from None
     if not heads or any(h >= len(nodes) for h in heads):
         raise ConversionError(f"{path}: the symbol's heads point outside its {len(nodes)} nodes")
     return MXGraph(path, tuple(nodes), heads)
@@ -252,6 +269,8 @@ def mxnet_paths(prefix: str | Path, epoch: int | None = None) -> tuple[Path, Pat
 def _tuple(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
     if text is None:
         return default
+    if len(text) > _MAX_ATTR_CHARS:  # a shape or stride attribute is a few numbers: refuse before parsing
+        raise ValueError(f"attribute of {len(text)} characters where a tuple of a few numbers belongs")
     value = ast.literal_eval(text)
     return tuple(int(v) for v in (value if isinstance(value, (tuple, list)) else (value,)))
 
@@ -670,6 +689,13 @@ def convert_mxnet(
     symbol_path, params_path = mxnet_paths(prefix, epoch)
     graph = read_symbol(symbol_path)
     params = read_params(params_path)
+    with reading(symbol_path, "cannot map this MXNet model", ConversionError):
+        return _convert(graph, params, symbol_path, params_path, out)
+
+
+def _convert(
+    graph: MXGraph, params: dict[str, np.ndarray], symbol_path: Path, params_path: Path, out: str | Path | None
+) -> tuple[nn.Module, ModelContract]:
     w = _Walker(graph, params, _output_node(graph))
     x, scale, shift = w.data_input()
     mapper: Callable[[_Walker, int], tuple[str, dict[str, Any], int]]

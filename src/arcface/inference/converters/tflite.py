@@ -37,6 +37,7 @@ from torch import nn
 from arcface.inference.contract import ModelContract, save_model, weights_sha256
 from arcface.models import create_model
 from arcface.models._blocks import Conv2dSame
+from arcface.runtime.untrusted import BadFileError, reading
 
 __all__ = [
     "KNOWN_SOURCES",
@@ -76,7 +77,7 @@ _PADDING = {0: "SAME", 1: "VALID"}
 _ACT_NONE = 0
 
 
-class TFLiteError(ValueError):
+class TFLiteError(BadFileError):
     """A .tflite file that cannot be read, or whose graph is not the MobileFaceNet we convert."""
 
 
@@ -470,9 +471,10 @@ def convert_tflite(src: str | Path, out: str | Path | None = None) -> tuple[nn.M
     """
     graph = read_tflite(src)
     model = create_model(ARCHITECTURE)
-    _check_io(graph, model)
-    sd = state_dict_from_tflite(graph, model)
-    model.load_state_dict(sd, strict=True)
+    with reading(src, "not the MobileFaceNet graph this converter maps", TFLiteError):
+        _check_io(graph, model)
+        sd = state_dict_from_tflite(graph, model)
+        model.load_state_dict(sd, strict=True)
     model.eval()
     contract = tflite_contract(src, model.num_features)
     if out is not None:

@@ -43,6 +43,7 @@ from arcface.inference.converters._common import (
     state_dict_for,
 )
 from arcface.models import iresnet
+from arcface.runtime.untrusted import reading
 
 __all__ = ["TREB1EN_ARCHS", "convert_state_dict", "convert_treb1en", "rename_ir", "rename_mobilefacenet"]
 
@@ -140,11 +141,12 @@ def convert_state_dict(
     Raises:
         FileNotFoundError / ConversionError: as ``read_torch_state_dict``, or keys that do not fit ``arch``.
     """
-    sd = rename(read_torch_state_dict(path))
-    if embedding_key not in sd:
-        raise ConversionError(f"{path}: not a {system} {arch} state dict: no {embedding_key} (the embedding layer)")
-    embedding_size = int(sd[embedding_key].shape[0])
-    module = build_and_load(arch, embedding_size, {}, lambda m: state_dict_for(m, sd, {}), f"{path}")
+    with reading(path, f"not a {system} {arch} state dict", ConversionError):
+        sd = rename(read_torch_state_dict(path))
+        if embedding_key not in sd:
+            raise ConversionError(f"{path}: not a {system} {arch} state dict: no {embedding_key} (the embedding layer)")
+        embedding_size = int(sd[embedding_key].shape[0])
+        module = build_and_load(arch, embedding_size, {}, lambda m: state_dict_for(m, sd, {}), f"{path}")
     contract = ModelContract(
         architecture=arch,
         embedding_size=embedding_size,
