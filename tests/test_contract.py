@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -320,3 +322,14 @@ def test_calibrate_threshold_matches_brute_force():
         best = max(np.mean((s > c) == y) for c in candidates)
         assert acc == pytest.approx(best)
         assert np.mean((s > t) == y) == pytest.approx(acc)
+
+
+def test_the_shape_check_draws_no_random_numbers():
+    """Reading a model builds it on the meta device for its shapes without drawing its random initialisation (torch's
+    meta kernel for that imports the compiler stack: seconds of start-up for every command that loads a model)."""
+    code = (
+        "import sys\nfrom arcface.inference.contract import read_model\nfrom arcface.inference.zoo import "
+        "resolve_model_path\nread_model(resolve_model_path('default'))\nprint('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from arcface.align.template import ARCFACE_TEMPLATE, TEMPLATE_NAME
 from arcface.models import create_model
@@ -402,6 +403,19 @@ class ModelContract:
         )
 
 
+class _ShapesOnly(TorchFunctionMode):
+    """Skips random initialisation while a module is built only for its shapes (on the meta device): a meta tensor
+    holds no numbers to draw, and torch's meta kernel for a normal draw imports its compiler stack, a second of start-up
+    for every command that loads a model. The mode is per thread, like the device context it runs inside."""
+
+    _SKIPPED = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.erfinv_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self._SKIPPED:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 def _build(contract: ModelContract) -> nn.Module:
     try:
         return create_model(contract.architecture, num_features=contract.embedding_size, **contract.options)
@@ -514,7 +528,7 @@ def read_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
             f"{path}: weights SHA-256 {actual} does not match the contract's {contract.weights_sha256} "
             "(corrupt or edited file)"
         )
-    with torch.device("meta"):  # the shapes first: options that ask for a huge model allocate nothing here
+    with torch.device("meta"), _ShapesOnly():  # the shapes first: options asking for a huge model allocate nothing
         diff = differing_keys(sd, _build(contract).state_dict())
     if diff:
         raise ContractError(
