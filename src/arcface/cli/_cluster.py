@@ -66,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine threshold (default: the model contract's, or OLD.json's with --update)")  # fmt: skip
     p.add_argument("--k", type=int, default=20, help="neighbours searched per face (default 20)")
-    p.add_argument("--method", default="whispers+average", choices=METHODS, help="the graph method")
+    p.add_argument("--method", default=METHODS[0], choices=METHODS, help=f"the graph method (default {METHODS[0]})")
     p.add_argument("--seed", type=int, default=0, help="seed of the visiting order (default 0)")
     add_model_args(p)
     p.add_argument("--aligned", action="store_true", help="the images are aligned crops (no detection)")

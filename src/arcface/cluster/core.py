@@ -3,10 +3,17 @@
 The method, over the thresholded k-nearest-neighbour graph (:func:`~arcface.cluster.graph.knn_graph`):
 
 1. **Chinese Whispers** (:func:`~arcface.cluster.methods.chinese_whispers`): each face takes the label with the
-   most edge weight among its neighbours, in a seeded random order, until stable;
-2. **average-linkage merging** (:func:`~arcface.cluster.methods.average_merge`): clusters joined by an edge merge
-   while the average cosine between their faces is ``> threshold`` (exact, from the clusters' sums), which joins the
-   pieces of one person that Chinese Whispers left apart without chaining strangers through one close pair.
+   most edge weight among its neighbours, in a seeded random order, until stable. It follows the graph's
+   communities, so the several poses of one person end up together, but one edge can pull a stranger in;
+2. **template pruning** (:func:`~arcface.cluster.methods.template_prune`): a face whose cosine to the normalised mean
+   of its cluster's other faces is not ``> threshold`` leaves (the stranger pulled in by one edge);
+3. **average-linkage merging** (:func:`~arcface.cluster.methods.average_merge`): clusters joined by an edge merge
+   while the average cosine between their faces is ``> threshold`` (exact, from the clusters' sums): it joins the
+   pieces of one person left apart, and gives the faces that left a second chance.
+
+Steps 2 and 3 repeat until no face leaves (at most ``rounds`` times). The methods were chosen by measuring each
+step alone and the baselines (DBSCAN, average-linkage over all pairs, Chinese Whispers over all pairs) on the same
+embeddings (``bench/clustering.py``; the figures are in docs/benchmarks.md).
 
 Parameters:
 
@@ -27,13 +34,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from arcface.cluster.graph import knn_graph
-from arcface.cluster.methods import average_merge, chinese_whispers, compact
+from arcface.cluster.methods import average_merge, chinese_whispers, compact, template_prune
 
 __all__ = ["METHODS", "Clustering", "as_unit_rows", "cluster", "default_threshold"]
 
-#: The methods: ``whispers+average`` (the default, see the module docstring), ``whispers`` (Chinese Whispers alone)
-#: and ``average`` (average-linkage merging from single faces).
-METHODS = ("whispers+average", "whispers", "average")
+#: The methods: ``whispers+prune`` (the default: the three steps of the module docstring), ``whispers`` (Chinese
+#: Whispers alone), ``whispers+average`` (without the pruning) and ``average`` (average-linkage merging from single
+#: faces).
+METHODS = ("whispers+prune", "whispers", "whispers+average", "average")
+
+#: Most prune-and-merge rounds of ``whispers+prune``.
+ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,7 @@ def cluster(
     *,
     contract=None,
     k: int = 20,
-    method: str = "whispers+average",
+    method: str = "whispers+prune",
     seed: int = 0,
 ) -> Clustering:
     """Group faces into people (see the module docstring for the method and its parameters).
@@ -150,4 +161,10 @@ def cluster(
         labels = chinese_whispers(graph, seed=seed)
         if method == "whispers+average":
             labels = average_merge(labels, x, graph, threshold)
+        elif method == "whispers+prune":
+            for _ in range(ROUNDS):
+                labels, left = template_prune(labels, x, threshold)
+                labels = average_merge(labels, x, graph, threshold)
+                if not left:
+                    break
     return Clustering(compact(labels), threshold, method, int(k), graph.edges)

@@ -2,19 +2,20 @@
 
 The earlier faces keep their clusters. The new faces are searched against the earlier faces (one FAISS index over
 them) and against each other; the edges at cosine ``> threshold`` make a graph in which only the new faces move:
-Chinese Whispers runs with the earlier faces' labels fixed (they vote, they do not change), then average-linkage
-merging joins new groups to earlier clusters (or to each other) when the average cosine is ``> threshold``, never two
-earlier clusters. A new face with no earlier neighbour forms a new cluster with its new neighbours, or stays alone.
-The work grows with the new faces times the search cost, not with the earlier faces squared.
+Chinese Whispers runs with the earlier faces' labels fixed (they vote, they do not change), template pruning sends a
+new face that does not match its cluster's template away, then average-linkage merging joins new groups to earlier
+clusters (or to each other) when the average cosine is ``> threshold``, never two earlier clusters (the steps of
+:func:`arcface.cluster.cluster`). A new face with no earlier neighbour forms a new cluster with its new neighbours,
+or stays alone. The work grows with the new faces times the search cost, not with the earlier faces squared.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from arcface.cluster.core import as_unit_rows
+from arcface.cluster.core import ROUNDS, as_unit_rows
 from arcface.cluster.graph import Graph, index_for, knn_graph, search_knn
-from arcface.cluster.methods import average_merge, chinese_whispers
+from arcface.cluster.methods import average_merge, chinese_whispers, template_prune
 
 __all__ = ["extend"]
 
@@ -73,7 +74,13 @@ def extend(
     labels = np.concatenate([old_labels, c + np.arange(n, dtype=np.int64)])
     movable = np.r_[np.zeros(m, bool), np.ones(n, bool)]
     labels = chinese_whispers(graph, seed=seed, labels=labels, movable=movable)
-    labels = average_merge(labels, np.concatenate([old, new]), graph, threshold, fixed=c)[m:]
+    both = np.concatenate([old, new])
+    for _ in range(ROUNDS):
+        labels, left = template_prune(labels, both, threshold, movable=movable)
+        labels = average_merge(labels, both, graph, threshold, fixed=c)
+        if not left:
+            break
+    labels = labels[m:]
     # new clusters numbered C, C+1, ... by their first new face
     fresh = labels >= c
     _, first, inverse = np.unique(labels[fresh], return_index=True, return_inverse=True)

@@ -7,6 +7,11 @@ largest total edge weight; repeat until no label changes. Faces are visited in `
 group updated at once from the labels of the groups before it, so a pass is a handful of vectorised steps. The order
 comes from ``seed``: the same input and seed give the same labels.
 
+**Template pruning**: a face stays in its cluster only when its cosine to the cluster's template, the normalised
+mean of the cluster's other faces, is ``> threshold`` (a probe against an enrolled person's template, the 1:N
+decision); a face that fails leaves and stands alone. It undoes the weak point of Chinese Whispers, a face pulled into
+a cluster by one edge to one of its members.
+
 **Average-linkage merging** (UPGMA restricted to the graph): the average cosine between two clusters of unit vectors
 A and B is exactly ``sum(A) . sum(B) / (|A| |B|)``, so a cluster needs only its sum and size. Clusters joined by an
 edge of the graph are merged while their average cosine is ``> threshold``, best pairs first (each round merges a
@@ -19,7 +24,7 @@ import numpy as np
 
 from arcface.cluster.graph import Graph
 
-__all__ = ["average_merge", "chinese_whispers", "components", "compact"]
+__all__ = ["average_merge", "chinese_whispers", "components", "compact", "template_prune"]
 
 
 def compact(labels: np.ndarray) -> np.ndarray:
@@ -82,6 +87,8 @@ def chinese_whispers(
     for _ in range(iterations):
         changed = 0
         for group in np.array_split(rng.permutation(active), max(1, min(batches, active.size))):
+            if group.size == 0:
+                continue
             owner, pos = _edges_of(graph, group)
             key = owner * np.int64(n) + labels[graph.indices[pos]]
             uniq, inverse = np.unique(key, return_inverse=True)
@@ -98,6 +105,46 @@ def chinese_whispers(
         if changed == 0:
             break
     return labels if fixed_start else compact(labels)
+
+
+def template_prune(
+    labels: np.ndarray,
+    embeddings: np.ndarray,
+    threshold: float,
+    *,
+    movable: np.ndarray | None = None,
+    chunk: int = 65_536,
+) -> tuple[np.ndarray, int]:
+    """Faces whose cosine to their cluster's leave-one-out template is ``<= threshold`` leave it (module docstring).
+
+    Args:
+        labels: (N,) clusters, 0..C-1.
+        embeddings: (N, D) unit rows.
+        threshold: the cosine a face needs to its cluster's template.
+        movable: (N,) bool, the faces that may leave (default all).
+        chunk: faces scored at a time (bounds the (chunk, D) temporaries).
+
+    Returns:
+        the labels, each face that left with a new label of its own (C, C+1, ...), and how many left.
+    """
+    labels = np.asarray(labels, np.int64).copy()
+    x = np.asarray(embeddings, np.float32)
+    c = int(labels.max()) + 1 if labels.size else 0
+    sums = np.zeros((c, x.shape[1]), np.float32)
+    np.add.at(sums, labels, x)
+    sizes = np.bincount(labels, minlength=c)
+    leave = np.zeros(labels.size, bool)
+    for start in range(0, labels.size, chunk):
+        rows = slice(start, start + chunk)
+        rest = sums[labels[rows]] - x[rows]  # (chunk, D) the sum of the cluster's other faces
+        norm = np.linalg.norm(rest, axis=1)
+        score = np.einsum("ij,ij->i", x[rows], rest) / np.maximum(norm, 1e-12)
+        leave[rows] = (sizes[labels[rows]] > 1) & (score <= threshold)
+    if movable is not None:
+        leave &= np.asarray(movable, bool)
+    count = int(np.count_nonzero(leave))
+    labels[leave] = c + np.arange(count)
+    return labels, count
 
 
 def average_merge(
