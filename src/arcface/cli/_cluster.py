@@ -27,6 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,7 @@ def _read_npz(path: Path) -> tuple[list[str], np.ndarray, ModelContract, list[di
             labels = z["labels"] if "labels" in z.files else None
     except CliError:
         raise
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CliError(f"{path}: cannot read the .npz: {why}") from None
     if contract_doc.ndim != 0:
