@@ -15,7 +15,7 @@ import numpy as np
 
 from arcface.cluster.core import ROUNDS, as_unit_rows
 from arcface.cluster.graph import Graph, index_for, knn_graph, search_knn
-from arcface.cluster.methods import average_merge, chinese_whispers, template_prune
+from arcface.cluster.methods import average_merge, chinese_whispers, compact, template_prune
 
 __all__ = ["extend"]
 
@@ -83,8 +83,5 @@ def extend(
     labels = labels[m:]
     # new clusters numbered C, C+1, ... by their first new face
     fresh = labels >= c
-    _, first, inverse = np.unique(labels[fresh], return_index=True, return_inverse=True)
-    rank = np.empty(first.size, np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
-    labels[fresh] = c + rank[inverse]
+    labels[fresh] = c + compact(labels[fresh])
     return labels
