@@ -27,6 +27,10 @@ from arcface.cluster.graph import Graph
 __all__ = ["average_merge", "chinese_whispers", "components", "compact", "template_prune"]
 
 
+#: Cluster pairs scored at a time by :func:`average_merge`.
+_PAIRS = 262_144
+
+
 def compact(labels: np.ndarray) -> np.ndarray:
     """Labels renumbered 0..C-1 by their first face, so equal partitions give equal arrays."""
     _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
@@ -184,7 +188,10 @@ def average_merge(
         if pair.size == 0:
             break
         a, b = pair // c, pair % c
-        score = np.einsum("ij,ij->i", sums[a], sums[b]) / (sizes[a] * sizes[b])
+        score = np.empty(a.size, np.float64)
+        for start in range(0, a.size, _PAIRS):  # (chunk, D) gathers, never (pairs, D)
+            i, j = a[start : start + _PAIRS], b[start : start + _PAIRS]
+            score[start : start + _PAIRS] = np.einsum("ij,ij->i", sums[i], sums[j]) / (sizes[i] * sizes[j])
         good = np.flatnonzero(score > threshold)
         if good.size == 0:
             break
