@@ -13,7 +13,7 @@ main face, as ``arcface embed`` does; cached under ``.cache/clustering/``), the 
 Each baseline at the default threshold (the contract's, the one our method uses) and at its best threshold found on
 the labels (a grid of ``--grid`` cosines; a user cannot do this). Scores (:mod:`arcface.cluster.metrics`): BCubed and
 pairwise precision/recall/F and the number of clusters. Time and peak memory of each row: the method re-run alone in
-a fresh process (spawned), the wall time of the clustering and the process's peak RSS (``ru_maxrss``, which includes
+a fresh process (spawned), the wall time of the clustering and the process's peak RSS (VmHWM, which includes
 Python, NumPy, FAISS and the embeddings, about the same for every row).
 
 ``--synthetic N``: the scale run, N synthetic 192-D embeddings with the default model's spectrum (the generator of
@@ -147,7 +147,19 @@ def _alone(method: str, path: str, t: float, out: mp.Queue) -> None:
     start = time.perf_counter()
     labels = RUN[method](x, t)
     seconds = time.perf_counter() - start
-    out.put((np.asarray(labels), seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    out.put((np.asarray(labels), seconds, _peak_mib()))
+
+
+def _peak_mib() -> float:
+    """This process's peak RSS in MiB: VmHWM, which starts afresh at exec (``ru_maxrss`` keeps the forking parent's
+    high-water mark across the spawn's exec, so it would report the parent's memory)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _measured(method: str, path: Path, t: float) -> tuple[np.ndarray, float, float]:
