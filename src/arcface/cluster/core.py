@@ -11,17 +11,20 @@ The method, over the thresholded k-nearest-neighbour graph (:func:`~arcface.clus
    while the average cosine between their faces is ``> threshold`` (exact, from the clusters' sums): it joins the
    pieces of one person left apart, and gives the faces that left a second chance.
 
-Steps 2 and 3 repeat until no face leaves (at most ``rounds`` times). The methods were chosen by measuring each
+Steps 2 and 3 repeat until no face leaves (at most :data:`ROUNDS` times). The methods were chosen by measuring each
 step alone and the baselines (DBSCAN, average-linkage over all pairs, Chinese Whispers over all pairs) on the same
 embeddings (``bench/clustering.py``; the figures are in docs/benchmarks.md).
 
 Parameters:
 
-* ``threshold``: the cosine two faces need to be neighbours, and two clusters' average cosine to merge. By default
+* ``threshold``: the cosine two faces need to be neighbours, a face needs to its cluster's template, and two
+  clusters' average cosine needs to merge (one number for the three, so that one calibrated decision rules). By default
   the model contract's open-set identification threshold (``identification_threshold``): deciding that a face
   belongs with one of many others is a 1:N decision like a gallery search, not a 1:1 verification, and the stricter
   1:N threshold is the one calibrated for it. It is never chosen on the faces being clustered.
-* ``k``: neighbours searched per face; each face needs an edge to some of its own person's faces, not to all.
+* ``k``: neighbours searched per face (default 20); each face needs an edge to some of its own person's faces, not
+  to all, and the graph holds at most ``2 * N * k`` edges. Up to 50,000 faces the search is exact, above it an IVF
+  index (:func:`~arcface.cluster.graph.index_for`).
 * ``seed``: Chinese Whispers' visiting order; the same input, parameters and seed give the same clusters.
 
 A face with no neighbour above the threshold is alone in its cluster ("unclustered").
@@ -36,7 +39,7 @@ import numpy as np
 from arcface.cluster.graph import knn_graph
 from arcface.cluster.methods import average_merge, chinese_whispers, compact, template_prune
 
-__all__ = ["METHODS", "Clustering", "as_unit_rows", "cluster", "default_threshold"]
+__all__ = ["METHODS", "ROUNDS", "Clustering", "as_unit_rows", "cluster", "default_threshold"]
 
 #: The methods: ``whispers+prune`` (the default: the three steps of the module docstring), ``whispers`` (Chinese
 #: Whispers alone), ``whispers+average`` (without the pruning) and ``average`` (average-linkage merging from single
