@@ -215,7 +215,8 @@ def test_bad_npz_files_are_one_line(capsys, sidecar, tmp_path, case, match):
 def test_bad_options_are_one_line(capsys, sidecar, tmp_path, args, match):
     paths, x, contract = sidecar
     src = write_npz(tmp_path / "faces.npz", paths, x, contract)
-    rc, _, err = run_cli(capsys, "cluster", src, *[str(tmp_path / a) if a.endswith((".json", ".txt")) else a for a in args])
+    args = [str(tmp_path / a) if a.endswith((".json", ".txt")) else a for a in args]
+    rc, _, err = run_cli(capsys, "cluster", src, *args)
     assert rc == 1
     assert match in error_line(err)
 

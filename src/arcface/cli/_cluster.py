@@ -45,7 +45,7 @@ from arcface.cli._args import (
     job_settings,
     print_failures,
 )
-from arcface.cluster import METHODS, cluster, default_threshold, extend
+from arcface.cluster import DEFAULT_METHOD, METHODS, cluster, default_threshold, extend
 from arcface.inference.contract import ContractError, ModelContract
 from arcface.io.files import atomic_path, write_bytes_atomic
 
@@ -67,7 +67,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine threshold (default: the model contract's, or OLD.json's with --update)")  # fmt: skip
     p.add_argument("--k", type=int, default=20, help="neighbours searched per face (default 20)")
-    p.add_argument("--method", default=METHODS[0], choices=METHODS, help=f"the graph method (default {METHODS[0]})")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS.names(),
+                   help=f"the graph method (default {DEFAULT_METHOD})")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the visiting order (default 0)")
     add_model_args(p)
     p.add_argument("--aligned", action="store_true", help="the images are aligned crops (no detection)")

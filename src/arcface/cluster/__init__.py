@@ -19,10 +19,10 @@ from __future__ import annotations
 import sys
 import types
 
-from arcface.cluster.core import METHODS, Clustering, cluster, default_threshold
+from arcface.cluster.core import DEFAULT_METHOD, METHODS, Clustering, cluster, default_threshold
 from arcface.cluster.incremental import extend
 
-__all__ = ["METHODS", "Clustering", "cluster", "default_threshold", "extend"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "Clustering", "cluster", "default_threshold", "extend"]
 
 
 class _CallablePackage(types.ModuleType):

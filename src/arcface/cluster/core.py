@@ -11,9 +11,9 @@ The method, over the thresholded k-nearest-neighbour graph (:func:`~arcface.clus
    while the average cosine between their faces is ``> threshold`` (exact, from the clusters' sums): it joins the
    pieces of one person left apart, and gives the faces that left a second chance.
 
-Steps 2 and 3 repeat until no face leaves (at most :data:`ROUNDS` times). The methods were chosen by measuring each
-step alone and the baselines (DBSCAN, average-linkage over all pairs, Chinese Whispers over all pairs) on the same
-embeddings (``bench/clustering.py``; the figures are in docs/benchmarks.md).
+Steps 2 and 3 repeat until no face leaves (at most :data:`~arcface.cluster.methods.ROUNDS` times). The methods
+were chosen by measuring each step alone and the baselines (DBSCAN, average-linkage over all pairs, Chinese Whispers
+over all pairs) on the same embeddings (``bench/clustering.py``; the figures are in docs/benchmarks.md).
 
 Parameters:
 
@@ -32,22 +32,42 @@ A face with no neighbour above the threshold is alone in its cluster ("uncluster
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from arcface.cluster.graph import knn_graph
-from arcface.cluster.methods import average_merge, chinese_whispers, compact, template_prune
+from arcface.cluster.graph import Graph, knn_graph
+from arcface.cluster.methods import average_merge, chinese_whispers, compact, prune_and_merge
+from arcface.registry import Registry
 
-__all__ = ["METHODS", "ROUNDS", "Clustering", "as_unit_rows", "cluster", "default_threshold"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "Clustering", "as_unit_rows", "cluster", "default_threshold"]
 
-#: The methods: ``whispers+prune`` (the default: the three steps of the module docstring), ``whispers`` (Chinese
-#: Whispers alone), ``whispers+average`` (without the pruning) and ``average`` (average-linkage merging from single
-#: faces).
-METHODS = ("whispers+prune", "whispers", "whispers+average", "average")
+#: The methods, each ``(embeddings, graph, threshold, seed) -> labels``: ``whispers+prune`` (the default: the three
+#: steps of the module docstring), ``whispers`` (Chinese Whispers alone), ``whispers+average`` (without the pruning)
+#: and ``average`` (average-linkage merging from single faces).
+METHODS: Registry[Callable[..., np.ndarray]] = Registry("clustering method")
+DEFAULT_METHOD = "whispers+prune"
 
-#: Most prune-and-merge rounds of ``whispers+prune``.
-ROUNDS = 3
+
+@METHODS.register("whispers+prune")
+def _whispers_prune(x: np.ndarray, graph: Graph, threshold: float, seed: int) -> np.ndarray:
+    return prune_and_merge(chinese_whispers(graph, seed=seed), x, graph, threshold)
+
+
+@METHODS.register("whispers")
+def _whispers(x: np.ndarray, graph: Graph, threshold: float, seed: int) -> np.ndarray:
+    return chinese_whispers(graph, seed=seed)
+
+
+@METHODS.register("whispers+average")
+def _whispers_average(x: np.ndarray, graph: Graph, threshold: float, seed: int) -> np.ndarray:
+    return average_merge(chinese_whispers(graph, seed=seed), x, graph, threshold)
+
+
+@METHODS.register("average")
+def _average(x: np.ndarray, graph: Graph, threshold: float, seed: int) -> np.ndarray:
+    return average_merge(np.arange(x.shape[0]), x, graph, threshold)
 
 
 @dataclass(frozen=True)
@@ -57,7 +77,7 @@ class Clustering:
     Attributes:
         labels: (N,) int64 cluster of each face, 0..C-1 numbered by first face.
         threshold: the cosine threshold used.
-        method: the method used (one of :data:`METHODS`).
+        method: the method used (a name in :data:`METHODS`).
         k: neighbours searched per face.
         edges: undirected edges of the graph.
     """
@@ -127,7 +147,7 @@ def cluster(
     *,
     contract=None,
     k: int = 20,
-    method: str = "whispers+prune",
+    method: str = DEFAULT_METHOD,
     seed: int = 0,
 ) -> Clustering:
     """Group faces into people (see the module docstring for the method and its parameters).
@@ -138,7 +158,7 @@ def cluster(
         contract: the model's :class:`~arcface.inference.contract.ModelContract` (anything with an
             ``identification_threshold``), for the default threshold.
         k: neighbours searched per face.
-        method: one of :data:`METHODS`.
+        method: a name in :data:`METHODS`.
         seed: Chinese Whispers' seed.
 
     Raises:
@@ -146,7 +166,7 @@ def cluster(
             calibrated contract.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown clustering method {method!r}; expected one of {METHODS}")
+        raise ValueError(f"unknown clustering method {method!r}; expected one of {METHODS.names()}")
     if threshold is None:
         if contract is None:
             raise ValueError("cluster needs a threshold, or the model contract to take its threshold from")
@@ -158,16 +178,5 @@ def cluster(
         raise ValueError(f"k must be >= 1, got {k}")
     x = as_unit_rows(embeddings)
     graph = knn_graph(x, int(k), threshold, seed=seed)
-    if method == "average":
-        labels = average_merge(np.arange(x.shape[0]), x, graph, threshold)
-    else:
-        labels = chinese_whispers(graph, seed=seed)
-        if method == "whispers+average":
-            labels = average_merge(labels, x, graph, threshold)
-        elif method == "whispers+prune":
-            for _ in range(ROUNDS):
-                labels, left = template_prune(labels, x, threshold)
-                labels = average_merge(labels, x, graph, threshold)
-                if not left:
-                    break
+    labels = METHODS.get(method)(x, graph, threshold, seed)
     return Clustering(compact(labels), threshold, method, int(k), graph.edges)

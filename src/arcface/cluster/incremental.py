@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from arcface.cluster.core import ROUNDS, as_unit_rows
+from arcface.cluster.core import as_unit_rows
 from arcface.cluster.graph import Graph, index_for, knn_graph, search_knn
-from arcface.cluster.methods import average_merge, chinese_whispers, compact, template_prune
+from arcface.cluster.methods import chinese_whispers, compact, prune_and_merge
 
 __all__ = ["extend"]
 
@@ -74,13 +74,7 @@ def extend(
     labels = np.concatenate([old_labels, c + np.arange(n, dtype=np.int64)])
     movable = np.r_[np.zeros(m, bool), np.ones(n, bool)]
     labels = chinese_whispers(graph, seed=seed, labels=labels, movable=movable)
-    both = np.concatenate([old, new])
-    for _ in range(ROUNDS):
-        labels, left = template_prune(labels, both, threshold, movable=movable)
-        labels = average_merge(labels, both, graph, threshold, fixed=c)
-        if not left:
-            break
-    labels = labels[m:]
+    labels = prune_and_merge(labels, np.concatenate([old, new]), graph, threshold, movable=movable, fixed=c)[m:]
     # new clusters numbered C, C+1, ... by their first new face
     fresh = labels >= c
     labels[fresh] = c + compact(labels[fresh])

@@ -24,8 +24,11 @@ import numpy as np
 
 from arcface.cluster.graph import Graph
 
-__all__ = ["average_merge", "chinese_whispers", "components", "compact", "template_prune"]
+__all__ = ["ROUNDS", "average_merge", "chinese_whispers", "components", "compact", "prune_and_merge", "template_prune"]
 
+
+#: Most rounds of :func:`prune_and_merge`.
+ROUNDS = 3
 
 #: Cluster pairs scored at a time by :func:`average_merge`.
 _PAIRS = 262_144
@@ -217,3 +220,30 @@ def average_merge(
             break
         parent = nxt
     return parent[labels] if fixed else compact(parent[labels])
+
+
+def prune_and_merge(
+    labels: np.ndarray,
+    embeddings: np.ndarray,
+    graph: Graph,
+    threshold: float,
+    *,
+    movable: np.ndarray | None = None,
+    fixed: int = 0,
+) -> np.ndarray:
+    """:func:`template_prune` then :func:`average_merge`, repeated until no face leaves (at most :data:`ROUNDS`).
+
+    Args:
+        labels: (N,) clusters (Chinese Whispers' labels).
+        embeddings: (N, D) unit rows.
+        graph: the candidate pairs of the merging.
+        threshold: the cosine of both steps.
+        movable: faces that may leave their cluster (default all; see :func:`template_prune`).
+        fixed: earlier clusters that never merge with each other (see :func:`average_merge`).
+    """
+    for _ in range(ROUNDS):
+        labels, left = template_prune(labels, embeddings, threshold, movable=movable)
+        labels = average_merge(labels, embeddings, graph, threshold, fixed=fixed)
+        if not left:
+            break
+    return labels
