@@ -224,3 +224,21 @@ def test_bad_options_are_one_line(capsys, sidecar, tmp_path, args, match):
 def test_missing_source_is_one_line(capsys, tmp_path):
     rc, _, err = run_cli(capsys, "cluster", tmp_path / "nowhere", "--json", tmp_path / "o.json")
     assert rc == 1 and "no such file or folder" in error_line(err)
+
+
+def test_lfw_people_are_grouped_by_the_default_model(capsys, shared, tmp_path):
+    """A list file of real LFW photos: four people with three photos each, and three people with one."""
+    lfw = shared("data/lfw/lfw-deepfunneled")
+    many = ("Colin_Powell", "Donald_Rumsfeld", "George_W_Bush", "Tony_Blair")
+    single = ("Aaron_Eckhart", "Abba_Eban", "Zico")
+    photos = [lfw / p / f"{p}_{i:04d}.jpg" for p in many for i in (1, 2, 3)] + [
+        lfw / p / f"{p}_0001.jpg" for p in single
+    ]
+    listing = tmp_path / "photos.txt"
+    listing.write_text("".join(f"{p}\n" for p in photos))
+    rc, _, err = run_cli(capsys, "cluster", listing, "--json", tmp_path / "people.json", "--no-progress")
+    assert rc == 0, err
+    doc = json.loads((tmp_path / "people.json").read_text())
+    groups = sorted(sorted(Path(f["path"]).parent.name for f in c["faces"]) for c in doc["clusters"])
+    assert groups == [[p] * 3 for p in many]
+    assert sorted(Path(f["path"]).parent.name for f in doc["unclustered"]) == list(single)
