@@ -119,14 +119,16 @@ def test_update_adds_new_faces_to_earlier_clusters(capsys, sidecar, tmp_path):
     assert old["clusters"] == [] and len(old["unclustered"]) == 2  # one photo of each person
     with np.load(tmp_path / "old.npz") as z:
         labels = dict(zip([Path(p).name for p in z["paths"]], z["labels"].tolist()))
-    # the new photo, and one already clustered (skipped)
-    new_src = write_npz(tmp_path / "new.npz", [paths[i] for i in second + first[:1]], x[second + first[:1]], contract)
+    # the new photo, one already clustered (skipped), and a copy of an earlier one under another name (a duplicate)
+    names = [paths[i] for i in second + first[:1]] + ["copy.jpg"]
+    new_src = write_npz(tmp_path / "new.npz", names, x[second + first[:1] + first[:1]], contract)
     rc, out, err = run_cli(
         capsys, "cluster", new_src, "--json", tmp_path / "new.json", "--update", tmp_path / "old.json"
     )
     assert rc == 0, err
-    assert "1 already clustered" in out
+    assert "1 already clustered" in out and "1 duplicates" in out
     doc = json.loads((tmp_path / "new.json").read_text())
+    assert doc["duplicates"] == [{"path": "copy.jpg", "same_as": paths[first[0]]}]
     (grace,) = doc["clusters"]
     earlier = next(Path(p).name for p in paths if Path(p).name not in (GRACE[1], EILEEN))  # the first Grace photo
     assert sorted(Path(f["path"]).name for f in grace["faces"]) == sorted([earlier, GRACE[1]])

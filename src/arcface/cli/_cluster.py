@@ -281,11 +281,14 @@ def run(args: argparse.Namespace) -> int:
                        "cannot be clustered together")  # fmt: skip
     keep, duplicates = _duplicates(paths, x)
     skipped = 0
-    if old is not None:  # photos already clustered stay as they are
+    if old is not None:  # photos already clustered stay as they are; a copy of an earlier photo is a duplicate
         known = set(old[0])
         fresh = np.asarray([i for i in keep if paths[i] not in known], np.int64)
         skipped = keep.size - fresh.size
-        keep = fresh
+        m = len(old[0])
+        first, more = _duplicates(old[0] + [paths[i] for i in fresh], np.concatenate([old[1], x[fresh]]))
+        keep = fresh[first[first >= m] - m]
+        duplicates += more
     paths, x = [paths[i] for i in keep], x[keep]
     if args.threshold is not None:
         threshold = args.threshold
