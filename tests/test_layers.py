@@ -22,7 +22,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "arcface"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("registry",),
     ("runtime", "io"),
-    ("models", "heads", "data", "align", "index"),
+    ("models", "heads", "data", "align", "index", "cluster"),
     ("engine", "inference"),
     ("eval", "gallery", "batch"),
     ("serve",),

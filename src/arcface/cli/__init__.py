@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from arcface.batch.jobs import JobError
 from arcface.cli import (
     _align,
+    _cluster,
     _convert,
     _data,
     _demo,
@@ -49,7 +50,8 @@ from arcface.runtime.workers import WorkerDied
 __all__ = ["CliError", "build_parser", "main"]
 
 _COMMANDS = (
-    _train, _demo, _data, _info, _convert, _export, _detect, _align, _embed, _verify, _eval, _gallery, _serve,
+    _train, _demo, _data, _info, _convert, _export, _detect, _align, _embed, _verify, _eval, _cluster, _gallery,
+    _serve,
 )  # fmt: skip
 
 
