@@ -1,7 +1,7 @@
 """The CPU thread policy: its decisions for given CPU counts, quotas and overrides (pure functions with injected
 inputs), that every CPU entry point applies it (fresh processes, so torch's thread count starts at its default; a fake
-cgroup tree stands in for a container's CPU quota), and that each entry point decides and applies once while the
-objects below it take the plan handed down.
+cgroup tree stands in for a container's CPU quota), that each entry point decides and applies once while the
+objects below it take the plan handed down, and that a photo alone on an idle machine gets an OpenMP team.
 """
 
 from __future__ import annotations
@@ -451,3 +451,117 @@ def test_process_map_takes_the_plan_of_its_entry_point(counted):
     assert counted == {"decide": [], "apply": []}
     with pytest.raises(tp.ThreadsError, match="not both"):
         list(process_map(abs, [-1], plan=plan, workers=2))
+
+
+# --------------------------------------------------------------------------------------------------
+# A lone photo on an idle machine
+
+
+def test_others_running_counts_runnable_threads_of_other_processes(tmp_path):
+    proc = tmp_path / "proc"
+    (proc / "self" / "task" / "11").mkdir(parents=True)
+    (proc / "self" / "task" / "12").mkdir()
+    (proc / "stat").write_text("cpu  1 2 3 4\nprocs_running 4\nprocs_blocked 0\n")
+    (proc / "self" / "task" / "11" / "stat").write_text("11 (python (x) y) R 1 2 3\n")  # running: ours
+    (proc / "self" / "task" / "12" / "stat").write_text("12 (python) S 1 2 3\n")  # sleeping
+    assert tp.others_running(proc) == 3
+    (proc / "stat").write_text("cpu  1 2 3 4\n")
+    assert tp.others_running(proc) is None  # not a Linux /proc: unknown
+    assert tp.others_running(tmp_path / "nothing") is None
+
+
+def test_openmp_team_is_this_threads_own_and_restored():
+    """Also with faiss loaded first: its wheel maps a libgomp of its own before torch's."""
+    import threading
+
+    import torch
+
+    pytest.importorskip("faiss")
+    tp._libgomp.cache_clear()
+    before = torch.get_num_threads()
+    seen = {}
+    with tp.openmp_team(3) as team:
+        seen["inside"] = torch.get_num_threads()
+        t = threading.Thread(target=lambda: seen.update(other=torch.get_num_threads()))
+        t.start()
+        t.join()
+    if team == 1:
+        pytest.skip("torch does not run on GNU OpenMP here: the team size cannot be set per thread")
+    assert (team, seen["inside"]) == (3, 3)
+    assert seen["other"] != 3 and torch.get_num_threads() == before
+
+
+def test_a_lone_photo_gets_a_team_only_when_alone_and_the_machine_is_idle():
+    busy = {"others": 0}
+    lone = tp.LoneWork(2, probe=lambda: busy["others"])
+    with lone.photo() as team:
+        assert team in (1, 2)  # 2 where torch runs on GNU OpenMP
+        with lone.photo() as inner:  # nested in the same thread: the outer setting stays
+            assert inner == 0
+    busy["others"] = 1  # a neighbour is running
+    with lone.photo() as team:
+        assert team == 1
+    busy["others"] = 0
+    with lone.batch(), lone.photo() as team:  # photos side by side: none is alone
+        assert team == 1
+    assert tp.LoneWork(1, probe=lambda: 0).photo().__enter__() == 1  # one usable CPU: nothing to add
+    with tp.LoneWork(64, probe=lambda: 0).photo() as team:
+        assert team in (1, tp.LoneWork.MAX_TEAM)  # a big machine: a small team
+
+
+def test_the_recognizer_gives_a_lone_photo_the_team_and_photos_side_by_side_one_thread(monkeypatch):
+    import numpy as np
+    import torch
+
+    from arcface import FaceRecognizer
+
+    if not tp._libgomp():
+        pytest.skip("torch does not run on GNU OpenMP here")
+    samples = sorted(Path("src/arcface/samples").glob("*.jpg"))
+    rec = FaceRecognizer(threads=2)
+    assert rec._lone is not None and rec._lone.cpus == 2  # its own entry point: the plan's CPUs
+    rec._lone.probe = lambda: 0  # an idle machine, whatever else this test machine runs
+    seen = []
+    detect = rec.aligner.detector._detect
+    monkeypatch.setattr(rec.aligner.detector, "_detect", lambda image: (seen.append(torch.get_num_threads()),
+                                                                         detect(image))[1])  # fmt: skip
+    one = rec.embed(samples[0])
+    assert seen == [2]
+    seen.clear()
+    many = rec.embed_batch(samples[:3])
+    assert seen == [1, 1, 1]
+    assert torch.get_num_threads() == 1
+    np.testing.assert_allclose(many[0], one, atol=1e-5)  # the same photo, one thread or two
+    rec._lone.probe = lambda: 1  # a neighbour
+    seen.clear()
+    rec.embed(samples[0])
+    assert seen == [1]
+
+
+def test_a_recognizer_handed_a_plan_takes_its_lone_cap_from_lone_threads_else_the_plan():
+    from arcface import FaceRecognizer
+
+    plan = tp.decide("service", threads=3).per_item()  # a request's share: one CPU
+    assert FaceRecognizer(plan=plan)._lone.cpus == plan.cpus == 1
+    assert FaceRecognizer(plan=plan, lone_threads=3)._lone.cpus == 3
+    legacy = tp.decide("service", budget=tp.cpu_budget("legacy")).per_item()
+    assert FaceRecognizer(plan=legacy, lone_threads=3)._lone is None  # the policy off: nothing changes
+
+
+def test_the_service_gives_a_lone_request_its_cpus(monkeypatch, tmp_path):
+    from arcface.serve import engine
+    from arcface.serve.settings import Settings
+
+    made = {}
+    monkeypatch.setattr(engine, "FaceRecognizer", lambda *a, **kw: made.update(kw) or object())
+    monkeypatch.setattr(tp, "apply", lambda plan: plan)  # the test process keeps its thread settings
+    plan, _ = engine.service_threads(Settings(gallery=tmp_path, api_keys=("k",), threads=3), None)
+    assert made["lone_threads"] == plan.cpus == 3 and made["plan"].cpus == 1
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "2", True])
+def test_a_bad_lone_threads_is_refused_before_loading(bad):
+    from arcface import FaceRecognizer
+
+    with pytest.raises(ValueError, match="lone_threads must be a positive integer"):
+        FaceRecognizer("no-such-model", lone_threads=bad)

@@ -18,9 +18,10 @@ The "main face" of a photo is the first of :meth:`FaceRecognizer.detect`: large 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,13 +116,18 @@ class FaceRecognizer:
             that many threads) and applies it to this process, once.
         plan: a thread plan decided by the caller (the service gives each request's recognizer
             ``plan.per_item()`` of its own); nothing is applied then, and the model is built with it.
+        lone_threads: the largest OpenMP team a photo gets when it is alone in this recognizer and no other process
+            runs (:class:`~arcface.runtime.threads.LoneWork`); None: the plan's CPUs. The service hands each
+            request's share as ``plan`` and its own CPUs here, so a lone request on an idle service gets them.
+            Nothing with the thread policy off (``ARCFACE_THREADS=legacy``).
 
     Raises:
         FileNotFoundError: unknown model name or missing file (see ``load_model``).
         KeyError: unknown detector name.
         ValueError: a contract whose crop this pipeline cannot make (non-square input, unknown template size);
             an unknown precision or backend name, or one the model cannot run; a bad ``threads`` or
-            ``ARCFACE_THREADS``, or both ``threads`` and ``plan`` (``ThreadsError``).
+            ``ARCFACE_THREADS``, or both ``threads`` and ``plan``, or a ``lone_threads`` that is not a positive
+            integer (``ThreadsError``).
     """
 
     def __init__(
@@ -140,13 +146,17 @@ class FaceRecognizer:
         model_options: Mapping[str, Any] | None = None,
         threads: int | str | None = None,
         plan: thread_policy.ThreadPlan | None = None,
+        lone_threads: int | None = None,
     ) -> None:
         if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold}")
         model_options = dict(model_options or {})
         threads = model_options.pop("threads", None) if threads is None else threads
+        thread_policy.positive(lone_threads, "lone_threads")  # ThreadsError, a ValueError
         #: The thread plan this pipeline runs with (its ``item_threads`` photos at a time in :meth:`main_crops`).
         self.thread_plan = thread_policy.entry_plan("pipeline", threads, plan)  # a bad setting fails before loading
+        # a photo alone in this recognizer on an idle machine gets every usable CPU (up to 4) as its OpenMP team
+        self._lone = None if self.thread_plan.legacy else thread_policy.LoneWork(lone_threads or self.thread_plan.cpus)
         if isinstance(model, Embedder):
             self.embedder = model
         else:
@@ -230,11 +240,12 @@ class FaceRecognizer:
         Raises:
             ImageError: the input is not a readable image.
         """
-        faces = self.aligner.faces(load_image(image), max_faces)
-        done = [f for f in faces if f.crop is not None]
-        if not done:
-            return faces
-        emb = self.embedder.embed(np.stack([f.crop for f in done]))  # (n, D)
+        with self._photo():
+            faces = self.aligner.faces(load_image(image), max_faces)
+            done = [f for f in faces if f.crop is not None]
+            if not done:
+                return faces
+            emb = self.embedder.embed(np.stack([f.crop for f in done]))  # (n, D)
         return [dataclasses.replace(f, embedding=emb[i]) if i < len(done) else f for i, f in enumerate(faces)]
 
     def detect(self, image: ImageSource) -> list[Face]:
@@ -243,7 +254,8 @@ class FaceRecognizer:
         Raises:
             ImageError: the input is not a readable image.
         """
-        return self.aligner.detector.detect(load_image(image))
+        with self._photo():
+            return self.aligner.detector.detect(load_image(image))
 
     def align(self, image: ImageSource) -> list[np.ndarray]:
         """Aligned crops of every face, in :meth:`detect` order.
@@ -251,7 +263,8 @@ class FaceRecognizer:
         Returns:
             List of (H, W, 3) uint8 RGB crops, (H, W) the contract's ``input_size`` (112x112).
         """
-        return [f.crop for f in self.aligner.faces(load_image(image))]
+        with self._photo():
+            return [f.crop for f in self.aligner.faces(load_image(image))]
 
     def embed(self, image: ImageSource, *, aligned: bool = False) -> np.ndarray:
         """The embedding of the main face.
@@ -294,12 +307,13 @@ class FaceRecognizer:
             NoFaceError: for the first image without a face.
             ImageError: for the first unreadable image.
         """
-        crops = []
-        for crop in self.main_crops(images, aligned=aligned):
-            if isinstance(crop, Exception):
-                raise crop
-            crops.append(crop)
-        return self.embedder.embed(crops)
+        with self._work(images):
+            crops = []
+            for crop in self.main_crops(images, aligned=aligned):
+                if isinstance(crop, Exception):
+                    raise crop
+                crops.append(crop)
+            return self.embedder.embed(crops)
 
     def main_crops(self, images: Iterable[ImageSource], *, aligned: bool = False) -> Iterator[np.ndarray | Exception]:
         """The main face's aligned crop of each image, in order, ``thread_plan.item_threads`` photos at a time.
@@ -325,7 +339,21 @@ class FaceRecognizer:
             except (ImageError, NoFaceError, ValueError, OSError) as e:
                 return e
 
-        yield from thread_map(crop_or_error, images, workers=self.thread_plan.item_threads)
+        with self._work(images):
+            yield from thread_map(crop_or_error, images, workers=self.thread_plan.item_threads)
+
+    def _work(self, images: Iterable[ImageSource]) -> contextlib.AbstractContextManager:
+        """:meth:`_photo` for a single image, else :meth:`_batch`."""
+        return self._photo() if isinstance(images, Sized) and len(images) <= 1 else self._batch()
+
+    def _photo(self) -> contextlib.AbstractContextManager:
+        """One photo's work: every usable CPU (up to 4) as its OpenMP team when it is alone and the machine idle
+        (:class:`~arcface.runtime.threads.LoneWork`), else the plan's intra-op threads."""
+        return self._lone.photo() if self._lone is not None else contextlib.nullcontext()
+
+    def _batch(self) -> contextlib.AbstractContextManager:
+        """Photos side by side: none counts as alone while they run."""
+        return self._lone.batch() if self._lone is not None else contextlib.nullcontext()
 
     def compare(self, a: ImageSource | np.ndarray, b: ImageSource | np.ndarray, *, aligned: bool = False) -> float:
         """Cosine similarity of two faces.

@@ -2,7 +2,8 @@
 
 Each entry point (a CLI command, the service, and the Python entry objects: ``load_model`` / ``Embedder``,
 ``FaceRecognizer``, the evaluation pipeline, the trainer, the batch jobs) calls :func:`decide` once, :func:`apply`
-once, and hands the :class:`ThreadPlan` down; code below an entry point reads the plan and never sets a thread count.
+once, and hands the :class:`ThreadPlan` down; code below an entry point reads the plan and never sets a thread count
+(one exception, :class:`LoneWork`, widens the OpenMP team of one thread for one photo and restores it).
 
 Why: an OpenMP team of intra-op threads waits at the end of every operator for its slowest member. When another
 process shares the cores (a neighbour, a container's CPU quota below the thread count, the service's other
@@ -36,9 +37,12 @@ detect       detection of many photos (``arcface align``, the evaluation's detec
 embed        the backbone over batches of aligned crops: N ``item_threads`` running whole passes side by side, each
              on 1 intra-op thread; onnxruntime N threads (one session runs one pass at a time)
 pipeline     detect + embed in one process (``FaceRecognizer``): 1 intra-op thread (the detector's small
-             operators), N ``item_threads`` (photos side by side, and the Embedder's passes), onnxruntime N threads
+             operators), N ``item_threads`` (photos side by side, and the Embedder's passes), onnxruntime N threads;
+             a photo alone in the process while no other process runs gets an OpenMP team of min(N, 4)
+             (:class:`LoneWork`)
 service      W request ``item_threads`` x T intra-op threads <= N: by default W = N, T = 1; ``workers=W`` given:
-             T = max(1, N // W). Each request runs within :meth:`ThreadPlan.per_item` (a budget of T CPUs).
+             T = max(1, N // W). Each request runs within :meth:`ThreadPlan.per_item` (a budget of T CPUs); a
+             request alone while no other process runs gets a team of min(N, 4) (:class:`LoneWork`)
 train        intra-op threads = max(1, N // P - L) per process, P training ``processes`` on this machine
              (``LOCAL_WORLD_SIZE`` of torchrun), L DataLoader workers (``data.num_workers``; each runs 1 thread)
 ===========  =======================================================================================================
@@ -55,11 +59,16 @@ more on a quiet machine than they saved beside busy neighbours; the thread count
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import functools
 import logging
 import math
 import os
-from collections.abc import Mapping
+import re
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +81,7 @@ __all__ = [
     "MIN_ITEMS_PER_PROCESS",
     "WORKLOADS",
     "CpuBudget",
+    "LoneWork",
     "ThreadPlan",
     "ThreadsError",
     "apply",
@@ -79,6 +89,8 @@ __all__ = [
     "cpu_budget",
     "decide",
     "entry_plan",
+    "openmp_team",
+    "others_running",
     "parse_threads",
     "positive",
     "quota_cpus",
@@ -486,3 +498,151 @@ def worker_environment(threads: int | None) -> dict[str, str]:
     if threads is None:
         return {}
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# A lone photo on an idle machine
+
+
+def others_running(proc: str | os.PathLike = "/proc") -> int | None:
+    """Threads of other processes runnable right now: ``procs_running`` of ``/proc/stat`` minus this process's threads
+    in state R (so its own OpenMP workers, still spinning after a parallel region, do not count). None without /proc.
+    """
+    root = Path(proc)
+    text = _read(root / "stat")
+    match = re.search(r"^procs_running\s+(\d+)", text or "", re.MULTILINE)
+    if match is None:
+        return None
+    ours = 0
+    try:
+        tasks = list((root / "self" / "task").iterdir())
+    except OSError:
+        tasks = []
+    for task in tasks:
+        stat = _read(task / "stat") or ""
+        ours += stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "R"  # the state follows the command's ")"
+    return max(0, int(match.group(1)) - ours)
+
+
+@functools.lru_cache(maxsize=1)
+def _libgomp() -> ctypes.CDLL | None:
+    """The GNU OpenMP runtime torch's operators run on, else None.
+
+    Other libraries bring their own copy (faiss-cpu's wheel maps a libgomp before torch's), so each mapped libgomp is
+    tried: the one whose per-thread setting ``torch.get_num_threads()`` then reports is torch's (set and restored at
+    once, in the calling thread).
+    """
+    import torch  # heavy: imported on use (its libgomp must be loaded to be found)
+
+    if not hasattr(os, "RTLD_NOLOAD"):
+        return None
+    paths = dict.fromkeys(re.findall(r"(/\S*/libgomp[^/\s]*\.so[.\d]*)$", _read(Path("/proc/self/maps")) or "",
+                                     re.MULTILINE))  # fmt: skip
+    current = torch.get_num_threads()
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
+            lib.omp_get_max_threads.restype = ctypes.c_int
+            lib.omp_set_num_threads.argtypes = [ctypes.c_int]
+        except (OSError, AttributeError):
+            continue
+        before = int(lib.omp_get_max_threads())
+        lib.omp_set_num_threads(current + 1)
+        drives_torch = torch.get_num_threads() == current + 1
+        lib.omp_set_num_threads(before)
+        if drives_torch:
+            return lib
+    return None
+
+
+@contextlib.contextmanager
+def openmp_team(threads: int) -> Iterator[int]:
+    """Run the block with an OpenMP team of ``threads`` for torch's operators started in *this* thread (for
+    :class:`LoneWork`).
+
+    The team size is a per-thread OpenMP setting (``omp_set_num_threads`` of the calling thread, through ctypes on
+    the runtime torch loaded): other threads, MKL and oneDNN's caches are untouched (``torch.set_num_threads`` would
+    change process-wide settings and clear oneDNN's primitive cache). Restored on exit. Yields the team size that
+    applies: 1 where torch does not run on GNU OpenMP (no change is made then).
+    """
+    import torch  # heavy: imported on use
+
+    lib = _libgomp() if threads > 1 else None
+    if lib is None:
+        yield 1
+        return
+    torch.get_num_threads()  # torch's lazy per-thread setting happens now, not inside the block over ours
+    before = int(lib.omp_get_max_threads())
+    lib.omp_set_num_threads(int(threads))
+    try:
+        yield int(threads)
+    finally:
+        lib.omp_set_num_threads(before)
+
+
+class LoneWork:
+    """Gives one piece of work (a photo) every usable CPU (up to :attr:`MAX_TEAM`) as an OpenMP team when it runs
+    alone in this process and no other process is running; otherwise it runs on the intra-op threads of its plan.
+
+    The policy's one intra-op thread per photo is what keeps photos side by side, the service's requests and
+    neighbouring processes from stalling a team; but a lone photo on an idle machine then leaves the other cores idle,
+    and its detector runs slower than on a team (one photo at a time, ``FaceRecognizer.embed`` in a loop). So: alone
+    here (no other :meth:`photo` or :meth:`batch` in flight) and nothing runnable elsewhere (:func:`others_running`
+    is 0) -> a team of ``cpus`` for the calling thread only (:func:`openmp_team`, restored on exit); else nothing
+    changes. The check costs a read of /proc/stat and of this process's task states (tens of microseconds).
+
+    The team is at most :attr:`MAX_TEAM` threads: the detector's operators are small enough that a team of dozens
+    would spend more on waking its threads than it saves.
+
+    Args:
+        cpus: the usable CPUs (the plan's).
+        probe: how many other threads are runnable (default :func:`others_running`); tests give a fake.
+    """
+
+    #: The largest team a lone photo gets.
+    MAX_TEAM = 4
+
+    def __init__(self, cpus: int, probe=others_running) -> None:
+        self.cpus = max(1, int(cpus))
+        self.probe = probe
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._local = threading.local()
+
+    def _enter(self, weight: int) -> bool:
+        with self._lock:
+            self._in_flight += weight
+            return self._in_flight == weight
+
+    def _leave(self, weight: int) -> None:
+        with self._lock:
+            self._in_flight -= weight
+
+    @contextlib.contextmanager
+    def photo(self) -> Iterator[int]:
+        """One photo's work; yields its team size. Nested in the same thread: the outer one's setting stays."""
+        if getattr(self._local, "depth", 0):
+            self._local.depth += 1
+            try:
+                yield 0
+            finally:
+                self._local.depth -= 1
+            return
+        alone = self._enter(1)
+        self._local.depth = 1
+        try:
+            team = min(self.cpus, self.MAX_TEAM) if alone and self.cpus > 1 and self.probe() == 0 else 1
+            with openmp_team(team) as applied:
+                yield applied
+        finally:
+            self._local.depth = 0
+            self._leave(1)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Photos side by side: while it lasts no photo of this process counts as alone."""
+        self._enter(2)
+        try:
+            yield
+        finally:
+            self._leave(2)

@@ -76,8 +76,9 @@ def service_threads(
         raise SettingsError(str(e)) from None
     if recognizer is None:
         # each inference thread runs the whole pipeline of its request within its share of the plan; the recognizer
-        # is handed that share and applies nothing itself
-        recognizer = FaceRecognizer(settings.model, settings.detector, plan=plan.per_item())
+        # is handed that share and applies nothing itself; a request alone on an idle machine gets the service's CPUs
+        # (up to 4) as its team
+        recognizer = FaceRecognizer(settings.model, settings.detector, plan=plan.per_item(), lone_threads=plan.cpus)
     thread_policy.apply(plan)
     return plan, recognizer
 
