@@ -476,7 +476,7 @@ def test_openmp_team_is_this_threads_own_and_restored():
 
     import torch
 
-    pytest.importorskip("faiss")
+    require_module("faiss", "the all extra")
     tp._libgomp.cache_clear()
     before = torch.get_num_threads()
     seen = {}
