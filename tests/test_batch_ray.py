@@ -275,21 +275,11 @@ def test_embed_on_ray_equals_the_single_process_run(head, photos, local_npz, tmp
 
     # Shards are checked, not trusted: one rewritten with NaN rows (index and paths kept), one with 1e30 rows and a
     # digest record forged to match, are computed again on the cluster, each with a line; the output is the same.
-    import hashlib
-    import json
-
-    import pyarrow as pa
+    from test_batch_checked import _scale  # the same forgery as the local engine's test
 
     shards = sorted(job.glob("shard-*.parquet"))
-    for path, factor, forge in ((shards[0], float("nan"), False), (shards[5], 1e30, True)):
-        table = pq.read_table(path)
-        i = table.schema.get_field_index("embedding")
-        values = [None if v is None else [x * factor for x in v] for v in table.column("embedding").to_pylist()]
-        pq.write_table(table.set_column(i, table.schema.field(i), pa.array(values, pa.list_(pa.float32()))), path)
-        if forge:
-            record = path.with_suffix(".json")
-            record.write_text(json.dumps({**json.loads(record.read_text()),
-                                          "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))  # fmt: skip
+    _scale(shards[0], float("nan"), forge_digest=False)
+    _scale(shards[5], 1e30, forge_digest=True)
     r = _console(head, "embed", lst, "--out", tmp_path / "checked.npz", "--job-dir", job, "--shard-size", "25",
                  cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
